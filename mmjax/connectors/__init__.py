@@ -1,0 +1,5 @@
+"""Connectors: visual features -> tokens the decoder can use."""
+
+from mmjax.connectors.projector import Projector, ProjectorConfig
+
+__all__ = ["Projector", "ProjectorConfig"]

@@ -1,0 +1,1 @@
+"""Strict, streaming conversion between Hugging Face checkpoints and mmjax (Orbax) checkpoints."""

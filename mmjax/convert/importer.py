@@ -1,0 +1,133 @@
+"""HF directory -> mmjax checkpoint, one tensor at a time, all or nothing."""
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections import Counter
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint.experimental.v1 as ocp
+from tqdm import tqdm
+
+from mmjax import checkpoint
+from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
+from mmjax.convert.safetensors_io import DTYPE_NAMES
+from mmjax.convert.sources import TensorSource
+from mmjax.models.registry import abstract_params, family_for_hf
+
+PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+# Files beside the weights that users need again after export (tokenizer, processor, generation).
+HF_EXTRA_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.json", "chat_template.jinja",
+    "preprocessor_config.json", "processor_config.json", "generation_config.json",
+)
+_SAVE_BATCH_BYTES = 1 << 30  # leaves are handed to Orbax in batches of about this size
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, last = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = value
+  return tree
+
+
+def read_hf_config(hf_dir: str) -> dict:
+  path = os.path.join(hf_dir, "config.json")
+  if not os.path.isdir(hf_dir):
+    raise FileNotFoundError(f"{hf_dir}: no such directory")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{hf_dir}: no config.json")
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool = True) -> dict:
+  """Converts `hf_dir` into a new checkpoint at `out_dir`; returns a short report.
+
+  Raises `ConversionError` / `CorruptFileError` / `FileNotFoundError` with the key or file at
+  fault; nothing is left at `out_dir` unless the conversion completed.
+  """
+  if dtype not in PARAM_DTYPES:
+    raise ValueError(f"--dtype must be one of {sorted(PARAM_DTYPES)}, got {dtype!r}")
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
+  hf_config = read_hf_config(hf_dir)
+  family = family_for_hf(hf_config)
+  config = family.config_from_hf(hf_config, param_dtype=dtype)
+  leaf_shapes = {p: tuple(s.shape) for p, s in flatten(abstract_params(family, config)).items()}
+  source = TensorSource(hf_dir)
+  ignores = list(family.ignores)
+  if family.lm_head_key and family.tied(config):
+    ignores.append(r"(.*\.)?" + family.lm_head_key.replace(".", r"\."))  # tied: the embedding
+  plan = make_plan(family.rules(), leaf_shapes, source.keys(), family.layouts, ignores)
+  check_shapes(plan, source.shape)
+  out_dtype = PARAM_DTYPES[dtype]
+
+  tmp = f"{out_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+  os.makedirs(tmp)
+  try:
+    params_path = os.path.join(tmp, checkpoint.PARAMS_DIR)
+    hf_dtypes: Counter = Counter()
+    per_key_dtype: dict[str, str] = {}
+    batch: dict[str, np.ndarray] = {}
+    batch_bytes = 0
+    bar = tqdm(plan.leaves.items(), desc="convert", unit="param", disable=not progress,
+               file=sys.stderr)
+    for path, parts in bar:
+      leaf = np.empty(leaf_shapes[path], out_dtype)
+      for part in parts:
+        array = source.read(part.key)
+        per_key_dtype[part.key] = DTYPE_NAMES[array.dtype]
+        target = leaf.shape[1:] if part.layer is not None else leaf.shape
+        value = part.rule.transform.to_params(chunk_of(array, part.rule.chunk), target)
+        if part.layer is None:
+          leaf[...] = value.astype(out_dtype)
+        else:
+          leaf[part.layer] = value.astype(out_dtype)
+        del array, value
+      batch[path] = leaf
+      batch_bytes += leaf.nbytes
+      if batch_bytes >= _SAVE_BATCH_BYTES:
+        ocp.partial.save(params_path, _nest(batch))
+        batch, batch_bytes = {}, 0
+    if batch:
+      ocp.partial.save(params_path, _nest(batch))
+    del batch
+    ocp.partial.finalize(params_path)
+
+    hf_dtypes.update(per_key_dtype.values())
+    main_dtype = hf_dtypes.most_common(1)[0][0]
+    hf_meta = {
+        "layout": plan.layout.name,
+        "dtype": main_dtype,
+        "dtype_exceptions": {k: v for k, v in per_key_dtype.items() if v != main_dtype},
+        "ignored_keys": plan.ignored,
+    }
+    checkpoint.write_metadata(tmp, family, config, hf_meta)
+    with open(os.path.join(tmp, checkpoint.HF_CONFIG_FILE), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    extras = [n for n in HF_EXTRA_FILES if os.path.exists(os.path.join(hf_dir, n))]
+    if extras:
+      os.makedirs(os.path.join(tmp, checkpoint.HF_EXTRAS_DIR))
+      for name in extras:
+        shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, checkpoint.HF_EXTRAS_DIR, name))
+    if os.path.exists(out_dir):
+      os.rmdir(out_dir)  # empty, checked above
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {"family": family.name, "layout": plan.layout.name, "params": len(plan.leaves),
+          "tensors": len(plan.hf_shapes), "ignored": len(plan.ignored), "dtype": dtype}

@@ -1,0 +1,117 @@
+"""Conversion rules: how one HF tensor becomes (part of) one mmjax parameter, and back.
+
+A rule names a canonical HF key (`{i}` marks a layer of a scanned stack), a parameter path and a
+transform. Transforms are exact inverses of each other, so HF -> mmjax -> HF is bit for bit.
+"""
+
+import dataclasses
+import re
+from typing import Iterable
+
+import numpy as np
+
+
+class Transform:
+  """Maps an HF array to a parameter of shape `target` and back."""
+
+  def hf_shape(self, target: tuple[int, ...]) -> tuple[int, ...]:
+    raise NotImplementedError
+
+  def to_params(self, a: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+    raise NotImplementedError
+
+  def to_hf(self, p: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+
+class Same(Transform):
+  """Identical shapes (embeddings, position tables, 1-D norms)."""
+
+  def hf_shape(self, target):
+    return tuple(target)
+
+  def to_params(self, a, target):
+    return a
+
+  def to_hf(self, p):
+    return p
+
+
+class Flat(Transform):
+  """HF keeps a flat vector, mmjax a split one (a bias `[N*H]` <-> `[N, H]`)."""
+
+  def hf_shape(self, target):
+    return (int(np.prod(target)),)
+
+  def to_params(self, a, target):
+    return a.reshape(target)
+
+  def to_hf(self, p):
+    return p.reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear(Transform):
+  """torch `Linear.weight [out, in]` <-> kernel `[*in_dims, *out_dims]` (first `in_ndim` are in)."""
+
+  in_ndim: int = 1
+
+  def hf_shape(self, target):
+    return (int(np.prod(target[self.in_ndim:])), int(np.prod(target[:self.in_ndim])))
+
+  def to_params(self, a, target):
+    return a.T.reshape(target)
+
+  def to_hf(self, p):
+    d_in = int(np.prod(p.shape[:self.in_ndim]))
+    return np.ascontiguousarray(p.reshape(d_in, -1).T)
+
+
+class ConvPatch(Transform):
+  """torch `Conv2d.weight [D, C, P, P]` <-> patch kernel `[P, P, C, D]` over NHWC patches."""
+
+  def hf_shape(self, target):
+    p, q, c, d = target
+    return (d, c, p, q)
+
+  def to_params(self, a, target):
+    return a.transpose(2, 3, 1, 0)
+
+  def to_hf(self, p):
+    return np.ascontiguousarray(p.transpose(3, 2, 0, 1))
+
+
+SAME, FLAT, LINEAR, LINEAR_OUT2, CONV_PATCH = Same(), Flat(), Linear(1), Linear(2), ConvPatch()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  hf: str  # canonical HF key; '{i}' marks the layer index of a scanned stack
+  path: str  # '/'-joined parameter path; stacked when `hf` has '{i}'
+  transform: Transform = SAME
+  chunk: tuple[int, int] | None = None  # (index, count): a slice along axis 0 of the HF tensor
+
+  @property
+  def stacked(self) -> bool:
+    return "{i}" in self.hf
+
+  def prefixed(self, hf_prefix: str, path_prefix: str) -> "Rule":
+    return dataclasses.replace(self, hf=hf_prefix + self.hf, path=path_prefix + self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How a saved checkpoint spells the canonical key prefixes (`canonical -> saved`)."""
+
+  name: str
+  prefixes: tuple[tuple[str, str], ...] = ()
+
+  def to_saved(self, canonical: str) -> str:
+    for canon, saved in sorted(self.prefixes, key=lambda p: -len(p[0])):
+      if canonical.startswith(canon):
+        return saved + canonical[len(canon):]
+    return canonical
+
+
+def compile_ignores(patterns: Iterable[str]) -> list[re.Pattern]:
+  return [re.compile(p) for p in patterns]

@@ -1,0 +1,77 @@
+"""Decoder configuration, read from and written back to transformers' text configs."""
+
+import dataclasses
+from typing import Any, Mapping
+
+from mmjax.nn.rope import RopeConfig
+
+# model_type -> (q/k/v bias, o bias, q/k norm) for configs that do not spell them out.
+_FAMILY_DEFAULTS = {
+    "llama": dict(qkv_bias=None, o_bias=None, qk_norm=False),
+    "mistral": dict(qkv_bias=False, o_bias=False, qk_norm=False),
+    "qwen2": dict(qkv_bias=True, o_bias=False, qk_norm=False),
+    "qwen3": dict(qkv_bias=None, o_bias=None, qk_norm=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """One Llama-family decoder: Llama 2/3.x, Vicuna, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm)."""
+
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float = 1e-6
+  rope: RopeConfig = RopeConfig()
+  activation: str = "silu"
+  qkv_bias: bool = False
+  o_bias: bool = False
+  mlp_bias: bool = False
+  qk_norm: bool = False
+  tie_embeddings: bool = False
+  sliding_window: int | None = None
+  model_type: str = "llama"
+  # Execution (not architecture): compute dtype, parameter dtype, remat policy, attention kernel.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+  attention_backend: str = "xla"
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], tie_embeddings: bool | None = None, **overrides):
+    model_type = cfg.get("model_type", "llama")
+    if model_type not in _FAMILY_DEFAULTS:
+      raise ValueError(f"unsupported decoder model_type {model_type!r}; "
+                       f"supported: {sorted(_FAMILY_DEFAULTS)}")
+    family = _FAMILY_DEFAULTS[model_type]
+    bias = cfg.get("attention_bias", False)
+    heads = cfg["num_attention_heads"]
+    sliding = cfg.get("sliding_window")
+    if model_type == "qwen2" and not cfg.get("use_sliding_window", False):
+      sliding = None  # Qwen2 configs carry a window that is off unless use_sliding_window
+    if tie_embeddings is None:
+      tie_embeddings = bool(cfg.get("tie_word_embeddings", False))
+    return cls(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope=RopeConfig.from_hf(cfg),
+        activation=cfg.get("hidden_act", "silu"),
+        qkv_bias=bias if family["qkv_bias"] is None else family["qkv_bias"],
+        o_bias=bias if family["o_bias"] is None else family["o_bias"],
+        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        qk_norm=family["qk_norm"],
+        tie_embeddings=tie_embeddings,
+        sliding_window=sliding,
+        model_type=model_type,
+        **overrides,
+    )

@@ -1,0 +1,5 @@
+"""Vision towers."""
+
+from mmjax.encoders.vit import VisionConfig, VisionTransformer
+
+__all__ = ["VisionConfig", "VisionTransformer"]

@@ -1,0 +1,174 @@
+"""CLIP and SigLIP vision transformers.
+
+CLIP: class token, pre-layernorm, quick_gelu, bias-free patch convolution.
+SigLIP: no class token, biased patch convolution, gelu_tanh, optional attention-pooling head.
+Both keep transformers' `hidden_states` convention: index 0 is the embedding output (after the
+pre-layernorm), index i the output of layer i, so feature-layer indices mean the same thing here.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.nn import axes as ax
+from mmjax.nn.attention import dot_product_attention
+from mmjax.nn.axes import VISION_AXES
+from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
+from mmjax.nn.mlp import Mlp
+from mmjax.nn.multihead import MultiHeadAttention
+from mmjax.nn.norms import LayerNorm
+from mmjax.nn.stack import scan_layers
+
+_KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  kind: str  # 'clip' | 'siglip'
+  image_size: int
+  patch_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_channels: int = 3
+  layer_norm_eps: float = 1e-5
+  activation: str = "quick_gelu"
+  pooling_head: bool = False  # SigLIP's attention-pooling head
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+  attention_backend: str = "xla"
+
+  @property
+  def class_token(self) -> bool:
+    return self.kind == "clip"
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_positions(self) -> int:
+    return self.grid**2 + (1 if self.class_token else 0)
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **overrides) -> "VisionConfig":
+    model_type = cfg.get("model_type", "clip_vision_model")
+    if model_type not in _KINDS:
+      raise ValueError(f"unsupported vision model_type {model_type!r}; supported: {sorted(_KINDS)}")
+    kind = _KINDS[model_type]
+    return cls(
+        kind=kind,
+        image_size=cfg["image_size"],
+        patch_size=cfg["patch_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_layers=cfg["num_hidden_layers"],
+        num_heads=cfg["num_attention_heads"],
+        num_channels=cfg.get("num_channels", 3),
+        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5 if kind == "clip" else 1e-6),
+        activation=cfg.get("hidden_act", "quick_gelu" if kind == "clip" else "gelu_pytorch_tanh"),
+        pooling_head=kind == "siglip" and cfg.get("vision_use_head", True),
+        **overrides,
+    )
+
+
+class EncoderBlock(nn.Module):
+  config: VisionConfig
+
+  @nn.compact
+  def __call__(self, x, _):
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    norm = lambda name: LayerNorm(cfg.layer_norm_eps, VISION_AXES.embed, param_dtype, name=name)
+    h, _ = MultiHeadAttention(
+        num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
+        head_dim=cfg.hidden_size // cfg.num_heads, axes=VISION_AXES, qkv_bias=True, o_bias=True,
+        backend=cfg.attention_backend, dtype=dtype, param_dtype=param_dtype, name="attn",
+    )(norm("norm1")(x), None)
+    x = x + h
+    h = Mlp(cfg.intermediate_size, cfg.activation, in_axis="vit_embed", hidden_axis="vit_mlp",
+            dtype=dtype, param_dtype=param_dtype, name="mlp")(norm("norm2")(x))
+    x = nn.with_logical_constraint(x + h, (ax.BATCH, ax.LENGTH, "activation_vit_embed"))
+    return x, x
+
+
+class AttentionPoolingHead(nn.Module):
+  """SigLIP's head: one learned probe attends over all patches, then a residual MLP."""
+
+  config: VisionConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    probe = self.param("probe", nn.with_logical_partitioning(
+        nn.initializers.normal(1.0), (None, None, "vit_embed")), (1, 1, cfg.hidden_size), param_dtype)
+    probe = jnp.broadcast_to(probe.astype(x.dtype), (x.shape[0], 1, cfg.hidden_size))
+    heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    a = VISION_AXES
+
+    def proj(name, inp):
+      return Einsum("BTD,DNH->BTNH", (cfg.hidden_size, heads, head_dim), (a.embed, a.heads, a.head_dim),
+                    bias_shape=(heads, head_dim), bias_axes=(a.heads, a.head_dim), name=name, **kw)(inp)
+
+    q, k, v = proj("q", probe), proj("k", x), proj("v", x)
+    out = dot_product_attention(q, k, v, None, scale=head_dim**-0.5, backend=cfg.attention_backend)
+    h = Einsum("BTNH,NHD->BTD", (heads, head_dim, cfg.hidden_size), (a.heads, a.head_dim, a.embed),
+               bias_shape=(cfg.hidden_size,), bias_axes=(a.embed,), name="o", **kw)(out)
+    residual = h
+    h = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="norm")(h)
+    h = residual + Mlp(cfg.intermediate_size, cfg.activation, in_axis="vit_embed",
+                       hidden_axis="vit_mlp", name="mlp", **kw)(h)
+    return h[:, 0]
+
+
+class VisionTransformer(nn.Module):
+  """`pixels [B, H, W, C]` -> hidden states of every layer, last hidden state, pooled output."""
+
+  config: VisionConfig
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array) -> dict[str, jax.Array]:
+    """Returns `hidden_states [L+1, B, N, D]`, `last_hidden_state [B, N, D]`, `pooled [B, D]`.
+
+    `last_hidden_state` is the output of the final layer (CLIP) or its post-layernorm (SigLIP),
+    as in transformers; `pooled` is CLIP's post-normed class token or SigLIP's head output.
+    """
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    b, height, width, c = pixels.shape
+    p = cfg.patch_size
+    if height != cfg.image_size or width != cfg.image_size or c != cfg.num_channels:
+      raise ValueError(f"expected images of {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} "
+                       f"(NHWC), got {pixels.shape}")
+    g = cfg.grid
+    patches = pixels.astype(dtype).reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(b, g * g, p, p, c)  # [B, N, P, P, C] row-major over the grid
+    x = Einsum("BNpqc,pqcD->BND", (p, p, c, cfg.hidden_size), (None, None, None, "vit_embed"),
+               bias_shape=None if cfg.class_token else (cfg.hidden_size,), bias_axes=("vit_embed",),
+               dtype=dtype, param_dtype=param_dtype, name="patch_embed")(patches)
+    if cfg.class_token:
+      cls = self.param("class_embed", nn.with_logical_partitioning(
+          DEFAULT_KERNEL_INIT, ("vit_embed",)), (cfg.hidden_size,), param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, cfg.hidden_size)), x], axis=1)
+    pos = self.param("pos_embed", nn.with_logical_partitioning(
+        DEFAULT_KERNEL_INIT, (None, "vit_embed")), (cfg.num_positions, cfg.hidden_size), param_dtype)
+    x = x + pos.astype(dtype)[None]
+    if cfg.class_token:  # CLIP's pre-layernorm
+      x = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="pre_norm")(x)
+    stack = scan_layers(EncoderBlock, length=cfg.num_layers, remat_policy=cfg.remat_policy,
+                        in_axes=(nn.broadcast,))
+    last, per_layer = stack(cfg, name="layers")(x, None)
+    hidden_states = jnp.concatenate([x[None], per_layer], axis=0)  # [L+1, B, N, D]
+    post_norm = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="post_norm")
+    if cfg.class_token:
+      return dict(hidden_states=hidden_states, last_hidden_state=last, pooled=post_norm(last[:, 0]))
+    last = post_norm(last)
+    pooled = AttentionPoolingHead(cfg, name="head")(last) if cfg.pooling_head else None
+    return dict(hidden_states=hidden_states, last_hidden_state=last, pooled=pooled)

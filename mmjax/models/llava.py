@@ -1,0 +1,113 @@
+"""LLaVA / LLaVA-1.5: a ViT, an MLP projector, and a Llama-family decoder.
+
+Image features replace the embeddings of the image-placeholder tokens (embedding fusion); any
+number of images per row and text-only rows mix freely in one batch.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.connectors.projector import Projector, ProjectorConfig
+from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.llama import Decoder
+from mmjax.encoders.vit import VisionConfig, VisionTransformer
+from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.nn.multihead import KVCache
+
+SELECT_STRATEGIES = ("default", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaConfig:
+  vision: VisionConfig
+  projector: ProjectorConfig
+  decoder: DecoderConfig
+  image_token_id: int
+  feature_layers: tuple[int, ...] = (-2,)  # hidden-state indices, concatenated along features
+  feature_select: str = "default"  # 'default' drops the first (class) token, 'full' keeps it
+
+  def __post_init__(self):
+    if self.feature_select not in SELECT_STRATEGIES:
+      raise ValueError(f"unknown feature_select {self.feature_select!r}; known: {SELECT_STRATEGIES}")
+    n = self.vision.num_layers + 1
+    for layer in self.feature_layers:
+      if not -n <= layer < n:
+        raise ValueError(f"feature layer {layer} out of range for {self.vision.num_layers} layers")
+
+  @property
+  def tokens_per_image(self) -> int:
+    return self.vision.num_positions - (1 if self.feature_select == "default" else 0)
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "LlavaConfig":
+    """Reads a transformers `LlavaConfig` dict (config.json); `execution` sets dtypes/remat."""
+    vision = VisionConfig.from_hf(cfg["vision_config"], **execution)
+    text_cfg = cfg["text_config"]
+    tie = cfg.get("tie_word_embeddings", text_cfg.get("tie_word_embeddings", False))
+    decoder = DecoderConfig.from_hf(text_cfg, tie_embeddings=bool(tie), **execution)
+    layers = cfg.get("vision_feature_layer", -2)
+    layers = (layers,) if isinstance(layers, int) else tuple(layers)
+    projector = ProjectorConfig(
+        kind="mlp2x", in_features=vision.hidden_size * len(layers), out_features=decoder.hidden_size,
+        activation=cfg.get("projector_hidden_act", "gelu"),
+        use_bias=cfg.get("multimodal_projector_bias", True),
+        dtype=execution.get("dtype", "float32"), param_dtype=execution.get("param_dtype", "float32"),
+    )
+    image_token = cfg.get("image_token_id", cfg.get("image_token_index"))
+    if image_token is None:
+      raise ValueError("LLaVA config has no image_token_id / image_token_index")
+    return cls(vision=vision, projector=projector, decoder=decoder, image_token_id=image_token,
+               feature_layers=layers,
+               feature_select=cfg.get("vision_feature_select_strategy", "default"))
+
+
+class Llava(nn.Module):
+  config: LlavaConfig
+
+  def setup(self):
+    self.encoder = VisionTransformer(self.config.vision)
+    self.connector = Projector(self.config.projector)
+    self.decoder = Decoder(self.config.decoder)
+
+  def image_features(self, pixels: jax.Array) -> jax.Array:
+    """`pixels [I, H, W, C]` -> `[I, tokens_per_image, D_text]`."""
+    cfg = self.config
+    hidden = self.encoder(pixels)["hidden_states"]  # [L+1, I, N, D_v]
+    selected = [hidden[layer] for layer in cfg.feature_layers]
+    if cfg.feature_select == "default":
+      selected = [h[:, 1:] for h in selected]
+    return self.connector(jnp.concatenate(selected, axis=-1))
+
+  def embed(self, input_ids: jax.Array, pixels: jax.Array | None) -> jax.Array:
+    """Text embeddings with image features in the placeholder slots: `[B, T, D]`."""
+    cfg = self.config
+    embeddings = self.decoder.embed(input_ids)
+    is_placeholder = input_ids == cfg.image_token_id
+    if pixels is None or pixels.shape[0] == 0:
+      check_placeholders(input_ids, cfg.image_token_id, 0)
+      return embeddings
+    features = self.image_features(pixels)
+    features = features.reshape(-1, features.shape[-1])  # [I * tokens, D]
+    check_placeholders(input_ids, cfg.image_token_id, features.shape[0])
+    return merge_image_features(embeddings, is_placeholder, features)
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      pixels: jax.Array | None,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """`input_ids [B, T]`, `pixels [I, H, W, C]` (all images of the batch, in row order).
+
+    Returns float32 logits `[B, T, V]` and the updated cache.
+    """
+    embeddings = self.embed(input_ids, pixels)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)

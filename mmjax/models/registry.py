@@ -1,0 +1,112 @@
+"""Model families: HF `model_type` -> config reader, module, example inputs, conversion tables.
+
+Adding a family is one entry here plus its conversion table in `mmjax/convert/tables.py`.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.convert import tables
+from mmjax.convert.rules import Layout, Rule
+from mmjax.decoders.config import DecoderConfig
+from mmjax.encoders.vit import VisionConfig
+from mmjax.models.llava import Llava, LlavaConfig
+from mmjax.models.standalone import CausalLM, VisionModel
+from mmjax.nn.masks import positions_from_attention_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  config_cls: type
+  config_from_hf: Callable[..., Any]  # (hf config dict, **execution) -> config
+  build: Callable[[Any], nn.Module]
+  example_inputs: Callable[[Any], tuple]  # positional inputs for init / eval_shape
+  rules: Callable[[], list[Rule]]
+  layouts: tuple[Layout, ...]
+  ignores: tuple[str, ...] = tables.BUFFER_IGNORES
+  lm_head_key: str | None = "lm_head.weight"  # canonical key left out when embeddings are tied
+
+  def tied(self, config) -> bool:
+    decoder = getattr(config, "decoder", config)
+    return bool(getattr(decoder, "tie_embeddings", False))
+
+
+def _llava_inputs(cfg: LlavaConfig):
+  v = cfg.vision
+  return (jnp.zeros((1, 4), jnp.int32),
+          jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
+          jnp.zeros((1, 4), jnp.int32))
+
+
+FAMILIES: dict[str, Family] = {
+    "llava": Family(
+        "llava", LlavaConfig, LlavaConfig.from_hf, Llava, _llava_inputs, tables.llava_rules,
+        tables.LLAVA_LAYOUTS),
+    "causal_lm": Family(
+        "causal_lm", DecoderConfig, DecoderConfig.from_hf, CausalLM,
+        lambda cfg: (jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32)),
+        tables.causal_lm_rules, tables.CAUSAL_LM_LAYOUTS),
+    "vision": Family(
+        "vision", VisionConfig, VisionConfig.from_hf, VisionModel,
+        lambda cfg: (jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.num_channels)),),
+        tables.vision_model_rules, tables.VISION_LAYOUTS, lm_head_key=None),
+}
+
+MODEL_TYPES = {
+    "llava": "llava",
+    "llama": "causal_lm", "mistral": "causal_lm", "qwen2": "causal_lm", "qwen3": "causal_lm",
+    "clip_vision_model": "vision", "siglip_vision_model": "vision",
+}
+
+
+def family_for_hf(hf_config: Mapping[str, Any]) -> Family:
+  model_type = hf_config.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: "
+                     f"{sorted(MODEL_TYPES)}")
+  return FAMILIES[MODEL_TYPES[model_type]]
+
+
+def abstract_params(family: Family, config) -> dict:
+  """Shapes and dtypes of every parameter, without allocating them: `{path: ShapeDtypeStruct}`."""
+  module = family.build(config)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *family.example_inputs(config)))
+  return nn.unbox(shapes)["params"]
+
+
+def init_params(family: Family, config, rng: jax.Array) -> dict:
+  module = family.build(config)
+  return nn.unbox(module.init(rng, *family.example_inputs(config)))["params"]
+
+
+def forward_from_hf_inputs(family: Family, config, params, inputs: Mapping[str, np.ndarray]):
+  """Runs the model on arrays as a transformers processor makes them; returns float32 logits.
+
+  `input_ids [B, T]`, `attention_mask [B, T]` (optional), `position_ids [B, T]` (optional: from
+  the attention mask otherwise, as transformers' generate computes them), `pixel_values
+  [I, C, H, W]` (NCHW, as HF takes them).
+  """
+  if family.name == "vision":
+    raise ValueError("vision-only checkpoints have no logits; use the Python API")
+  if "input_ids" not in inputs:
+    raise KeyError(f"inputs lack 'input_ids' (have: {sorted(inputs)})")
+  input_ids = jnp.asarray(inputs["input_ids"], jnp.int32)
+  mask = inputs.get("attention_mask")
+  mask = jnp.ones_like(input_ids) if mask is None else jnp.asarray(mask, jnp.int32)
+  positions = inputs.get("position_ids")
+  positions = positions_from_attention_mask(mask) if positions is None else jnp.asarray(positions)
+  module = family.build(config)
+  if family.name == "causal_lm":
+    args = (input_ids, positions, mask)
+  else:
+    pixels = inputs.get("pixel_values")
+    pixels = None if pixels is None else jnp.asarray(np.transpose(pixels, (0, 2, 3, 1)), jnp.float32)
+    args = (input_ids, pixels, positions, mask)
+  logits, _ = module.apply({"params": params}, *args)
+  return np.asarray(logits, np.float32)

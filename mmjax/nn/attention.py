@@ -1,0 +1,53 @@
+"""The attention function. Backends share one signature so layers never care which runs.
+
+`xla` is the einsum reference used on CPU and in parity tests; faster kernels (Pallas splash on
+TPU, cuDNN on GPU) plug in behind the same switch.
+"""
+
+import jax
+import jax.numpy as jnp
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
+
+BACKENDS = ("xla",)
+
+
+def _xla_attention(q, k, v, mask, scale):
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h)  # [B, T, K, G, H]: grouped-query heads
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * scale
+  if mask is not None:
+    # mask [B, 1|N, T, S] -> [B, 1|K, 1|G, T, S]
+    mask = mask.reshape(mask.shape[0], -1, 1, *mask.shape[-2:]) if mask.shape[1] == 1 else \
+        mask.reshape(mask.shape[0], kv_heads, n // kv_heads, *mask.shape[-2:])
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
+  return out.reshape(b, t, n, h)
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    *,
+    scale: float,
+    backend: str = "xla",
+) -> jax.Array:
+  """Softmax attention with grouped-query heads.
+
+  Args:
+    q: `[B, T, N, H]` queries.
+    k, v: `[B, S, K, H]` keys and values, `N % K == 0`.
+    mask: `[B, 1|N, T, S]` boolean, True where a query may attend (see `mmjax.nn.masks`).
+    scale: multiplies the logits (usually `H ** -0.5`).
+  Returns:
+    `[B, T, N, H]`.
+  """
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"{q.shape[2]} query heads do not divide into {k.shape[2]} key/value heads")
+  if backend == "xla":
+    return _xla_attention(q, k, v, mask, scale)
+  raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")

@@ -1,0 +1,68 @@
+"""Feed-forward blocks: plain two-layer MLP (ViTs, projectors) and gated MLP (Llama family)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.nn.activations import get_activation
+from mmjax.nn.linear import Einsum
+
+
+class Mlp(nn.Module):
+  """`fc2(act(fc1(x)))` with optional biases."""
+
+  hidden: int
+  activation: str
+  in_axis: str = "embed"
+  hidden_axis: str = "mlp"
+  out_features: int | None = None  # defaults to the input width
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d_in = x.shape[-1]
+    d_out = self.out_features or d_in
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = Einsum(
+        "...D,DF->...F", (d_in, self.hidden), (self.in_axis, self.hidden_axis),
+        bias_shape=(self.hidden,) if self.use_bias else None, bias_axes=(self.hidden_axis,),
+        name="fc1", **kw,
+    )(x)
+    h = get_activation(self.activation)(h)
+    return Einsum(
+        "...F,FD->...D", (self.hidden, d_out), (self.hidden_axis, self.in_axis),
+        bias_shape=(d_out,) if self.use_bias else None, bias_axes=(self.in_axis,),
+        name="fc2", **kw,
+    )(h)
+
+
+class GatedMlp(nn.Module):
+  """`down(act(gate(x)) * up(x))` (SwiGLU when the activation is silu)."""
+
+  hidden: int
+  activation: str = "silu"
+  embed_axis: str = "embed"
+  hidden_axis: str = "mlp"
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def proj(name, shape, axes, bias_dim):
+      return Einsum(
+          "...D,DF->...F", shape, axes, bias_shape=(bias_dim,) if self.use_bias else None,
+          bias_axes=(axes[1],), name=name, **kw,
+      )
+
+    gate = proj("gate", (d, self.hidden), (self.embed_axis, self.hidden_axis), self.hidden)(x)
+    up = proj("up", (d, self.hidden), (self.embed_axis, self.hidden_axis), self.hidden)(x)
+    h = get_activation(self.activation)(gate) * up  # [..., F]
+    return proj("down", (self.hidden, d), (self.hidden_axis, self.embed_axis), d)(h)

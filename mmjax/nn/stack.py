@@ -1,0 +1,44 @@
+"""Scanned, rematerialised layer stacks.
+
+`nn.scan` keeps compile time flat in depth and gives every layer parameter a leading `layers`
+axis; `nn.remat` trades recomputation for activation memory under a named policy.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # keep every activation (no remat)
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "save_all": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def scan_layers(
+    block: type[nn.Module],
+    *,
+    length: int,
+    remat_policy: str = "none",
+    in_axes: tuple[Any, ...] = (),
+) -> type[nn.Module]:
+  """Returns a module class that applies `block` `length` times.
+
+  `block.__call__(carry, *args) -> (carry, y)`; `in_axes` says, per extra argument, whether it is
+  broadcast to every layer (`nn.broadcast`) or sliced along axis 0 (`0`, e.g. a per-layer cache).
+  """
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
+  if remat_policy != "none":
+    block = nn.remat(block, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+  return nn.scan(
+      block,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=in_axes,
+      length=length,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+  )
