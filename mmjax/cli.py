@@ -1,0 +1,117 @@
+"""The `mmjax` command: convert, export, logits (and more as families and tools land)."""
+
+import argparse
+import json
+import os
+import sys
+
+_EPILOG = "Run `mmjax COMMAND --help` for the options of one command."
+
+
+def _convert(args) -> int:
+  from mmjax.convert.importer import convert_hf
+
+  report = convert_hf(args.hf, args.out, dtype=args.dtype, progress=not args.quiet)
+  print(f"converted {args.hf} -> {args.out}: {json.dumps(report)}")
+  return 0
+
+
+def _export(args) -> int:
+  from mmjax.convert.exporter import export_hf
+
+  report = export_hf(args.checkpoint, args.out, dtype=args.dtype, layout=args.layout,
+                     max_shard_bytes=int(args.max_shard_gb * 10**9), progress=not args.quiet)
+  print(f"exported {args.checkpoint} -> {args.out}: {json.dumps(report)}")
+  return 0
+
+
+def _logits(args) -> int:
+  import numpy as np
+
+  from mmjax.checkpoint import load_checkpoint
+  from mmjax.models.registry import forward_from_hf_inputs
+
+  if not os.path.exists(args.inputs):
+    raise FileNotFoundError(f"{args.inputs}: no such file")
+  with np.load(args.inputs) as data:
+    inputs = {k: data[k] for k in data.files}
+  family, config, params = load_checkpoint(args.checkpoint)
+  logits = forward_from_hf_inputs(family, config, params, inputs)
+  np.save(args.out, logits)
+  print(f"wrote logits {tuple(logits.shape)} float32 to {args.out}")
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="mmjax", description="TPU-native vision-language models in JAX/Flax.", epilog=_EPILOG)
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser(
+      "convert", help="Hugging Face checkpoint -> mmjax (Orbax) checkpoint",
+      description="Convert a Hugging Face checkpoint directory (config.json + safetensors, "
+      "single or sharded; legacy pytorch_model.bin through torch weights_only) into an mmjax "
+      "checkpoint. Tensors are streamed one at a time. The conversion is strict: every tensor "
+      "must be used or be a known buffer, every parameter filled, every shape right; otherwise "
+      "it exits non-zero naming the key and leaves nothing at --out.")
+  p.add_argument("--hf", required=True, metavar="DIR", help="Hugging Face model directory")
+  p.add_argument("--out", required=True, metavar="DIR", help="new checkpoint directory")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="parameter dtype to store (default: %(default)s)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=_convert)
+
+  p = sub.add_parser(
+      "export", help="mmjax checkpoint -> Hugging Face directory",
+      description="Write safetensors + config.json (and the tokenizer/processor files kept at "
+      "conversion) that transformers' from_pretrained loads. By default every tensor gets back "
+      "its original dtype and key spelling, so HF -> mmjax -> HF is bit for bit.")
+  p.add_argument("--checkpoint", required=True, metavar="DIR", help="mmjax checkpoint directory")
+  p.add_argument("--out", required=True, metavar="DIR", help="new Hugging Face directory")
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                 help="tensor dtype (default: as in the source checkpoint)")
+  p.add_argument("--layout", default=None,
+                 help="key spelling, e.g. v5 or v4 for LLaVA (default: as in the source)")
+  p.add_argument("--max-shard-gb", type=float, default=5.0, help="shard size (default: 5 GB)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(func=_export)
+
+  p = sub.add_parser(
+      "logits", help="forward pass on transformers-processor arrays -> logits .npy",
+      description="Run the model on exactly the arrays a transformers processor makes, saved "
+      "with numpy.savez: input_ids [B, T], attention_mask [B, T] (optional), position_ids "
+      "(optional; else computed from the attention mask as transformers' generate does), "
+      "pixel_values [I, C, H, W] (NCHW). Writes float32 logits [B, T, V].")
+  p.add_argument("--checkpoint", required=True, metavar="DIR", help="mmjax checkpoint directory")
+  p.add_argument("--inputs", required=True, metavar="FILE.npz", help="processor arrays")
+  p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the logits")
+  p.set_defaults(func=_logits)
+
+  try:
+    from mmjax.data import cli as data_cli
+  except ImportError:
+    data_cli = None
+  if data_cli is not None and hasattr(data_cli, "add_subcommands"):
+    p = sub.add_parser("data", help="pack and check datasets",
+                       description="Dataset tools: pack JSON + images into ArrayRecord shards, "
+                       "check a dataset without training.")
+    data_cli.add_subcommands(p.add_subparsers(dest="data_command", required=True))
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return int(args.func(args) or 0)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    return 130
+  except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"mmjax {args.command}: error: {message}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

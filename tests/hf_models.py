@@ -1,0 +1,81 @@
+"""Tiny random transformers models for parity tests, built and saved locally.
+
+Every weight gets random noise before saving, so a dropped, swapped or transposed tensor changes
+the outputs and cannot pass by luck (fresh HF inits leave norms at 1 and biases at 0).
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import transformers
+
+TOLERANCE = 1e-4  # max abs diff of float32 outputs, never loosened
+
+
+def add_noise(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for _, p in sorted(model.named_parameters()):
+      p.add_(torch.randn(p.shape, generator=gen) * scale)
+  return model
+
+
+def clip_vision_config(**kw):
+  base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+              image_size=32, patch_size=8)
+  return transformers.CLIPVisionConfig(**{**base, **kw})
+
+
+def siglip_vision_config(**kw):
+  base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+              image_size=32, patch_size=8)
+  return transformers.SiglipVisionConfig(**{**base, **kw})
+
+
+TEXT_CONFIGS = {
+    "llama": transformers.LlamaConfig,
+    "mistral": transformers.MistralConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": transformers.Qwen3Config,
+}
+
+
+def text_config(model_type: str = "llama", **kw):
+  base = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              tie_word_embeddings=False)
+  if model_type == "qwen3":
+    base["head_dim"] = 16
+  return TEXT_CONFIGS[model_type](**{**base, **kw})
+
+
+def save(model: torch.nn.Module, path: str, seed: int = 0, **save_kw) -> str:
+  add_noise(model, seed)
+  model.eval()
+  model.save_pretrained(path, **save_kw)
+  return path
+
+
+def llava_config(vision=None, text=None, **kw):
+  vision = vision or clip_vision_config()
+  text = text or text_config()
+  kw.setdefault("image_token_id", text.vocab_size - 1)
+  return transformers.LlavaConfig(vision_config=vision, text_config=text, **kw)
+
+
+def max_diff(a, b, mask=None) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  diff = np.abs(a - b)
+  if mask is not None:
+    diff = diff[np.asarray(mask, bool)]
+  return float(diff.max())
+
+
+def record(name: str, value: float) -> None:
+  """Appends a parity figure to $MMJAX_PARITY_LOG (for closing notes); no-op otherwise."""
+  path = os.environ.get("MMJAX_PARITY_LOG")
+  if path:
+    with open(path, "a") as f:
+      f.write(json.dumps({"test": name, "max_abs_diff": value}) + "\n")
