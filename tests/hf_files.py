@@ -1,0 +1,55 @@
+"""Saving tiny LLaVA checkpoints in the layouts and formats users meet."""
+
+import json
+import os
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from hf_models import clip_vision_config, llava_config, save, text_config
+
+
+def tiny_llava(path: str, dtype=torch.float32, tied=False, seed=0, **save_kw) -> str:
+  cfg = llava_config(clip_vision_config(num_hidden_layers=2),
+                     text_config("llama", tie_word_embeddings=tied), tie_word_embeddings=tied)
+  model = transformers.LlavaForConditionalGeneration(cfg)
+  save(model.to(dtype), path, seed=seed, **save_kw)
+  return path
+
+
+def load_tensors(path: str) -> dict[str, torch.Tensor]:
+  """All tensors of a (possibly sharded) safetensors directory."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  else:
+    files = ["model.safetensors"]
+  out = {}
+  for name in files:
+    out.update(load_file(os.path.join(path, name)))
+  return out
+
+
+def rewrite(path: str, fn) -> None:
+  """Replaces the single model.safetensors by `fn(tensors)`."""
+  file = os.path.join(path, "model.safetensors")
+  save_file(fn(load_file(file)), file, metadata={"format": "pt"})
+
+
+V4_TO_V5 = (("language_model.model.", "model.language_model."),
+            ("language_model.lm_head.", "lm_head."),
+            ("vision_tower.", "model.vision_tower."),
+            ("multi_modal_projector.", "model.multi_modal_projector."))
+
+
+def rename_prefixes(tensors: dict, pairs) -> dict:
+  out = {}
+  for key, value in tensors.items():
+    for old, new in pairs:
+      if key.startswith(old):
+        key = new + key[len(old):]
+        break
+    out[key] = value
+  return out
