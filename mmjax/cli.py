@@ -87,16 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the logits")
   p.set_defaults(func=_logits)
 
-  try:
-    from mmjax.data import cli as data_cli
-  except ImportError:
-    data_cli = None
-  if data_cli is not None and hasattr(data_cli, "add_subcommands"):
+  _add_optional_commands(sub)
+  return parser
+
+
+# Commands that live beside their subsystem; each module has `add_subcommand(subparsers)`.
+_OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot")
+
+
+def _add_optional_commands(sub) -> None:
+  import importlib
+  import importlib.util
+
+  def available(name: str) -> bool:
+    try:
+      return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+      return False
+
+  for name in _OPTIONAL_COMMAND_MODULES:
+    if available(name):
+      importlib.import_module(name).add_subcommand(sub)
+  if available("mmjax.data.cli"):
+    data_cli = importlib.import_module("mmjax.data.cli")
     p = sub.add_parser("data", help="pack and check datasets",
                        description="Dataset tools: pack JSON + images into ArrayRecord shards, "
                        "check a dataset without training.")
     data_cli.add_subcommands(p.add_subparsers(dest="data_command", required=True))
-  return parser
 
 
 def main(argv: list[str] | None = None) -> int:
