@@ -1,0 +1,144 @@
+"""Image preprocessing per model family, at parity with transformers' PIL image processors.
+
+``ImageConfig`` holds the knobs a model's processor config has (sizes, mean/std, tiling limits);
+``ImageProcessor(cfg)(pil_image)`` returns a ``ProcessedImage``:
+
+* ``pixels``: float32 NHWC tiles ``[n_tiles, H, W, 3]`` (families with a fixed tile size), or for
+  ``qwen2_vl`` the single smart-resized image ``[1, H', W', 3]`` (see ``ProcessedImage.patches``);
+* ``num_tokens``: how many placeholder tokens the model will produce for this image;
+* ``image_size``: the original (height, width); ``grid_thw`` for Qwen2-VL.
+
+Families:
+  ``clip``      resize shortest edge + center crop (CLIPImageProcessor)
+  ``llava``     pad to square with the mean color, then as clip (LLaVA-1.5)
+  ``siglip``    resize to a fixed square (SiglipImageProcessor)
+  ``anyres``    LLaVA-NeXT base view + grid tiles (LlavaNextImageProcessor)
+  ``internvl``  dynamic aspect-ratio tiling + thumbnail (GotOcr2ImageProcessor, crop_to_patches)
+  ``qwen2_vl``  smart resize within [min_pixels, max_pixels] + patch flattening (Qwen2VLImageProcessor)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mmjax.data.preprocess import anyres, common, qwen2_vl, single, tiling
+from mmjax.data.preprocess.common import decode_image
+
+FAMILIES = ('clip', 'llava', 'siglip', 'anyres', 'internvl', 'qwen2_vl')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+  """Image processor settings; the defaults are LLaVA-1.5 at 336 px (CLIP ViT-L/14-336)."""
+  family: str = 'llava'
+  shortest_edge: int | None = 336  # Resize the short side to this (clip/llava/anyres)...
+  size: tuple[int, int] | None = None  # ...or to exactly (h, w) (siglip, internvl tile size).
+  crop_size: tuple[int, int] | None = (336, 336)  # Center crop (clip/llava); tile size (anyres).
+  mean: tuple[float, float, float] = common.OPENAI_CLIP_MEAN
+  std: tuple[float, float, float] = common.OPENAI_CLIP_STD
+  rescale_factor: float = 1 / 255
+  resample: str = 'bicubic'
+  pad_to_square: bool = True  # LLaVA-1.5 pads with the mean color before resizing.
+  patch_size: int = 14  # Vision tower patch size, for token counts.
+  merge_size: int = 1  # Tokens merged per side after the tower (pixel shuffle / patch merger).
+  grid_pinpoints: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+  min_tiles: int = 1
+  max_tiles: int = 12
+  use_thumbnail: bool = True
+  min_pixels: int = 56 * 56
+  max_pixels: int = 28 * 28 * 1280
+  temporal_patch_size: int = 2
+  tokens_per_image: int | None = None  # Override the computed count (single-tile families).
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f'unknown image family {self.family!r}; expected one of {FAMILIES}')
+    for name in ('size', 'crop_size'):
+      value = getattr(self, name)
+      if isinstance(value, int):
+        object.__setattr__(self, name, (value, value))
+      elif value is not None:
+        object.__setattr__(self, name, tuple(int(v) for v in value))
+    object.__setattr__(self, 'grid_pinpoints', tuple(tuple(int(v) for v in p) for p in self.grid_pinpoints))
+    object.__setattr__(self, 'mean', tuple(float(v) for v in self.mean))
+    object.__setattr__(self, 'std', tuple(float(v) for v in self.std))
+
+  @property
+  def tile_size(self) -> tuple[int, int] | None:
+    """(H, W) of every tile this family emits; None for qwen2_vl (variable)."""
+    if self.family == 'qwen2_vl':
+      return None
+    if self.family in ('siglip', 'internvl'):
+      return self.size
+    return self.crop_size or self.size
+
+
+def preset(name: str, **overrides: Any) -> ImageConfig:
+  """Processor settings of well-known checkpoints, e.g. ``preset('llava15')``."""
+  presets = {
+      'clip224': dict(family='clip', shortest_edge=224, crop_size=224, pad_to_square=False),
+      'clip336': dict(family='clip', shortest_edge=336, crop_size=336, pad_to_square=False),
+      'llava15': dict(family='llava', shortest_edge=336, crop_size=336, pad_to_square=True),
+      'siglip384': dict(family='siglip', shortest_edge=None, size=384, crop_size=None,
+                        mean=common.IMAGENET_STANDARD_MEAN, std=common.IMAGENET_STANDARD_STD,
+                        pad_to_square=False),
+      'llava_next': dict(family='anyres', shortest_edge=336, crop_size=336, pad_to_square=False),
+      'internvl': dict(family='internvl', shortest_edge=None, size=448, crop_size=None,
+                       mean=common.IMAGENET_DEFAULT_MEAN, std=common.IMAGENET_DEFAULT_STD,
+                       pad_to_square=False, merge_size=2, max_tiles=12),
+      'qwen2_vl': dict(family='qwen2_vl', shortest_edge=None, crop_size=None, pad_to_square=False,
+                       merge_size=2),
+  }
+  if name not in presets:
+    raise ValueError(f'unknown image preset {name!r}; expected one of {sorted(presets)}')
+  return ImageConfig(**{**presets[name], **overrides})
+
+
+@dataclasses.dataclass
+class ProcessedImage:
+  pixels: np.ndarray  # [n_tiles, H, W, 3] float32
+  num_tokens: int
+  image_size: tuple[int, int]  # original (height, width)
+  grid_thw: tuple[int, int, int] | None = None  # qwen2_vl only
+
+  def patches(self, cfg: ImageConfig) -> np.ndarray:
+    """Qwen2-VL flattened patches [grid_h * grid_w, 3 * T * P * P] (HF's pixel_values layout)."""
+    return qwen2_vl.patchify(self.pixels[0], cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+
+
+class ImageProcessor:
+  """Family dispatch: PIL image -> ProcessedImage. Picklable (grain workers)."""
+
+  def __init__(self, cfg: ImageConfig):
+    self.cfg = cfg
+
+  def num_tokens(self, height: int, width: int) -> int:
+    """Placeholder tokens for an original image of (height, width)."""
+    cfg = self.cfg
+    per_side = lambda n: n // cfg.patch_size // cfg.merge_size
+    if cfg.family == 'qwen2_vl':
+      gh, gw = qwen2_vl.grid_size(height, width, cfg)
+      return (gh // cfg.merge_size) * (gw // cfg.merge_size)
+    if cfg.family == 'anyres':
+      return anyres.num_tokens(height, width, cfg)
+    th, tw = cfg.tile_size
+    per_tile = per_side(th) * per_side(tw)
+    if cfg.family == 'internvl':
+      return tiling.num_tiles(height, width, cfg) * per_tile
+    return cfg.tokens_per_image or per_tile
+
+  def __call__(self, image: Image.Image) -> ProcessedImage:
+    image = common.to_rgb(image)
+    w, h = image.size
+    module = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
+              'internvl': tiling, 'qwen2_vl': qwen2_vl}[self.cfg.family]
+    pixels, meta = module.process(image, self.cfg)
+    return ProcessedImage(pixels=pixels, num_tokens=self.num_tokens(h, w), image_size=(h, w),
+                          grid_thw=meta.get('grid_thw'))
+
+
+__all__ = ['ImageConfig', 'ImageProcessor', 'ProcessedImage', 'preset', 'decode_image', 'FAMILIES']

@@ -1,0 +1,183 @@
+"""One raw sample -> one model example: images, chat template, tokens, image tokens, loss mask.
+
+``SampleProcessor(cfg, tokenizer)(raw)`` returns a dict of unpacked numpy arrays, every feature's
+first axis being its own length (the packer stacks samples along it)::
+
+  input_ids       [L] int32     token ids, each image's placeholder expanded to its token count
+  labels          [L] int32     next-token targets: labels[t] = input_ids[t + 1] (0 at the end)
+  loss_mask       [L] float32   1 where labels[t] is an assistant token (end-of-turn included)
+  pixel_values    [n_tiles, H, W, 3] float32 NHWC   (qwen2_vl: [n_patches, 3 * T * P * P])
+  image_sizes     [n_images, 2] int32  original (height, width) of each image
+  image_tiles     [n_images] int32     tiles (qwen2_vl: patches) each image contributed
+  image_grid_thw  [n_images, 3] int32  (qwen2_vl only)
+  mrope_positions [L, 3] int32  (only with ``cfg.mrope``)
+
+or raises ``SampleError`` naming the sample and the reason (see ``validation.REASONS``).
+
+Truncation to ``cfg.max_length`` never cuts through an image: the cut moves to before the image's
+token run (wrapper tokens included) and that image is dropped; if no supervised token survives,
+the sample is skipped as ``too_long``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mmjax.data import preprocess
+from mmjax.data.sources import IMAGE
+from mmjax.data.templates import ChatTemplate
+from mmjax.data.tokenizer import Tokenizer
+from mmjax.data.validation import SampleError
+
+
+def load_image(ref, sample_id: str) -> Image.Image:
+  """Bytes / path / uint8 array -> RGB PIL image, or SampleError(missing_image | corrupt_image)."""
+  if isinstance(ref, np.ndarray):
+    if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
+      raise SampleError('corrupt_image', sample_id, f'image array of dtype {ref.dtype} shape {ref.shape}')
+    return preprocess.common.to_rgb(Image.fromarray(ref[..., 0] if ref.ndim == 3 and ref.shape[-1] == 1 else ref))
+  if isinstance(ref, str) and not os.path.exists(ref):
+    raise SampleError('missing_image', sample_id, f'no image file at {ref}')
+  try:
+    return preprocess.decode_image(ref)
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    where = ref if isinstance(ref, str) else f'{len(ref)} embedded bytes'
+    raise SampleError('corrupt_image', sample_id, f'cannot decode {where}: {e}') from e
+
+
+def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tuple[int, int, int]],
+                    merge_size: int) -> np.ndarray:
+  """Qwen2-VL 3-D (t, h, w) positions [L, 3]: text advances all three; an image's tokens get
+  (start, start + row, start + col) and the text after it resumes at max + 1."""
+  n = len(input_ids)
+  out = np.zeros((n, 3), np.int32)
+  is_image = input_ids == image_token_id
+  t, pos, image = 0, 0, 0
+  while t < n:
+    if not is_image[t]:
+      end = t
+      while end < n and not is_image[end]:
+        end += 1
+      out[t:end] = (pos + np.arange(end - t, dtype=np.int32))[:, None]
+      pos += end - t
+      t = end
+    else:
+      gt, gh, gw = grids[image]
+      gh, gw = gh // merge_size, gw // merge_size
+      k = gt * gh * gw
+      tt, hh, ww = np.meshgrid(np.arange(gt), np.arange(gh), np.arange(gw), indexing='ij')
+      out[t:t + k] = pos + np.stack([tt.ravel(), hh.ravel(), ww.ravel()], axis=-1)
+      pos += max(gt, gh, gw)
+      t += k
+      image += 1
+  return out
+
+
+class SampleProcessor:
+  """Picklable callable: raw sample dict -> example dict (see module docstring)."""
+
+  def __init__(self, cfg, tokenizer: Tokenizer):
+    self.cfg = cfg
+    self.tokenizer = tokenizer
+    self.images = preprocess.ImageProcessor(cfg.image)
+    self.image_id = tokenizer.token_to_id(cfg.image_token)
+    self.wrap = [tokenizer.token_to_id(t) for t in (cfg.image_start, cfg.image_end) if t]
+    self.image_text = f'{cfg.image_start}{cfg.image_token}{cfg.image_end}'
+    self.template = ChatTemplate.from_name(cfg.template, tokenizer, image_placeholder=self.image_text)
+
+  # ---- pieces -------------------------------------------------------------------------------------
+
+  def check_structure(self, raw: dict) -> None:
+    sample_id = raw['id']
+    if 'error' in raw:
+      raise SampleError(raw['error'][0], sample_id, raw['error'][1])
+    messages = raw['messages']
+    if not messages or not any(m['role'] == 'assistant' and m['content'].strip() for m in messages):
+      raise SampleError('empty_conversation', sample_id, 'no non-empty assistant turn')
+    placeholders = sum(m['content'].count(IMAGE) for m in messages)
+    if placeholders != len(raw['images']):
+      raise SampleError('image_count_mismatch', sample_id,
+                        f'{placeholders} {IMAGE} placeholders but {len(raw["images"])} images')
+
+  def tokenize(self, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Template + tokenize: ids [n] int32 and assistant mask [n] bool (images unexpanded)."""
+    messages = [{'role': m['role'], 'content': m['content'].replace(IMAGE, self.image_text)} for m in messages]
+    text, spans = self.template.render_with_spans(messages)
+    ids, offsets = self.tokenizer.encode(text, add_special_tokens=self.template.add_special_tokens)
+    assistant = np.zeros(len(ids), bool)
+    for start, end in spans:
+      assistant |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+    return ids, assistant
+
+  # ---- the whole sample ---------------------------------------------------------------------------
+
+  def __call__(self, raw: dict) -> dict:
+    cfg, sample_id = self.cfg, raw['id']
+    self.check_structure(raw)
+    ids, assistant = self.tokenize(raw['messages'])
+    image_pos = np.flatnonzero(ids == self.image_id)
+    if len(image_pos) != len(raw['images']):
+      raise SampleError('image_count_mismatch', sample_id,
+                        f'{len(image_pos)} image tokens after templating but {len(raw["images"])} images')
+
+    # Cheap length check before decoding any pixels: token counts need only the image sizes.
+    pil_images = [load_image(ref, sample_id) for ref in raw['images']]
+    counts = [self.images.num_tokens(im.height, im.width) for im in pil_images]
+    repeats = np.ones(len(ids), np.int64)
+    repeats[image_pos] = counts
+    ids = np.repeat(ids, repeats)
+    assistant = np.repeat(assistant, repeats) & (ids != self.image_id)
+    starts = image_pos + np.concatenate([[0], np.cumsum(np.asarray(counts) - 1)])[:len(image_pos)]
+    starts = starts.astype(np.int64)  # first image token of each image, after expansion
+
+    keep_images = len(pil_images)
+    if len(ids) > cfg.max_length:
+      if not cfg.truncate:
+        raise SampleError('too_long', sample_id, f'{len(ids)} tokens > max_length {cfg.max_length}')
+      cut = cfg.max_length
+      for i, (s, c) in enumerate(zip(starts, counts)):
+        run_start = s - (1 if cfg.image_start else 0)
+        run_end = s + c + (1 if cfg.image_end else 0)
+        if run_end > cut:  # This image (and every later one) would be cut: stop before it.
+          cut, keep_images = min(cut, run_start), i
+          break
+      ids, assistant = ids[:cut], assistant[:cut]
+      pil_images, counts = pil_images[:keep_images], counts[:keep_images]
+
+    labels = np.zeros(len(ids), np.int32)
+    labels[:-1] = ids[1:]
+    loss_mask = np.zeros(len(ids), np.float32)
+    loss_mask[:-1] = assistant[1:]
+    if not loss_mask.any():
+      raise SampleError('too_long', sample_id, f'no assistant token within max_length {cfg.max_length}')
+
+    processed = [self.images(im) for im in pil_images]
+    if cfg.image.family == 'qwen2_vl':
+      tiles = [p.patches(cfg.image) for p in processed]
+      width = 3 * cfg.image.temporal_patch_size * cfg.image.patch_size ** 2
+      pixels = np.concatenate(tiles) if tiles else np.zeros((0, width), np.float32)
+    else:
+      tiles = [p.pixels for p in processed]
+      th, tw = cfg.image.tile_size
+      pixels = np.concatenate(tiles) if tiles else np.zeros((0, th, tw, 3), np.float32)
+    if len(pixels) > cfg.max_tiles:
+      raise SampleError('too_many_images', sample_id,
+                        f'{len(pixels)} image tiles/patches > max_tiles {cfg.max_tiles} per row')
+    example = {
+        'input_ids': ids.astype(np.int32),
+        'labels': labels,
+        'loss_mask': loss_mask,
+        'pixel_values': pixels.astype(np.float32, copy=False),
+        'image_sizes': np.asarray([p.image_size for p in processed], np.int32).reshape(-1, 2),
+        'image_tiles': np.asarray([len(t) for t in tiles], np.int32),
+    }
+    if cfg.image.family == 'qwen2_vl':
+      grids = [p.grid_thw for p in processed]
+      example['image_grid_thw'] = np.asarray(grids, np.int32).reshape(-1, 3)
+      if cfg.mrope:
+        example['mrope_positions'] = mrope_positions(example['input_ids'], self.image_id, grids,
+                                                     cfg.image.merge_size)
+    return example
