@@ -1,0 +1,136 @@
+"""Prefill + a jit-compiled decode loop over a preallocated KV cache.
+
+Rows are left padded. Prompt positions come from the attention mask (`cumsum(mask) - 1`, as
+transformers' `generate` computes them) and every new token takes the next position of its row.
+The cache holds `T + N - 1` slots: the prompt, then each generated token but the last.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from mmjax.generation.models import adapter_for
+from mmjax.generation.sampling import Sampling, next_token
+from mmjax.nn.masks import positions_from_attention_mask
+
+TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]  # (step, tokens [B], done [B])
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """`max_new_tokens` per row; rows that emit a `stop_ids` token end there and are padded with
+  `pad_id` (the stop token itself is kept, as transformers does)."""
+
+  max_new_tokens: int
+  sampling: Sampling = Sampling()
+  stop_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))
+
+
+def _is_stop(tokens, stop_ids):
+  if not stop_ids:
+    return jnp.zeros(tokens.shape, bool)
+  return jnp.isin(tokens, jnp.asarray(stop_ids, jnp.int32))
+
+
+class Generator:
+  """Compiles prefill and decode once per input shape; `params` may be sharded over a mesh."""
+
+  def __init__(self, family, config, params):
+    self.model = adapter_for(family, config)
+    self.params = params
+    self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
+    self._decode = jax.jit(self._decode_fn, static_argnames=("gen", "on_token"))
+
+  def _prefill_fn(self, params, input_ids, mask, positions, pixels, rng, *, gen: GenerateConfig):
+    b, t = input_ids.shape
+    n = gen.max_new_tokens
+    if positions is None:
+      positions = positions_from_attention_mask(mask)  # [B, T]
+    full_mask = jnp.concatenate([mask, jnp.ones((b, n - 1), mask.dtype)], axis=1)  # [B, S]
+    state = self.model.init_state(b, t + n - 1)
+    logits, state = self.model.prefill(params, input_ids, pixels, positions, full_mask, state)
+    rng, sub = jax.random.split(rng)
+    token = next_token(logits, sub, gen.sampling)  # [B]
+    out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
+    return dict(step=jnp.int32(1), token=token, done=_is_stop(token, gen.stop_ids), out=out,
+                state=state, mask=full_mask, position=positions[:, -1] + 1, index=jnp.int32(t),
+                rng=rng)
+
+  def _decode_fn(self, params, carry, *, gen: GenerateConfig, on_token: TokenCallback | None):
+    n = gen.max_new_tokens
+
+    def cond(c):
+      return (c["step"] < n) & ~jnp.all(c["done"])
+
+    def body(c):
+      logits, state = self.model.step(params, c["token"][:, None], c["position"][:, None],
+                                      c["mask"], c["state"], c["index"])
+      rng, sub = jax.random.split(c["rng"])
+      token = jnp.where(c["done"], gen.pad_id, next_token(logits, sub, gen.sampling))  # [B]
+      done = c["done"] | _is_stop(token, gen.stop_ids)
+      if on_token is not None:
+        io_callback(on_token, None, c["step"], token, done, ordered=True)
+      out = jax.lax.dynamic_update_slice(c["out"], token[:, None], (0, c["step"]))  # [B, N]
+      return dict(step=c["step"] + 1, token=token, done=done, out=out, state=state, mask=c["mask"],
+                  position=c["position"] + 1, index=c["index"] + 1, rng=rng)
+
+    return jax.lax.while_loop(cond, body, carry)["out"]
+
+  def prefill(self, input_ids, attention_mask=None, pixels=None, *, gen: GenerateConfig,
+              positions=None, rng=None) -> dict[str, Any]:
+    """Runs the prompt; the returned carry holds the first token (`carry['token']`) and cache."""
+    input_ids = np.asarray(input_ids, np.int32)
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+      raise ValueError(f"input_ids must be [batch, length] with length >= 1, got {input_ids.shape}")
+    mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+    if mask.shape != input_ids.shape:
+      raise ValueError(f"attention_mask {mask.shape} does not match input_ids {input_ids.shape}")
+    if not np.all(mask[:, -1] == 1):
+      raise ValueError("generation needs left-padded rows: the attention mask of every row must "
+                       "end with 1 (pad on the left, as transformers' processors do with "
+                       "padding_side='left')")
+    if pixels is not None:
+      pixels = np.asarray(pixels, np.float32)
+      if pixels.ndim != 4:
+        raise ValueError(f"pixels must be [images, height, width, channels], got {pixels.shape}")
+    self.model.check_inputs(input_ids, pixels)
+    if positions is not None:
+      positions = np.asarray(positions, np.int32)
+      if positions.shape != input_ids.shape:
+        raise ValueError(f"positions {positions.shape} do not match input_ids {input_ids.shape}")
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    return self._prefill(self.params, input_ids, mask, positions, pixels, rng, gen=gen)
+
+  def decode(self, carry, *, gen: GenerateConfig, on_token: TokenCallback | None = None):
+    """The remaining tokens: returns ids `[B, N]` (first token included), stopped rows padded."""
+    if on_token is not None:
+      on_token(0, np.asarray(carry["token"]), np.asarray(carry["done"]))
+    return self._decode(self.params, carry, gen=gen, on_token=on_token)
+
+  def __call__(self, input_ids, attention_mask=None, pixels=None, *, gen: GenerateConfig,
+               positions=None, rng=None, on_token: TokenCallback | None = None) -> np.ndarray:
+    carry = self.prefill(input_ids, attention_mask, pixels, gen=gen, positions=positions, rng=rng)
+    return np.asarray(self.decode(carry, gen=gen, on_token=on_token))
+
+
+def generate(family, config, params, input_ids, attention_mask=None, pixels=None, *,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             stop_ids=(), pad_id: int = 0, rng=None, on_token: TokenCallback | None = None):
+  """Generated ids `[B, max_new_tokens]` for left-padded prompts.
+
+  `pixels [I, H, W, C]` (NHWC) holds every image of the batch in row order. Greedy at
+  temperature 0 (the default).
+  """
+  gen = GenerateConfig(max_new_tokens, Sampling(temperature, top_k, top_p), tuple(stop_ids), pad_id)
+  return Generator(family, config, params)(input_ids, attention_mask, pixels, gen=gen, rng=rng,
+                                           on_token=on_token)

@@ -1,0 +1,85 @@
+"""Tiny LLaVA / causal-LM checkpoints, left-padded prompts and transformers' greedy reference."""
+
+import numpy as np
+import torch
+import transformers
+
+from hf_models import llava_config, save, text_config
+from mmjax.checkpoint import load_checkpoint
+from mmjax.convert.importer import convert_hf
+
+PAD = 0
+
+
+def tokens_per_image(hf_cfg) -> int:
+  v = hf_cfg.vision_config
+  n = (v.image_size // v.patch_size) ** 2
+  cls_token = 1 if v.model_type == "clip_vision_model" else 0
+  return n + cls_token - (1 if hf_cfg.vision_feature_select_strategy == "default" else 0)
+
+
+def build_llava(tmp_path, vision=None, text=None, seed=0, **kw):
+  """Saves a noisy random LLaVA, converts it; returns (hf model, hf config, family, config, params)."""
+  torch.manual_seed(seed)
+  hf_cfg = llava_config(vision, text or text_config("llama"), **kw)
+  model = transformers.LlavaForConditionalGeneration(hf_cfg)
+  hf_dir = save(model, str(tmp_path / "hf"), seed=seed)
+  convert_hf(hf_dir, str(tmp_path / "mm"), progress=False)
+  model = transformers.LlavaForConditionalGeneration.from_pretrained(
+      hf_dir, attn_implementation="eager").eval()
+  return (model, hf_cfg, *load_checkpoint(str(tmp_path / "mm")))
+
+
+def build_causal_lm(tmp_path, text, seed=0):
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(text)
+  hf_dir = save(model, str(tmp_path / "hf"), seed=seed)
+  convert_hf(hf_dir, str(tmp_path / "mm"), progress=False)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      hf_dir, attn_implementation="eager").eval()
+  return (model, *load_checkpoint(str(tmp_path / "mm")))
+
+
+def left_padded(rows):
+  t = max(len(r) for r in rows)
+  ids = np.full((len(rows), t), PAD, np.int64)
+  mask = np.zeros_like(ids)
+  for i, row in enumerate(rows):
+    ids[i, t - len(row):] = row
+    mask[i, t - len(row):] = 1
+  return ids, mask
+
+
+def llava_prompts(hf_cfg, images_per_row, seed=0):
+  """Left-padded rows `bos text (<image>*n text)*` of different lengths; pixels NCHW."""
+  rng = np.random.default_rng(seed)
+  vocab, image_token = hf_cfg.text_config.vocab_size, hf_cfg.image_token_id
+  rows = []
+  for r, count in enumerate(images_per_row):
+    row = [1] + list(rng.integers(3, vocab - 1, 2 + 3 * r))
+    for _ in range(count):
+      row += [image_token] * tokens_per_image(hf_cfg) + list(rng.integers(3, vocab - 1, 2))
+    rows.append(row)
+  ids, mask = left_padded(rows)
+  v = hf_cfg.vision_config
+  pixels = rng.normal(size=(sum(images_per_row), 3, v.image_size, v.image_size)).astype(np.float32)
+  return ids, mask, pixels
+
+
+def text_prompts(vocab, lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return left_padded([[1] + list(rng.integers(3, vocab, n - 1)) for n in lengths])
+
+
+def hf_greedy(model, ids, mask, pixels=None, n=16, eos=None):
+  """transformers' greedy ids `[B, <= n]` after the prompt (exactly n without `eos`)."""
+  model.generation_config.eos_token_id = eos
+  kw = dict(pixel_values=torch.tensor(pixels)) if pixels is not None and len(pixels) else {}
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         do_sample=False, max_new_tokens=n, pad_token_id=PAD, **kw)
+  return out[:, ids.shape[1]:].numpy()
+
+
+def nhwc(pixels):
+  return None if pixels is None else np.transpose(pixels, (0, 2, 3, 1))
