@@ -91,7 +91,7 @@ class DataConfig:
   worker_buffer_size: int = 2
   drop_remainder: bool = True
   mrope: bool = False  # qwen2_vl: also emit 3-D M-RoPE positions
-  max_consecutive_skips: int = 10_000  # more bad samples in a row than this is an error
+  max_consecutive_skips: int = 1000  # more bad samples in a row than this is an error
   sources: tuple[SourceConfig, ...] = ()
 
   @classmethod
@@ -146,7 +146,7 @@ class _SkipCountingIterator:
   unusable; that raises instead of spinning forever on a repeated dataset.
   """
 
-  def __init__(self, parent, max_consecutive_skips: int = 10_000):
+  def __init__(self, parent, max_consecutive_skips: int = 1000):
     self._parent = parent
     self._pending = np.zeros(len(REASONS), np.int64)
     self._max_consecutive = max_consecutive_skips

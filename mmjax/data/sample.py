@@ -90,7 +90,9 @@ class SampleProcessor:
 
   # ---- pieces -------------------------------------------------------------------------------------
 
-  def check_structure(self, raw: dict) -> None:
+  @staticmethod
+  def check_structure(raw: dict) -> None:
+    """Record errors, empty conversations, placeholder/image count mismatch (no decoding)."""
     sample_id = raw['id']
     if 'error' in raw:
       raise SampleError(raw['error'][0], sample_id, raw['error'][1])

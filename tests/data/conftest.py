@@ -66,3 +66,15 @@ def llava_dataset(tmp_path):
   path = tmp_path / 'data.json'
   path.write_text(json.dumps(records))
   return str(path), str(root)
+
+
+@pytest.fixture
+def make_image():
+  """write_image(path, h, w, seed=0, mode='RGB') -> path."""
+  return write_image
+
+
+@pytest.fixture
+def make_record():
+  """llava_record(i, image=None, question=..., answer=..., turns=1) -> LLaVA-format dict."""
+  return llava_record

@@ -1,0 +1,144 @@
+"""One sample -> example: placeholders expanded, labels shifted, loss on assistant turns, truncation."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mmjax.data.pipeline import DataConfig
+from mmjax.data.preprocess import preset
+from mmjax.data.sample import SampleProcessor, mrope_positions
+from mmjax.data.validation import SampleError
+
+SMALL = preset('llava15', shortest_edge=28, crop_size=28)  # 2x2 patches of 14 -> 4 tokens per image
+
+
+def _cfg(**kw):
+  return DataConfig(**{'image': SMALL, 'max_length': 256, 'max_tiles': 8, 'max_images': 8, **kw})
+
+
+def _raw(images, messages, sample_id='x'):
+  return {'id': sample_id, 'images': images, 'messages': messages}
+
+
+def _conv(n_images=1, answer='A red square.'):
+  return [{'role': 'user', 'content': '<image>\n' * n_images + 'What is in the picture?'},
+          {'role': 'assistant', 'content': answer}]
+
+
+def test_vicuna_example(tokenizer, tmp_path, make_image):
+  path = str(make_image(tmp_path / 'a.png', 40, 60))
+  proc = SampleProcessor(_cfg(), tokenizer)
+  ex = proc(_raw([path], _conv()))
+  image_id = tokenizer.token_to_id('<image>')
+  ids, labels, mask = ex['input_ids'], ex['labels'], ex['loss_mask']
+  assert ids.dtype == np.int32 and labels.dtype == np.int32 and mask.dtype == np.float32
+  assert ids[0] == tokenizer.token_to_id('<s>')
+  assert (ids == image_id).sum() == 4  # the one placeholder, expanded
+  np.testing.assert_array_equal(labels[:-1], ids[1:])
+  assert labels[-1] == 0 and mask[-1] == 0
+  # Supervised targets decode to exactly the answer and the end-of-turn token.
+  assert tokenizer.decode(labels[mask > 0]) == ' A red square.</s>'
+  assert labels[mask > 0][-1] == tokenizer.token_to_id('</s>')
+  assert ex['pixel_values'].shape == (1, 28, 28, 3)
+  np.testing.assert_array_equal(ex['image_sizes'], [[40, 60]])
+  np.testing.assert_array_equal(ex['image_tiles'], [1])
+
+
+def test_text_only_and_multi_turn(tokenizer):
+  proc = SampleProcessor(_cfg(), tokenizer)
+  messages = [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello.'},
+              {'role': 'user', 'content': 'Why?'}, {'role': 'assistant', 'content': 'Because.'}]
+  ex = proc(_raw([], messages))
+  assert ex['pixel_values'].shape == (0, 28, 28, 3) and ex['image_sizes'].shape == (0, 2)
+  assert tokenizer.decode(ex['labels'][ex['loss_mask'] > 0]) == ' Hello.</s> Because.</s>'
+
+
+def test_internvl_wrappers_and_tiles(tokenizer, tmp_path, make_image):
+  path = str(make_image(tmp_path / 'wide.png', 30, 100))
+  image = preset('internvl', size=28, max_tiles=6)  # 28 px tiles, 2x2 patches, pixel shuffle 2 -> 1 token/tile
+  cfg = _cfg(image=image, template='internvl', image_token='<IMG_CONTEXT>', image_start='<img>', image_end='</img>')
+  ex = SampleProcessor(cfg, tokenizer)(_raw([path], _conv()))
+  ids = ex['input_ids']
+  n_tiles = ex['pixel_values'].shape[0]
+  assert n_tiles > 1 and ex['image_tiles'][0] == n_tiles  # grid tiles + thumbnail
+  ctx = np.flatnonzero(ids == tokenizer.token_to_id('<IMG_CONTEXT>'))
+  assert len(ctx) == n_tiles and np.all(np.diff(ctx) == 1)
+  assert ids[ctx[0] - 1] == tokenizer.token_to_id('<img>') and ids[ctx[-1] + 1] == tokenizer.token_to_id('</img>')
+  assert tokenizer.decode(ex['labels'][ex['loss_mask'] > 0]) == 'A red square.<|im_end|>\n'
+
+
+def test_truncation_never_cuts_an_image(tokenizer, tmp_path, make_image):
+  paths = [str(make_image(tmp_path / f'{i}.png', 30, 30, seed=i)) for i in range(2)]
+  messages = [{'role': 'user', 'content': '<image> first'}, {'role': 'assistant', 'content': 'one two three'},
+              {'role': 'user', 'content': '<image> second'}, {'role': 'assistant', 'content': 'four five six'}]
+  full = SampleProcessor(_cfg(), tokenizer)(_raw(paths, messages))
+  image_id = tokenizer.token_to_id('<image>')
+  second_image = np.flatnonzero(full['input_ids'] == image_id)[4]
+  for max_length in range(second_image, second_image + 4):  # every cut inside the second image
+    ex = SampleProcessor(_cfg(max_length=max_length), tokenizer)(_raw(paths, messages))
+    assert len(ex['input_ids']) == second_image <= max_length
+    assert (ex['input_ids'] == image_id).sum() == 4 and ex['pixel_values'].shape[0] == 1
+  with pytest.raises(SampleError) as e:
+    SampleProcessor(_cfg(max_length=len(full['input_ids']) - 1, truncate=False), tokenizer)(_raw(paths, messages))
+  assert e.value.reason == 'too_long'
+  with pytest.raises(SampleError) as e:  # The first answer starts after the cut: nothing to learn.
+    SampleProcessor(_cfg(max_length=10), tokenizer)(_raw(paths, messages))
+  assert e.value.reason == 'too_long'
+
+
+@pytest.mark.parametrize('case,reason', [
+    ('missing', 'missing_image'), ('corrupt', 'corrupt_image'), ('mismatch', 'image_count_mismatch'),
+    ('empty', 'empty_conversation'), ('no_answer', 'empty_conversation'), ('error', 'bad_record'),
+    ('tiles', 'too_many_images'),
+])
+def test_bad_samples_raise_sample_error(tokenizer, tmp_path, make_image, case, reason):
+  good = str(make_image(tmp_path / 'ok.png', 20, 20))
+  corrupt = tmp_path / 'bad.png'
+  corrupt.write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+  raw = {
+      'missing': _raw([str(tmp_path / 'nope.png')], _conv()),
+      'corrupt': _raw([str(corrupt)], _conv()),
+      'mismatch': _raw([good, good], _conv(1)),
+      'empty': _raw([], []),
+      'no_answer': _raw([], [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': ' '}]),
+      'error': {'id': 'e', 'images': [], 'messages': [], 'error': ('bad_record', 'broken')},
+      'tiles': _raw([good] * 3, _conv(3)),
+  }[case]
+  cfg = _cfg(max_tiles=2) if case == 'tiles' else _cfg()
+  with pytest.raises(SampleError) as e:
+    SampleProcessor(cfg, tokenizer)(dict(raw, id='sample-7'))
+  assert e.value.reason == reason and 'sample-7' in str(e.value)
+
+
+def test_qwen2_vl_patches_and_mrope(tokenizer, tmp_path, make_image):
+  path = str(make_image(tmp_path / 'q.png', 60, 90))
+  image = preset('qwen2_vl', min_pixels=28 * 28, max_pixels=56 * 56)
+  cfg = _cfg(image=image, template='chatml', image_token='<|image_pad|>', image_start='<|vision_start|>',
+             image_end='<|vision_end|>', mrope=True, max_tiles=64)
+  ex = SampleProcessor(cfg, tokenizer)(_raw([path], _conv()))
+  t, gh, gw = ex['image_grid_thw'][0]
+  assert ex['pixel_values'].shape == (gh * gw, 3 * 2 * 14 * 14)
+  n_tokens = (ex['input_ids'] == tokenizer.token_to_id('<|image_pad|>')).sum()
+  assert n_tokens == gh * gw // 4
+  pos = ex['mrope_positions']
+  start = np.flatnonzero(ex['input_ids'] == tokenizer.token_to_id('<|image_pad|>'))[0]
+  np.testing.assert_array_equal(pos[:start], np.repeat(np.arange(start)[:, None], 3, 1))
+  np.testing.assert_array_equal(pos[start + n_tokens], [start + max(gh, gw) // 2] * 3)  # text resumes at max + 1
+
+
+def test_mrope_positions_layout():
+  ids = np.array([5, 5, 9, 9, 9, 9, 9, 9, 5])  # 2 text, an image of 1x2x3 merged tokens, 1 text
+  pos = mrope_positions(ids, 9, [(1, 4, 6)], merge_size=2)
+  np.testing.assert_array_equal(pos[:, 0], [0, 1, 2, 2, 2, 2, 2, 2, 5])
+  np.testing.assert_array_equal(pos[:, 1], [0, 1, 2, 2, 2, 3, 3, 3, 5])
+  np.testing.assert_array_equal(pos[:, 2], [0, 1, 2, 3, 4, 2, 3, 4, 5])
+
+
+def test_config_from_dict():
+  cfg = DataConfig.from_dict({'image_preset': 'siglip384', 'image_overrides': {'size': 224}, 'max_length': 64,
+                              'sources': [{'path': 'x.json', 'weight': 0.5}]})
+  assert cfg.image.tile_size == (224, 224) and cfg.sources[0].weight == 0.5
+  assert dataclasses.replace(cfg, max_length=8).max_length == 8
+  with pytest.raises(ValueError, match='unknown data config keys'):
+    DataConfig.from_dict({'max_lenght': 3})
