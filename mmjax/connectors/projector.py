@@ -39,7 +39,7 @@ class Projector(nn.Module):
     kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
     def linear(name, d_in, d_out, in_axis):
-      return Einsum("...F,FD->...D", (d_in, d_out), (in_axis, "embed"),
+      return Einsum("...F,DF->...D", (d_out, d_in), ("embed", in_axis),
                     bias_shape=(d_out,) if cfg.use_bias else None, bias_axes=("embed",),
                     name=name, **kw)
 

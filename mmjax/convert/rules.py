@@ -14,6 +14,8 @@ import numpy as np
 class Transform:
   """Maps an HF array to a parameter of shape `target` and back."""
 
+  reshape_only = False  # True when the parameter holds the HF bytes in the same order
+
   def hf_shape(self, target: tuple[int, ...]) -> tuple[int, ...]:
     raise NotImplementedError
 
@@ -23,9 +25,15 @@ class Transform:
   def to_hf(self, p: np.ndarray) -> np.ndarray:
     raise NotImplementedError
 
+  def fill(self, dest: np.ndarray, a: np.ndarray) -> None:
+    """Writes `to_params(a)` into `dest` (one strided copy, no temporary)."""
+    dest[...] = self.to_params(a, dest.shape)
+
 
 class Same(Transform):
   """Identical shapes (embeddings, position tables, 1-D norms)."""
+
+  reshape_only = True
 
   def hf_shape(self, target):
     return tuple(target)
@@ -39,6 +47,8 @@ class Same(Transform):
 
 class Flat(Transform):
   """HF keeps a flat vector, mmjax a split one (a bias `[N*H]` <-> `[N, H]`)."""
+
+  reshape_only = True
 
   def hf_shape(self, target):
     return (int(np.prod(target)),)
@@ -66,6 +76,37 @@ class Linear(Transform):
     d_in = int(np.prod(p.shape[:self.in_ndim]))
     return np.ascontiguousarray(p.reshape(d_in, -1).T)
 
+  def fill(self, dest, a, block: int = 256):
+    # Tiled transpose: several times faster than one strided copy of a large matrix.
+    out = dest.reshape(a.shape[1], a.shape[0])
+    for i in range(0, a.shape[0], block):
+      for j in range(0, a.shape[1], block):
+        out[j:j + block, i:i + block] = a[i:i + block, j:j + block].T
+
+
+@dataclasses.dataclass(frozen=True)
+class Matrix(Transform):
+  """torch `Linear.weight [out, in]` <-> an out-major kernel `[*out_dims, *in_dims]`: a reshape.
+
+  mmjax's own layers keep torch's out-major layout so that conversion never transposes.
+  """
+
+  reshape_only = True
+
+  out_ndim: int = 1
+
+  def hf_shape(self, target):
+    return (int(np.prod(target[:self.out_ndim])), int(np.prod(target[self.out_ndim:])))
+
+  def to_params(self, a, target):
+    return a.reshape(target)
+
+  def to_hf(self, p):
+    return p.reshape(self.hf_shape(p.shape))
+
+  def fill(self, dest, a):
+    dest.reshape(a.shape)[...] = a
+
 
 class ConvPatch(Transform):
   """torch `Conv2d.weight [D, C, P, P]` <-> patch kernel `[P, P, C, D]` over NHWC patches."""
@@ -81,7 +122,9 @@ class ConvPatch(Transform):
     return np.ascontiguousarray(p.transpose(3, 2, 0, 1))
 
 
-SAME, FLAT, LINEAR, LINEAR_OUT2, CONV_PATCH = Same(), Flat(), Linear(1), Linear(2), ConvPatch()
+SAME, FLAT, CONV_PATCH = Same(), Flat(), ConvPatch()
+LINEAR, LINEAR_OUT2 = Linear(1), Linear(2)  # in-major kernels (transposed on conversion)
+MATRIX, HEADS_MATRIX = Matrix(1), Matrix(2)  # out-major kernels: [out, in], [N, H, D]
 
 
 @dataclasses.dataclass(frozen=True)

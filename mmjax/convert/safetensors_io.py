@@ -88,6 +88,21 @@ class SafetensorsFile:
       raise CorruptFileError(f"{self.path}: truncated while reading {name!r}")
     return np.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
 
+  def read_into(self, name: str, out: np.ndarray) -> None:
+    """Reads a tensor's bytes straight into `out` (C-contiguous, same dtype and size)."""
+    info = self.tensors[name]
+    if out.dtype != info.dtype or out.nbytes != info.nbytes or not out.flags.c_contiguous:
+      raise ValueError(f"cannot read {name!r} ({info.dtype}{info.shape}) into "
+                       f"{out.dtype}{out.shape}")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    with open(self.path, "rb") as f:
+      done = 0
+      while done < info.nbytes:  # pread may return less than asked for very large reads
+        n = os.preadv(f.fileno(), [view[done:]], self.data_start + info.start + done)
+        if n == 0:
+          raise CorruptFileError(f"{self.path}: truncated while reading {name!r}")
+        done += n
+
 
 def write_safetensors(
     path: str,

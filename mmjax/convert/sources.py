@@ -86,6 +86,17 @@ class TensorSource:
       return t.numpy()
     return self._files[self._where[name]].read(name)
 
+  def read_into(self, name: str, out: np.ndarray) -> bool:
+    """Reads straight into `out` when the bytes can land as they are; False otherwise."""
+    if self._torch is not None:
+      return False
+    f = self._files[self._where[name]]
+    info = f.tensors[name]
+    if out.dtype != info.dtype or out.nbytes != info.nbytes or not out.flags.c_contiguous:
+      return False
+    f.read_into(name, out)
+    return True
+
   def file_of(self, name: str) -> str:
     return self._where[name]
 

@@ -6,12 +6,12 @@ in SigLIP, biases a config switches off) are dropped by the converter, so one ta
 variant and the strict checks catch what is left over.
 """
 
-from mmjax.convert.rules import CONV_PATCH, FLAT, LINEAR, LINEAR_OUT2, SAME, Layout, Rule
+from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, SAME, Layout, Rule
 
 _ATTN = [
-    Rule("self_attn.q_proj.weight", "attn/q/kernel", LINEAR),
-    Rule("self_attn.k_proj.weight", "attn/k/kernel", LINEAR),
-    Rule("self_attn.v_proj.weight", "attn/v/kernel", LINEAR),
+    Rule("self_attn.q_proj.weight", "attn/q/kernel", HEADS_MATRIX),
+    Rule("self_attn.k_proj.weight", "attn/k/kernel", HEADS_MATRIX),
+    Rule("self_attn.v_proj.weight", "attn/v/kernel", HEADS_MATRIX),
     Rule("self_attn.q_proj.bias", "attn/q/bias", FLAT),
     Rule("self_attn.k_proj.bias", "attn/k/bias", FLAT),
     Rule("self_attn.v_proj.bias", "attn/v/bias", FLAT),
@@ -25,29 +25,30 @@ def _layer(rules: list[Rule], hf_prefix: str, path_prefix: str) -> list[Rule]:
 def vision_rules() -> list[Rule]:
   """CLIP / SigLIP vision towers (canonical: transformers v5 `CLIPVisionModel` keys)."""
   layer = _ATTN + [
-      Rule("self_attn.out_proj.weight", "attn/o/kernel", LINEAR_OUT2),
+      Rule("self_attn.out_proj.weight", "attn/o/kernel", MATRIX),
       Rule("self_attn.out_proj.bias", "attn/o/bias", SAME),
       Rule("layer_norm1.weight", "norm1/scale"), Rule("layer_norm1.bias", "norm1/bias"),
       Rule("layer_norm2.weight", "norm2/scale"), Rule("layer_norm2.bias", "norm2/bias"),
-      Rule("mlp.fc1.weight", "mlp/fc1/kernel", LINEAR), Rule("mlp.fc1.bias", "mlp/fc1/bias"),
-      Rule("mlp.fc2.weight", "mlp/fc2/kernel", LINEAR), Rule("mlp.fc2.bias", "mlp/fc2/bias"),
+      Rule("mlp.fc1.weight", "mlp/fc1/kernel", MATRIX), Rule("mlp.fc1.bias", "mlp/fc1/bias"),
+      Rule("mlp.fc2.weight", "mlp/fc2/kernel", MATRIX), Rule("mlp.fc2.bias", "mlp/fc2/bias"),
   ]
   head = [
       Rule("head.probe", "head/probe"),
-      Rule("head.attention.out_proj.weight", "head/o/kernel", LINEAR_OUT2),
+      Rule("head.attention.out_proj.weight", "head/o/kernel", MATRIX),
       Rule("head.attention.out_proj.bias", "head/o/bias"),
       Rule("head.layernorm.weight", "head/norm/scale"), Rule("head.layernorm.bias", "head/norm/bias"),
-      Rule("head.mlp.fc1.weight", "head/mlp/fc1/kernel", LINEAR),
+      Rule("head.mlp.fc1.weight", "head/mlp/fc1/kernel", MATRIX),
       Rule("head.mlp.fc1.bias", "head/mlp/fc1/bias"),
-      Rule("head.mlp.fc2.weight", "head/mlp/fc2/kernel", LINEAR),
+      Rule("head.mlp.fc2.weight", "head/mlp/fc2/kernel", MATRIX),
       Rule("head.mlp.fc2.bias", "head/mlp/fc2/bias"),
   ]
   # torch's MultiheadAttention packs q, k, v into one in_proj tensor.
   for index, name in enumerate("qkv"):
-    head.append(Rule("head.attention.in_proj_weight", f"head/{name}/kernel", LINEAR, (index, 3)))
+    head.append(Rule("head.attention.in_proj_weight", f"head/{name}/kernel", HEADS_MATRIX,
+                     (index, 3)))
     head.append(Rule("head.attention.in_proj_bias", f"head/{name}/bias", FLAT, (index, 3)))
   return [
-      Rule("embeddings.patch_embedding.weight", "patch_embed/kernel", CONV_PATCH),
+      Rule("embeddings.patch_embedding.weight", "patch_embed/kernel", SAME),
       Rule("embeddings.patch_embedding.bias", "patch_embed/bias"),
       Rule("embeddings.class_embedding", "class_embed"),
       Rule("embeddings.position_embedding.weight", "pos_embed"),
@@ -62,13 +63,13 @@ def vision_rules() -> list[Rule]:
 def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:
   """Llama-family decoders, relative to the decoder's `model.` prefix; `lm_head` is absolute."""
   layer = _ATTN + [
-      Rule("self_attn.o_proj.weight", "attn/o/kernel", LINEAR_OUT2),
+      Rule("self_attn.o_proj.weight", "attn/o/kernel", MATRIX),
       Rule("self_attn.o_proj.bias", "attn/o/bias"),
       Rule("self_attn.q_norm.weight", "attn/q_norm/scale"),
       Rule("self_attn.k_norm.weight", "attn/k_norm/scale"),
       Rule("input_layernorm.weight", "attn_norm/scale"),
       Rule("post_attention_layernorm.weight", "mlp_norm/scale"),
-      *[Rule(f"mlp.{n}_proj.weight", f"mlp/{n}/kernel", LINEAR) for n in ("gate", "up", "down")],
+      *[Rule(f"mlp.{n}_proj.weight", f"mlp/{n}/kernel", MATRIX) for n in ("gate", "up", "down")],
       *[Rule(f"mlp.{n}_proj.bias", f"mlp/{n}/bias") for n in ("gate", "up", "down")],
   ]
   return [
@@ -80,8 +81,8 @@ def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:
 
 def projector_rules() -> list[Rule]:
   return [
-      Rule("linear_1.weight", "linear_1/kernel", LINEAR), Rule("linear_1.bias", "linear_1/bias"),
-      Rule("linear_2.weight", "linear_2/kernel", LINEAR), Rule("linear_2.bias", "linear_2/bias"),
+      Rule("linear_1.weight", "linear_1/kernel", MATRIX), Rule("linear_1.bias", "linear_1/bias"),
+      Rule("linear_2.weight", "linear_2/kernel", MATRIX), Rule("linear_2.bias", "linear_2/bias"),
   ]
 
 
@@ -93,7 +94,7 @@ def llava_rules() -> list[Rule]:
   return (
       _layer(vision_rules(), "model.vision_tower.", "encoder/")
       + _layer(decoder_rules(), "model.language_model.", "decoder/")
-      + [Rule("lm_head.weight", "decoder/lm_head/kernel", LINEAR)]
+      + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)]
       + _layer(projector_rules(), "model.multi_modal_projector.", "connector/")
   )
 
@@ -115,7 +116,7 @@ LLAVA_LAYOUTS = (
 
 def causal_lm_rules() -> list[Rule]:
   return _layer(decoder_rules(), "model.", "decoder/") + [
-      Rule("lm_head.weight", "decoder/lm_head/kernel", LINEAR)]
+      Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)]
 
 
 CAUSAL_LM_LAYOUTS = (Layout("v5"),)

@@ -23,7 +23,8 @@ class DecoderBlock(nn.Module):
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, mask, rope, cache_index, cache: KVCache | None):
+  def __call__(self, x, mask, rope, cache_index, cache: KVCache | None, layer_id=None,
+               layer_inputs=None):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="attn_norm")(x)
@@ -37,7 +38,12 @@ class DecoderBlock(nn.Module):
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="mlp_norm")(x)
     h = GatedMlp(cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias, dtype=dtype,
                  param_dtype=param_dtype, name="mlp")(h)
-    x = nn.with_logical_constraint(x + h, (ax.BATCH, ax.LENGTH, ax.EMBED))
+    x = x + h
+    if layer_inputs is not None:  # DeepStack: `layer_inputs [K, B, T, D]` added after layers 0..K-1
+      k = layer_inputs.shape[0]
+      add = jax.lax.dynamic_index_in_dim(layer_inputs, jnp.minimum(layer_id, k - 1), keepdims=False)
+      x = x + jnp.where(layer_id < k, add.astype(x.dtype), jnp.zeros((), x.dtype))
+    x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, ax.EMBED))
     return x, cache
 
 
@@ -63,13 +69,13 @@ class Decoder(nn.Module):
     )
     stack = scan_layers(
         DecoderBlock, length=cfg.num_layers, remat_policy=cfg.remat_policy,
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, nn.broadcast),
     )
     self.layers = stack(cfg, name="layers")
     self.norm = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
-      self.lm_head = Einsum(
-          "BTD,DV->BTV", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+      self.lm_head = Einsum(  # [V, D], the embedding's layout
+          "BTD,VD->BTV", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
           dtype=jnp.dtype(cfg.dtype), param_dtype=param_dtype, name="lm_head",
       )
 
@@ -85,16 +91,18 @@ class Decoder(nn.Module):
       segment_ids: jax.Array | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
+      layer_inputs: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Runs the stack.
 
     Args:
       embeddings: `[B, T, D]` input embeddings (text, with image features merged in).
-      positions: `[B, T]` RoPE positions.
+      positions: `[B, T]` RoPE positions, or `[3, B, T]` (temporal, height, width) with M-RoPE.
       attention_mask_: `[B, S]` 1 for real keys, 0 for padding; S = T without a cache, else the
         cache length.
       segment_ids: `[B, T]` packed-sample ids (training without a cache).
       cache: `[L, B, S, K, H]` keys/values; written at `cache_index`.
+      layer_inputs: `[K, B, T, D]` added to the output of layers `0..K-1` (Qwen3-VL DeepStack).
     Returns:
       float32 logits `[B, T, V]` and the updated cache.
     """
@@ -108,7 +116,8 @@ class Decoder(nn.Module):
         q_segment=segment_ids, k_segment=segment_ids, sliding_window=cfg.sliding_window,
     )
     rope = rope_cos_sin(cfg.rope, cfg.head_dim, positions)
-    x, cache = self.layers(x, mask, rope, cache_index, cache)
+    layer_ids = None if layer_inputs is None else jnp.arange(cfg.num_layers)
+    x, cache = self.layers(x, mask, rope, cache_index, cache, layer_ids, layer_inputs)
     x = self.norm(x)
     if cfg.tie_embeddings:
       logits = self.embedder.attend(x.astype(jnp.dtype(cfg.dtype)))

@@ -114,12 +114,12 @@ class AttentionPoolingHead(nn.Module):
     a = VISION_AXES
 
     def proj(name, inp):
-      return Einsum("BTD,DNH->BTNH", (cfg.hidden_size, heads, head_dim), (a.embed, a.heads, a.head_dim),
+      return Einsum("BTD,NHD->BTNH", (heads, head_dim, cfg.hidden_size), (a.heads, a.head_dim, a.embed),
                     bias_shape=(heads, head_dim), bias_axes=(a.heads, a.head_dim), name=name, **kw)(inp)
 
     q, k, v = proj("q", probe), proj("k", x), proj("v", x)
     out = dot_product_attention(q, k, v, None, scale=head_dim**-0.5, backend=cfg.attention_backend)
-    h = Einsum("BTNH,NHD->BTD", (heads, head_dim, cfg.hidden_size), (a.heads, a.head_dim, a.embed),
+    h = Einsum("BTNH,DNH->BTD", (cfg.hidden_size, heads, head_dim), (a.embed, a.heads, a.head_dim),
                bias_shape=(cfg.hidden_size,), bias_axes=(a.embed,), name="o", **kw)(out)
     residual = h
     h = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="norm")(h)
@@ -148,9 +148,10 @@ class VisionTransformer(nn.Module):
       raise ValueError(f"expected images of {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} "
                        f"(NHWC), got {pixels.shape}")
     g = cfg.grid
-    patches = pixels.astype(dtype).reshape(b, g, p, g, p, c).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(b, g * g, p, p, c)  # [B, N, P, P, C] row-major over the grid
-    x = Einsum("BNpqc,pqcD->BND", (p, p, c, cfg.hidden_size), (None, None, None, "vit_embed"),
+    patches = pixels.astype(dtype).reshape(b, g, p, g, p, c).transpose(0, 1, 3, 5, 2, 4)
+    patches = patches.reshape(b, g * g, c, p, p)  # [B, N, C, P, P] row-major over the grid
+    # The kernel keeps torch's Conv2d layout [D, C, P, P].
+    x = Einsum("BNcpq,Dcpq->BND", (cfg.hidden_size, c, p, p), ("vit_embed", None, None, None),
                bias_shape=None if cfg.class_token else (cfg.hidden_size,), bias_axes=("vit_embed",),
                dtype=dtype, param_dtype=param_dtype, name="patch_embed")(patches)
     if cfg.class_token:

@@ -28,13 +28,13 @@ class Mlp(nn.Module):
     d_out = self.out_features or d_in
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = Einsum(
-        "...D,DF->...F", (d_in, self.hidden), (self.in_axis, self.hidden_axis),
+        "...D,FD->...F", (self.hidden, d_in), (self.hidden_axis, self.in_axis),
         bias_shape=(self.hidden,) if self.use_bias else None, bias_axes=(self.hidden_axis,),
         name="fc1", **kw,
     )(x)
     h = get_activation(self.activation)(h)
     return Einsum(
-        "...F,FD->...D", (self.hidden, d_out), (self.hidden_axis, self.in_axis),
+        "...F,DF->...D", (d_out, self.hidden), (self.in_axis, self.hidden_axis),
         bias_shape=(d_out,) if self.use_bias else None, bias_axes=(self.in_axis,),
         name="fc2", **kw,
     )(h)
@@ -56,13 +56,13 @@ class GatedMlp(nn.Module):
     d = x.shape[-1]
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def proj(name, shape, axes, bias_dim):
+    def proj(name, shape, axes):  # out-major kernels [out, in], as torch stores them
       return Einsum(
-          "...D,DF->...F", shape, axes, bias_shape=(bias_dim,) if self.use_bias else None,
-          bias_axes=(axes[1],), name=name, **kw,
+          "...I,OI->...O", shape, axes, bias_shape=(shape[0],) if self.use_bias else None,
+          bias_axes=(axes[0],), name=name, **kw,
       )
 
-    gate = proj("gate", (d, self.hidden), (self.embed_axis, self.hidden_axis), self.hidden)(x)
-    up = proj("up", (d, self.hidden), (self.embed_axis, self.hidden_axis), self.hidden)(x)
+    gate = proj("gate", (self.hidden, d), (self.hidden_axis, self.embed_axis))(x)
+    up = proj("up", (self.hidden, d), (self.hidden_axis, self.embed_axis))(x)
     h = get_activation(self.activation)(gate) * up  # [..., F]
-    return proj("down", (self.hidden, d), (self.hidden_axis, self.embed_axis), d)(h)
+    return proj("down", (d, self.hidden), (self.embed_axis, self.hidden_axis))(h)

@@ -18,7 +18,9 @@ KVCache = dict[str, jax.Array]  # {'k': [B, S, K, H], 'v': [B, S, K, H]}
 class MultiHeadAttention(nn.Module):
   """Self-attention with grouped-query heads.
 
-  Query/key/value kernels are `[D, N|K, H]` and the output kernel `[N, H, D]`.
+  Kernels are out-major like torch's `Linear.weight`: query/key/value `[N|K, H, D]`, output
+  `[D, N, H]`. Checkpoints then convert by reshaping alone, with no transposes (XLA picks its
+  own layouts, so compute does not care).
   """
 
   num_heads: int
@@ -50,7 +52,7 @@ class MultiHeadAttention(nn.Module):
 
     def proj(name, heads, heads_axis):
       return Einsum(
-          "BTD,DNH->BTNH", (d, heads, h), (a.embed, heads_axis, a.head_dim),
+          "BTD,NHD->BTNH", (heads, h, d), (heads_axis, a.head_dim, a.embed),
           bias_shape=(heads, h) if self.qkv_bias else None, bias_axes=(heads_axis, a.head_dim),
           name=name, **kw,
       )(x)
@@ -72,7 +74,7 @@ class MultiHeadAttention(nn.Module):
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
                                 scale=h**-0.5, backend=self.backend)  # [B, T, N, H]
     y = Einsum(
-        "BTNH,NHD->BTD", (n, h, d), (a.heads, a.head_dim, a.embed),
+        "BTNH,DNH->BTD", (d, n, h), (a.embed, a.heads, a.head_dim),
         bias_shape=(d,) if self.o_bias else None, bias_axes=(a.embed,), name="o", **kw,
     )(out)
     return y, cache

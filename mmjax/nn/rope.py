@@ -34,6 +34,10 @@ class RopeConfig:
   attention_factor: float | None = None  # yarn
   truncate: bool = True  # yarn
   partial_rotary_factor: float = 1.0
+  # M-RoPE (Qwen2-VL family): frequencies split into temporal / height / width sections that take
+  # their angle from the matching row of `positions [3, B, T]`; Qwen3-VL interleaves them.
+  mrope_section: tuple[int, ...] | None = None
+  mrope_interleaved: bool = False
 
   def __post_init__(self):
     if self.rope_type not in ROPE_TYPES:
@@ -47,10 +51,14 @@ class RopeConfig:
     params = {**scaling, **params}
     theta = params.get("rope_theta", text_config.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "mrope":  # old Qwen2-VL spelling of default frequencies + mrope_section
+      rope_type = "default"
     partial = params.get("partial_rotary_factor", text_config.get("partial_rotary_factor", 1.0))
     known = {f.name for f in dataclasses.fields(cls)}
     extra = {k: v for k, v in params.items() if k in known and v is not None}
     extra.pop("theta", None)
+    if extra.get("mrope_section") is not None:
+      extra["mrope_section"] = tuple(int(s) for s in extra["mrope_section"])
     return cls(
         **{
             **extra,
@@ -74,6 +82,10 @@ class RopeConfig:
       for k in ("mscale", "mscale_all_dim", "attention_factor"):
         if getattr(self, k) is not None:
           out[k] = getattr(self, k)
+    if self.mrope_section is not None:
+      out["mrope_section"] = list(self.mrope_section)
+      if self.mrope_interleaved:
+        out["mrope_interleaved"] = True
     return out
 
 
@@ -152,10 +164,31 @@ def inverse_frequencies(cfg: RopeConfig, head_dim: int, positions: jax.Array | N
   return 1.0 / (base.astype(jnp.float32) ** exponents), 1.0
 
 
+def mrope_axis(cfg: RopeConfig, num_freqs: int) -> np.ndarray:
+  """Which row of `positions [3, B, T]` (0 temporal, 1 height, 2 width) drives each frequency."""
+  sections = cfg.mrope_section
+  if sum(sections) != num_freqs:
+    raise ValueError(f"mrope_section {list(sections)} sums to {sum(sections)}, but the rotary "
+                     f"dimension has {num_freqs} frequencies")
+  if not cfg.mrope_interleaved:  # contiguous sections [t..., h..., w...]
+    return np.concatenate([np.full(s, i % 3) for i, s in enumerate(sections)]).astype(np.int32)
+  axis = np.zeros(num_freqs, np.int32)  # [t h w t h w ... t t]: h, w until their sections run out
+  for row in (1, 2):
+    axis[row:sections[row] * 3:3] = row
+  return axis
+
+
 def rope_cos_sin(cfg: RopeConfig, head_dim: int, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`positions [B, T]` -> float32 `cos, sin [B, T, rotary_dim]` (halves repeated)."""
+  """`positions [B, T]` (or `[3, B, T]` with M-RoPE) -> float32 `cos, sin [B, T, rotary_dim]`."""
   inv_freq, scaling = inverse_frequencies(cfg, head_dim, positions)
-  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, dim/2]
+  if positions.ndim == 3:
+    if cfg.mrope_section is None:
+      raise ValueError(f"positions {positions.shape} are 3-D but the rope config has no mrope_section")
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, dim/2]
+    axis = jnp.asarray(mrope_axis(cfg, inv_freq.shape[0]))
+    freqs = jnp.take_along_axis(freqs, axis[None, None, None, :], axis=0)[0]  # [B, T, dim/2]
+  else:
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, dim/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, dim]
   return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling
 
