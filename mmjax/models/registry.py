@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.convert import tables
+from mmjax.convert import tables, tables_qwen_vl
 from mmjax.convert.rules import Layout, Rule
 from mmjax.decoders.config import DecoderConfig
 from mmjax.encoders.vit import VisionConfig
+from mmjax.models import qwen_vl
 from mmjax.models.llava import Llava, LlavaConfig
 from mmjax.models.standalone import CausalLM, VisionModel
 from mmjax.nn.masks import positions_from_attention_mask
@@ -31,6 +32,8 @@ class Family:
   layouts: tuple[Layout, ...]
   ignores: tuple[str, ...] = tables.BUFFER_IGNORES
   lm_head_key: str | None = "lm_head.weight"  # canonical key left out when embeddings are tied
+  # (config, params, processor arrays) -> logits, for families whose inputs are not LLaVA's
+  hf_forward: Callable[..., np.ndarray] | None = None
 
   def tied(self, config) -> bool:
     decoder = getattr(config, "decoder", config)
@@ -58,10 +61,21 @@ FAMILIES: dict[str, Family] = {
         tables.vision_model_rules, tables.VISION_LAYOUTS, lm_head_key=None),
 }
 
+
+def _qwen_vl_family(name: str) -> Family:
+  return Family(
+      name, qwen_vl.QwenVLConfig, qwen_vl.QwenVLConfig.from_hf, qwen_vl.QwenVL,
+      qwen_vl.example_inputs, lambda: tables_qwen_vl.qwen_vl_rules(name),
+      tables_qwen_vl.QWEN_VL_LAYOUTS, hf_forward=qwen_vl.forward_from_hf_inputs)
+
+
+FAMILIES.update({name: _qwen_vl_family(name) for name in qwen_vl.MODEL_TYPES})
+
 MODEL_TYPES = {
     "llava": "llava",
     "llama": "causal_lm", "mistral": "causal_lm", "qwen2": "causal_lm", "qwen3": "causal_lm",
     "clip_vision_model": "vision", "siglip_vision_model": "vision",
+    **{name: name for name in qwen_vl.MODEL_TYPES},
 }
 
 
@@ -94,6 +108,8 @@ def forward_from_hf_inputs(family: Family, config, params, inputs: Mapping[str, 
   """
   if family.name == "vision":
     raise ValueError("vision-only checkpoints have no logits; use the Python API")
+  if family.hf_forward is not None:
+    return family.hf_forward(config, params, inputs)
   if "input_ids" not in inputs:
     raise KeyError(f"inputs lack 'input_ids' (have: {sorted(inputs)})")
   input_ids = jnp.asarray(inputs["input_ids"], jnp.int32)

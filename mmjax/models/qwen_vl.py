@@ -1,0 +1,201 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: the packed native-resolution ViT, the 2x2 patch merger, and
+the Llama-family decoder with M-RoPE (3-D positions), plus Qwen3-VL's DeepStack.
+
+Image and video features replace their placeholder tokens (embedding fusion, as LLaVA). Qwen3-VL
+also adds features of a few ViT layers to the hidden states after the first decoder layers
+(DeepStack: the decoder's `layer_inputs`). Positions are `[3, B, T]` from `qwen_vl_positions`.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.llama import Decoder
+from mmjax.encoders.qwen_vit import QwenVisionConfig, QwenVisionTransformer
+from mmjax.encoders.qwen_vit_inputs import PAD_SEGMENT, packed_vision_inputs
+from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.qwen_vl_positions import mm_token_types, rope_index
+from mmjax.nn.multihead import KVCache
+
+MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_DEFAULT_MROPE = {"qwen2_vl": (16, 24, 24), "qwen2_5_vl": (16, 24, 24), "qwen3_vl": (24, 20, 20)}
+VisionInputs = Mapping[str, jax.Array]  # {'patches': [N, C*T*P*P], + packed_vision_inputs arrays}
+
+
+def _text_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The text settings: `text_config` (transformers v5 saves), or the root (v4 / hub configs)."""
+  text = cfg.get("text_config")
+  if isinstance(text, Mapping) and "hidden_size" in text:
+    return dict(text)
+  return {k: v for k, v in cfg.items() if k not in ("vision_config", "text_config")}
+
+
+@dataclasses.dataclass(frozen=True)
+class QwenVLConfig:
+  vision: QwenVisionConfig
+  decoder: DecoderConfig
+  image_token_id: int
+  video_token_id: int
+  model_type: str = "qwen2_vl"
+
+  @property
+  def merge_size(self) -> int:
+    return self.vision.spatial_merge_size
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "QwenVLConfig":
+    """Reads a transformers Qwen2-VL / Qwen2.5-VL / Qwen3-VL config.json dict."""
+    model_type = cfg.get("model_type")
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"not a Qwen-VL config: model_type {model_type!r}; known: {MODEL_TYPES}")
+    vision = QwenVisionConfig.from_hf(model_type, cfg["vision_config"], **execution)
+    text = _text_config(cfg)
+    if text.get("use_sliding_window"):
+      raise ValueError("Qwen-VL text configs with use_sliding_window=true are not supported")
+    text["model_type"] = "qwen3" if model_type == "qwen3_vl" else "qwen2"
+    if model_type != "qwen3_vl":
+      text.pop("head_dim", None)  # Qwen2-VL attention always uses hidden_size // heads
+    tie = cfg.get("tie_word_embeddings") or text.get("tie_word_embeddings", False)
+    decoder = DecoderConfig.from_hf(text, tie_embeddings=bool(tie), **execution)
+    rope = decoder.rope
+    rope = dataclasses.replace(
+        rope, mrope_section=rope.mrope_section or _DEFAULT_MROPE[model_type],
+        mrope_interleaved=model_type == "qwen3_vl")  # Qwen3-VL always interleaves
+    decoder = dataclasses.replace(decoder, rope=rope)
+    if vision.out_hidden_size != decoder.hidden_size:
+      raise ValueError(f"vision out_hidden_size {vision.out_hidden_size} != text hidden_size "
+                       f"{decoder.hidden_size}")
+    return cls(vision=vision, decoder=decoder, image_token_id=int(cfg.get("image_token_id", 151655)),
+               video_token_id=int(cfg.get("video_token_id", 151656)), model_type=model_type)
+
+
+def vision_batch(pixel_values, grid_thw, vision: QwenVisionConfig,
+                 num_patches: int | None = None) -> dict[str, np.ndarray]:
+  """HF's flattened `pixel_values [N, C*T*P*P]` + `grid_thw [I, 3]` -> the encoder's inputs."""
+  pixels = np.asarray(pixel_values, np.float32)
+  inputs = packed_vision_inputs(grid_thw, merge_size=vision.spatial_merge_size, window=vision.window,
+                                pos_embed_side=vision.pos_embed_side, num_patches=num_patches)
+  n = int((inputs["segment_ids"] != PAD_SEGMENT).sum())
+  if pixels.ndim != 2 or pixels.shape[0] != n:
+    raise ValueError(f"pixel values {pixels.shape} do not match grid_thw "
+                     f"{np.asarray(grid_thw).tolist()} ({n} patches of {vision.patch_features})")
+  if num_patches is not None:
+    pixels = np.concatenate([pixels, np.zeros((num_patches - n, pixels.shape[1]), np.float32)])
+  return {"patches": pixels, **inputs}
+
+
+class QwenVL(nn.Module):
+  config: QwenVLConfig
+
+  def setup(self):
+    self.encoder = QwenVisionTransformer(self.config.vision)
+    self.decoder = Decoder(self.config.decoder)
+
+  def _features(self, vision: VisionInputs | None):
+    """-> (`features [F, D]`, `deepstack [K, F, D] | None`, real feature count or None)."""
+    if vision is None or vision["patches"].shape[0] == 0:
+      return None, None, 0
+    out = self.encoder(vision["patches"], {k: v for k, v in vision.items() if k != "patches"})
+    segments = vision["segment_ids"]
+    real = None if isinstance(segments, jax.core.Tracer) else \
+        int(np.sum(np.asarray(segments) != PAD_SEGMENT)) // self.config.merge_size**2
+    return out["features"], out.get("deepstack"), real
+
+  def embed(self, input_ids: jax.Array, images: VisionInputs | None = None,
+            videos: VisionInputs | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Text embeddings with image and video features in their placeholder slots `[B, T, D]`, and
+    the DeepStack additions `[K, B, T, D]` (Qwen3-VL with visual inputs; else None)."""
+    cfg = self.config
+    x = self.decoder.embed(input_ids)
+    layer_inputs = None
+    for token, vision in ((cfg.image_token_id, images), (cfg.video_token_id, videos)):
+      features, deepstack, real = self._features(vision)
+      if real is not None:
+        check_placeholders(input_ids, token, real)
+      if features is None:
+        continue
+      slots = input_ids == token
+      x = merge_image_features(x, slots, features)
+      if deepstack is not None:
+        zeros = jnp.zeros_like(x)
+        add = jax.vmap(lambda f: merge_image_features(zeros, slots, f))(deepstack)  # [K, B, T, D]
+        layer_inputs = add if layer_inputs is None else layer_inputs + add
+    return x, layer_inputs
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      images: VisionInputs | None,
+      videos: VisionInputs | None,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`), `positions [3, B, T]`.
+
+    Returns float32 logits `[B, T, V]` and the updated cache.
+    """
+    x, layer_inputs = self.embed(input_ids, images, videos)
+    return self.decoder(x, positions, attention_mask, segment_ids, cache, cache_index,
+                        layer_inputs=layer_inputs)
+
+
+def example_inputs(cfg: QwenVLConfig):
+  """Positional inputs for init / eval_shape: one row, one 2x2-merged image (4 patches)."""
+  m = cfg.merge_size
+  images = {k: jnp.asarray(v) for k, v in vision_batch(
+      np.zeros((m * m, cfg.vision.patch_features), np.float32), [[1, m, m]], cfg.vision).items()}
+  ids = jnp.asarray([[0, cfg.image_token_id]], jnp.int32)
+  return ids, images, None, jnp.zeros((3, 1, 2), jnp.int32)
+
+
+def positions_for(cfg: QwenVLConfig, input_ids, attention_mask=None, image_grid_thw=None,
+                  video_grid_thw=None, mm_token_type_ids=None, second_per_grid_ts=None):
+  """`[3, B, T]` M-RoPE positions and `[B, 1]` deltas for these processor arrays."""
+  if mm_token_type_ids is None:
+    mm_token_type_ids = mm_token_types(input_ids, cfg.image_token_id, cfg.video_token_id)
+  return rope_index(input_ids, mm_token_type_ids, kind=cfg.model_type, merge_size=cfg.merge_size,
+                    image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                    attention_mask=attention_mask, second_per_grid_ts=second_per_grid_ts,
+                    tokens_per_second=cfg.vision.tokens_per_second)
+
+
+def forward_from_hf_inputs(cfg: QwenVLConfig, params, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Logits for the arrays a Qwen-VL processor returns: `input_ids`, `attention_mask`,
+  `pixel_values [N, C*T*P*P]` + `image_grid_thw`, `pixel_values_videos` + `video_grid_thw`,
+  `mm_token_type_ids`, `second_per_grid_ts` (Qwen2.5-VL), optional `position_ids`
+  (`[B, T]`, `[3, B, T]` or `[4, B, T]` with text positions first)."""
+  ids = np.asarray(inputs["input_ids"], np.int64)
+  mask = inputs.get("attention_mask")
+  mask = np.ones_like(ids) if mask is None else np.asarray(mask, np.int64)
+  positions = inputs.get("position_ids")
+  if positions is None:
+    positions, _ = positions_for(cfg, ids, mask, inputs.get("image_grid_thw"),
+                                 inputs.get("video_grid_thw"), inputs.get("mm_token_type_ids"),
+                                 inputs.get("second_per_grid_ts"))
+  positions = np.asarray(positions)
+  if positions.ndim == 2:
+    positions = np.broadcast_to(positions[None], (3, *positions.shape))
+  elif positions.shape[0] == 4:
+    positions = positions[1:]
+
+  def batch(pixels_key, grid_key):
+    if inputs.get(pixels_key) is None:
+      return None
+    if inputs.get(grid_key) is None:
+      raise KeyError(f"inputs have {pixels_key!r} but no {grid_key!r}")
+    return {k: jnp.asarray(v) for k, v in
+            vision_batch(inputs[pixels_key], inputs[grid_key], cfg.vision).items()}
+
+  images = batch("pixel_values", "image_grid_thw")
+  videos = batch("pixel_values_videos", "video_grid_thw")
+  logits, _ = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), images, videos,
+                                jnp.asarray(positions, jnp.int32), jnp.asarray(mask, jnp.int32))
+  return np.asarray(logits, np.float32)
