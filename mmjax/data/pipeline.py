@@ -89,6 +89,8 @@ class DataConfig:
   num_epochs: int | None = None  # None = repeat forever
   num_workers: int = 0  # grain worker processes (0 = in the main process)
   worker_buffer_size: int = 2
+  read_threads: int = 8  # threads preprocessing samples in each process (grain ReadOptions)
+  read_buffer: int = 64  # samples preprocessed ahead in each process
   drop_remainder: bool = True
   mrope: bool = False  # qwen2_vl: also emit 3-D M-RoPE positions
   max_consecutive_skips: int = 1000  # more bad samples in a row than this is an error
@@ -241,11 +243,15 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
 
   ds = ds.map(_Preprocess(SampleProcessor(cfg, tokenizer)))
-  ds = _skip_counting_dataset(ds.to_iter_dataset(), cfg.max_consecutive_skips)
+  read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
+  ds = _skip_counting_dataset(ds.to_iter_dataset(read), cfg.max_consecutive_skips)
   host_batch = cfg.host_batch_size(process_count)
   ds = packing.pack(ds, cfg, num_bins=cfg.packing_bins or host_batch)
   ds = ds.batch(host_batch, drop_remainder=cfg.drop_remainder).map(flatten_image_slots)
   if cfg.num_workers > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app.
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers,
                                                      per_worker_buffer_size=cfg.worker_buffer_size))
   return ds
