@@ -170,3 +170,25 @@ def test_skip_counts_vector_matches_reasons():
          packing.SKIP_COUNTS: [np.eye(len(REASONS), dtype=np.int64)[2]] * 2}
   out = packing.finalize_row(row)
   assert out[packing.SKIP_COUNTS][2] == 2 and out['num_images'] == 0
+
+
+def test_qwen2_vl_patches_and_mrope_through_packing(llava_dataset, tokenizer):
+  path, root = llava_dataset
+  image = preset('qwen2_vl', min_pixels=28 * 28, max_pixels=56 * 56)
+  cfg = _cfg(path, root, image=image, template='chatml', image_token='<|image_pad|>',
+             image_start='<|vision_start|>', image_end='<|vision_end|>', mrope=True, max_tiles=24)
+  (batch,), _ = _take(cfg, tokenizer, 1)
+  assert batch['pixel_values'].shape == (2 * 24, 3 * 2 * 14 * 14)
+  assert batch['mrope_positions'].shape == (2, 256, 3) and batch['image_grid_thw'].shape == (2 * 3, 3)
+  grids = batch['image_grid_thw'][batch['image_segment_ids'] > 0]
+  assert batch['image_mask'].sum() == (grids[:, 1] * grids[:, 2]).sum()  # every real patch slot
+  pad_id = tokenizer.token_to_id('<|image_pad|>')
+  assert (batch['input_ids'] == pad_id).sum() == (grids[:, 1] * grids[:, 2]).sum() // 4
+
+
+def test_llava_next_tiles_through_packing(llava_dataset, tokenizer):
+  path, root = llava_dataset
+  image = preset('llava_next', shortest_edge=28, crop_size=28, grid_pinpoints=((28, 56), (56, 28), (56, 56)))
+  (batch,), _ = _take(_cfg(path, root, image=image, max_tiles=10, max_length=512), tokenizer, 1)
+  tiles = batch['image_tiles'][batch['image_segment_ids'] > 0]
+  assert batch['image_mask'].sum() == tiles.sum() and np.all(tiles >= 3)  # base view + >= 2 grid tiles
