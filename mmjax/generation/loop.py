@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmjax.generation.models import adapter_for
 from mmjax.generation.sampling import Sampling, next_token
@@ -43,11 +45,16 @@ def _is_stop(tokens, stop_ids):
 
 
 class Generator:
-  """Compiles prefill and decode once per input shape; `params` may be sharded over a mesh."""
+  """Compiles prefill and decode once per input shape.
 
-  def __init__(self, family, config, params):
+  With a `mesh`, `params` are expected on it (see `mmjax.generation.partition.shard_params`) and
+  prompt rows are split over its 'data' axis when they divide evenly.
+  """
+
+  def __init__(self, family, config, params, mesh: Mesh | None = None):
     self.model = adapter_for(family, config)
     self.params = params
+    self.mesh = mesh
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen", "on_token"))
 
@@ -109,7 +116,16 @@ class Generator:
       if positions.shape != input_ids.shape:
         raise ValueError(f"positions {positions.shape} do not match input_ids {input_ids.shape}")
     rng = jax.random.PRNGKey(0) if rng is None else rng
+    if self.mesh is not None:
+      input_ids, mask, positions, pixels = self._place(input_ids, mask, positions, pixels)
     return self._prefill(self.params, input_ids, mask, positions, pixels, rng, gen=gen)
+
+  def _place(self, input_ids, mask, positions, pixels):
+    data = self.mesh.shape.get("data", 1)
+    rows = NamedSharding(self.mesh, P("data") if input_ids.shape[0] % data == 0 else P())
+    put = lambda a, sharding: None if a is None else jax.device_put(a, sharding)
+    return (put(input_ids, rows), put(mask, rows), put(positions, rows),
+            put(pixels, NamedSharding(self.mesh, P())))
 
   def decode(self, carry, *, gen: GenerateConfig, on_token: TokenCallback | None = None):
     """The remaining tokens: returns ids `[B, N]` (first token included), stopped rows padded."""
@@ -123,7 +139,7 @@ class Generator:
     return np.asarray(self.decode(carry, gen=gen, on_token=on_token))
 
 
-def generate(family, config, params, input_ids, attention_mask=None, pixels=None, *,
+def generate(family, config, params, input_ids, attention_mask=None, pixels=None, *, mesh=None,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_ids=(), pad_id: int = 0, rng=None, on_token: TokenCallback | None = None):
   """Generated ids `[B, max_new_tokens]` for left-padded prompts.
@@ -132,5 +148,5 @@ def generate(family, config, params, input_ids, attention_mask=None, pixels=None
   temperature 0 (the default).
   """
   gen = GenerateConfig(max_new_tokens, Sampling(temperature, top_k, top_p), tuple(stop_ids), pad_id)
-  return Generator(family, config, params)(input_ids, attention_mask, pixels, gen=gen, rng=rng,
+  return Generator(family, config, params, mesh)(input_ids, attention_mask, pixels, gen=gen, rng=rng,
                                            on_token=on_token)

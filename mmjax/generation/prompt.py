@@ -1,0 +1,143 @@
+"""Text + image files -> model inputs, with the tokenizer and processor a checkpoint carries.
+
+Reads `DIR/hf_extras/` (kept at conversion): `tokenizer.json`, `tokenizer_config.json`, the chat
+template (`tokenizer_config.json`'s `chat_template`, `chat_template.jinja` or
+`chat_template.json`), `preprocessor_config.json` and `generation_config.json`. Tokenization
+follows transformers' processor `apply_chat_template(tokenize=True)`: special tokens are added
+unless the rendered text already starts with the BOS token; each image placeholder token is then
+expanded to the model's tokens per image.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from mmjax import checkpoint
+from mmjax.data.preprocess import ImageConfig, ImageProcessor, common
+from mmjax.data.templates import ChatTemplate, TemplateSpec
+from mmjax.data.tokenizer import Tokenizer
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _pair(value) -> tuple[int, int]:
+  if isinstance(value, dict):
+    return int(value["height"]), int(value["width"])
+  return int(value), int(value)
+
+
+def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> ImageConfig:
+  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP processors) -> ImageConfig."""
+  kind = pre.get("image_processor_type", "CLIPImageProcessor")
+  size = pre.get("size") or {}
+  common_kw = dict(
+      mean=tuple(pre.get("image_mean", common.OPENAI_CLIP_MEAN)),
+      std=tuple(pre.get("image_std", common.OPENAI_CLIP_STD)),
+      rescale_factor=float(pre.get("rescale_factor", 1 / 255)),
+      resample=_RESAMPLE.get(pre.get("resample", 3), "bicubic"),
+      tokens_per_image=tokens_per_image)
+  if "Siglip" in kind or "shortest_edge" not in size:
+    return ImageConfig(family="siglip", shortest_edge=None, size=_pair(size), crop_size=None,
+                       pad_to_square=False, **common_kw)
+  crop = _pair(pre["crop_size"]) if pre.get("do_center_crop", True) and "crop_size" in pre else None
+  pad = bool(pre.get("do_pad", False)) and "Llava" in kind
+  return ImageConfig(family="llava" if pad else "clip", shortest_edge=int(size["shortest_edge"]),
+                     crop_size=crop, pad_to_square=pad, **common_kw)
+
+
+@dataclasses.dataclass
+class PromptBuilder:
+  tokenizer: Tokenizer
+  template: ChatTemplate | None  # None: the prompt text is used as is
+  image_processor: ImageProcessor | None
+  image_token_id: int | None
+  tokens_per_image: int
+  stop_ids: tuple[int, ...]
+  pad_id: int
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True) -> "PromptBuilder":
+    extras = os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR)
+    if not os.path.exists(os.path.join(extras, "tokenizer.json")):
+      raise FileNotFoundError(
+          f"{ckpt_dir} has no tokenizer ({checkpoint.HF_EXTRAS_DIR}/tokenizer.json): convert from a "
+          "Hugging Face directory that holds tokenizer.json (and tokenizer_config.json, "
+          "preprocessor_config.json), or pass processor arrays with --inputs")
+    tokenizer = Tokenizer.load(extras)
+    template = _chat_template(extras, tokenizer) if chat_template else None
+    image_token_id = getattr(config, "image_token_id", None)
+    processor = None
+    if image_token_id is not None:
+      pre = os.path.join(extras, "preprocessor_config.json")
+      if os.path.exists(pre):
+        processor = ImageProcessor(image_config_from_hf(_read_json(pre), config.tokens_per_image))
+    gen_path = os.path.join(extras, "generation_config.json")
+    gen_cfg = _read_json(gen_path) if os.path.exists(gen_path) else {}
+    stop = gen_cfg.get("eos_token_id")
+    if stop is None and tokenizer.special_token("eos_token"):
+      stop = tokenizer.tok.token_to_id(tokenizer.special_token("eos_token"))
+    stop = () if stop is None else tuple(stop) if isinstance(stop, list) else (stop,)
+    pad = gen_cfg.get("pad_token_id")
+    if pad is None and tokenizer.special_token("pad_token"):
+      pad = tokenizer.tok.token_to_id(tokenizer.special_token("pad_token"))
+    return cls(tokenizer, template, processor, image_token_id,
+               getattr(config, "tokens_per_image", 0), stop, pad if pad is not None else 0)
+
+  def text(self, prompt: str, num_images: int) -> str:
+    """The prompt rendered by the chat template (with generation prompt), one marker per image."""
+    marker = self.tokenizer.tok.id_to_token(self.image_token_id) if num_images else ""
+    plain = f"{marker}\n" * num_images + prompt
+    if self.template is None:
+      return plain
+    structured = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+    text = self.template.render([{"role": "user", "content": structured}], add_generation_prompt=True)
+    if prompt not in text or "'type'" in text:  # a template that expects string contents
+      text = self.template.render([{"role": "user", "content": plain}], add_generation_prompt=True)
+    if num_images and text.count(marker) != num_images:
+      raise ValueError(f"the chat template placed {text.count(marker)} image markers {marker!r} "
+                       f"for {num_images} images")
+    return text
+
+  def __call__(self, prompt: str, images: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """`input_ids [1, T]` and NHWC `pixels [I, H, W, 3]` (None without images)."""
+    if images and self.image_token_id is None:
+      raise ValueError("this checkpoint is text-only; it takes no --image")
+    if images and self.image_processor is None:
+      raise FileNotFoundError(f"the checkpoint has no {checkpoint.HF_EXTRAS_DIR}/"
+                              "preprocessor_config.json to preprocess images with")
+    text = self.text(prompt, len(images))
+    bos = self.tokenizer.special_token("bos_token")
+    ids, _ = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+    if images:
+      ids = np.concatenate([np.full(self.tokens_per_image, i) if i == self.image_token_id
+                            else [i] for i in ids])
+    pixels = None
+    if images:
+      pixels = np.concatenate([self.image_processor(common.decode_image(path)).pixels
+                               for path in images])
+    return ids.astype(np.int32)[None], pixels
+
+
+def _chat_template(extras: str, tokenizer: Tokenizer) -> ChatTemplate:
+  source = tokenizer.chat_template
+  jinja_file = os.path.join(extras, "chat_template.jinja")
+  json_file = os.path.join(extras, "chat_template.json")
+  if not source and os.path.exists(jinja_file):
+    with open(jinja_file) as f:
+      source = f.read()
+  if not source and os.path.exists(json_file):
+    source = _read_json(json_file).get("chat_template")
+  if not source:
+    raise ValueError(f"the checkpoint has no chat template (looked in tokenizer_config.json, "
+                     f"chat_template.jinja, chat_template.json under {extras}); pass "
+                     "--no-chat-template to use the prompt text as is")
+  context = {k: tokenizer.special_token(k) for k in ("bos_token", "eos_token", "pad_token",
+                                                      "unk_token")}
+  return ChatTemplate(TemplateSpec(source), name="checkpoint", extra_context=context)
