@@ -21,6 +21,7 @@ from mmjax.encoders.qwen_vit_inputs import PAD_SEGMENT, packed_vision_inputs
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.qwen_vl_positions import mm_token_types, rope_index
 from mmjax.nn.multihead import KVCache
+from mmjax.nn.rope import RopeConfig
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 _DEFAULT_MROPE = {"qwen2_vl": (16, 24, 24), "qwen2_5_vl": (16, 24, 24), "qwen3_vl": (24, 20, 20)}
@@ -72,6 +73,31 @@ class QwenVLConfig:
                        f"{decoder.hidden_size}")
     return cls(vision=vision, decoder=decoder, image_token_id=int(cfg.get("image_token_id", 151655)),
                video_token_id=int(cfg.get("video_token_id", 151656)), model_type=model_type)
+
+
+def config_from_dict(model: Mapping[str, Any]) -> QwenVLConfig:
+  """A training config's `model` section (`family`, `vision`, `decoder` (+ `rope`), token ids,
+  execution keys) -> QwenVLConfig, e.g. `configs/tiny/qwen2_vl.py`."""
+  execution = {k: model[k] for k in ("dtype", "param_dtype", "remat_policy", "attention_backend")
+               if model.get(k) is not None}
+  kind = model["family"]
+  if kind not in MODEL_TYPES:
+    raise ValueError(f"model.family {kind!r} is not a Qwen-VL family {MODEL_TYPES}")
+  vision = dict(model["vision"])
+  for key in ("fullatt_block_indexes", "deepstack_visual_indexes"):
+    if key in vision:
+      vision[key] = tuple(vision[key])
+  decoder = dict(model["decoder"])
+  rope = dict(decoder.pop("rope", {}))
+  rope["mrope_section"] = tuple(rope.get("mrope_section") or _DEFAULT_MROPE[kind])
+  rope["mrope_interleaved"] = kind == "qwen3_vl"
+  decoder = DecoderConfig(rope=RopeConfig(**rope), model_type="qwen3" if kind == "qwen3_vl" else
+                          "qwen2", **decoder, **execution)
+  return QwenVLConfig(vision=QwenVisionConfig(kind=kind, out_hidden_size=decoder.hidden_size,
+                                              **vision, **execution),
+                      decoder=decoder, image_token_id=int(model["image_token_id"]),
+                      video_token_id=int(model.get("video_token_id", model["image_token_id"] + 1)),
+                      model_type=kind)
 
 
 def vision_batch(pixel_values, grid_thw, vision: QwenVisionConfig,
