@@ -8,7 +8,7 @@ Generate with a KV cache and a compiled decode loop.
 
 Chat mode (--prompt, optional --image, repeatable): applies the checkpoint's chat template and
 tokenizer (kept at conversion under DIR/hf_extras/) and image preprocessing
-(preprocessor_config.json), then streams the answer to stdout. It stops at the checkpoint's end
+(preprocessor_config.json or processor_config.json), then streams the answer to stdout. It stops at the checkpoint's end
 tokens (generation_config.json / tokenizer eos) or after --max-new-tokens.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
@@ -142,5 +142,6 @@ def _chat(args, sampling, rng) -> int:
       printed[0] = text
 
   Generator(family, config, params)(input_ids, None, pixels, gen=gen, rng=rng, on_token=stream)
-  sys.stdout.write("\n")
+  text = builder.tokenizer.decode(answer, skip_special_tokens=True)
+  sys.stdout.write(text[len(printed[0]):] + "\n")  # what was held back, if anything
   return 0

@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax.generation.models import adapter_for
-from mmjax.generation.sampling import Sampling, next_token
+from mmjax.generation.sampling import Knobs, Sampling, next_token
 from mmjax.nn.masks import positions_from_attention_mask
 
 TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]  # (step, tokens [B], done [B])
@@ -31,6 +31,11 @@ class GenerateConfig:
   sampling: Sampling = Sampling()
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
+
+  @property
+  def static(self) -> "GenerateConfig":
+    """What the compiled loop depends on: sampling values are passed as arrays (`Knobs`)."""
+    return dataclasses.replace(self, sampling=Sampling(0.0 if self.sampling.greedy else 1.0))
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -58,7 +63,8 @@ class Generator:
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen", "on_token"))
 
-  def _prefill_fn(self, params, input_ids, mask, positions, pixels, rng, *, gen: GenerateConfig):
+  def _prefill_fn(self, params, input_ids, mask, positions, pixels, rng, knobs, *,
+                  gen: GenerateConfig):
     b, t = input_ids.shape
     n = gen.max_new_tokens
     if positions is None:
@@ -67,11 +73,11 @@ class Generator:
     state = self.model.init_state(b, t + n - 1)
     logits, state = self.model.prefill(params, input_ids, pixels, positions, full_mask, state)
     rng, sub = jax.random.split(rng)
-    token = next_token(logits, sub, gen.sampling)  # [B]
+    token = next_token(logits, sub, knobs, gen.sampling.greedy)  # [B]
     out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
     return dict(step=jnp.int32(1), token=token, done=_is_stop(token, gen.stop_ids), out=out,
                 state=state, mask=full_mask, position=positions[:, -1] + 1, index=jnp.int32(t),
-                rng=rng)
+                rng=rng, knobs=knobs)
 
   def _decode_fn(self, params, carry, *, gen: GenerateConfig, on_token: TokenCallback | None):
     n = gen.max_new_tokens
@@ -83,13 +89,14 @@ class Generator:
       logits, state = self.model.step(params, c["token"][:, None], c["position"][:, None],
                                       c["mask"], c["state"], c["index"])
       rng, sub = jax.random.split(c["rng"])
-      token = jnp.where(c["done"], gen.pad_id, next_token(logits, sub, gen.sampling))  # [B]
+      token = next_token(logits, sub, c["knobs"], gen.sampling.greedy)
+      token = jnp.where(c["done"], gen.pad_id, token)  # [B]
       done = c["done"] | _is_stop(token, gen.stop_ids)
       if on_token is not None:
         io_callback(on_token, None, c["step"], token, done, ordered=True)
       out = jax.lax.dynamic_update_slice(c["out"], token[:, None], (0, c["step"]))  # [B, N]
       return dict(step=c["step"] + 1, token=token, done=done, out=out, state=state, mask=c["mask"],
-                  position=c["position"] + 1, index=c["index"] + 1, rng=rng)
+                  position=c["position"] + 1, index=c["index"] + 1, rng=rng, knobs=c["knobs"])
 
     return jax.lax.while_loop(cond, body, carry)["out"]
 
@@ -118,7 +125,8 @@ class Generator:
     rng = jax.random.PRNGKey(0) if rng is None else rng
     if self.mesh is not None:
       input_ids, mask, positions, pixels = self._place(input_ids, mask, positions, pixels)
-    return self._prefill(self.params, input_ids, mask, positions, pixels, rng, gen=gen)
+    return self._prefill(self.params, input_ids, mask, positions, pixels, rng,
+                         Knobs.of(gen.sampling), gen=gen.static)
 
   def _place(self, input_ids, mask, positions, pixels):
     data = self.mesh.shape.get("data", 1)
@@ -131,7 +139,7 @@ class Generator:
     """The remaining tokens: returns ids `[B, N]` (first token included), stopped rows padded."""
     if on_token is not None:
       on_token(0, np.asarray(carry["token"]), np.asarray(carry["done"]))
-    return self._decode(self.params, carry, gen=gen, on_token=on_token)
+    return self._decode(self.params, carry, gen=gen.static, on_token=on_token)
 
   def __call__(self, input_ids, attention_mask=None, pixels=None, *, gen: GenerateConfig,
                positions=None, rng=None, on_token: TokenCallback | None = None) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Reads `DIR/hf_extras/` (kept at conversion): `tokenizer.json`, `tokenizer_config.json`, the chat
 template (`tokenizer_config.json`'s `chat_template`, `chat_template.jinja` or
-`chat_template.json`), `preprocessor_config.json` and `generation_config.json`. Tokenization
+`chat_template.json`), the image processor settings (`preprocessor_config.json`, or the
+`image_processor` entry of `processor_config.json`) and `generation_config.json`. Tokenization
 follows transformers' processor `apply_chat_template(tokenize=True)`: special tokens are added
 unless the rendered text already starts with the BOS token; each image placeholder token is then
 expanded to the model's tokens per image.
@@ -75,9 +76,9 @@ class PromptBuilder:
     image_token_id = getattr(config, "image_token_id", None)
     processor = None
     if image_token_id is not None:
-      pre = os.path.join(extras, "preprocessor_config.json")
-      if os.path.exists(pre):
-        processor = ImageProcessor(image_config_from_hf(_read_json(pre), config.tokens_per_image))
+      pre = _image_processor_config(extras)
+      if pre is not None:
+        processor = ImageProcessor(image_config_from_hf(pre, config.tokens_per_image))
     gen_path = os.path.join(extras, "generation_config.json")
     gen_cfg = _read_json(gen_path) if os.path.exists(gen_path) else {}
     stop = gen_cfg.get("eos_token_id")
@@ -110,8 +111,9 @@ class PromptBuilder:
     if images and self.image_token_id is None:
       raise ValueError("this checkpoint is text-only; it takes no --image")
     if images and self.image_processor is None:
-      raise FileNotFoundError(f"the checkpoint has no {checkpoint.HF_EXTRAS_DIR}/"
-                              "preprocessor_config.json to preprocess images with")
+      raise FileNotFoundError(f"the checkpoint has no image processor settings to preprocess "
+                              f"images with ({checkpoint.HF_EXTRAS_DIR}/preprocessor_config.json "
+                              "or processor_config.json)")
     text = self.text(prompt, len(images))
     bos = self.tokenizer.special_token("bos_token")
     ids, _ = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
@@ -123,6 +125,18 @@ class PromptBuilder:
       pixels = np.concatenate([self.image_processor(common.decode_image(path)).pixels
                                for path in images])
     return ids.astype(np.int32)[None], pixels
+
+
+def _image_processor_config(extras: str) -> dict | None:
+  """preprocessor_config.json (transformers v4), or processor_config.json's `image_processor`
+  (what v5's processor `save_pretrained` writes)."""
+  pre = os.path.join(extras, "preprocessor_config.json")
+  if os.path.exists(pre):
+    return _read_json(pre)
+  proc = os.path.join(extras, "processor_config.json")
+  if os.path.exists(proc):
+    return _read_json(proc).get("image_processor")
+  return None
 
 
 def _chat_template(extras: str, tokenizer: Tokenizer) -> ChatTemplate:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers.generation import logits_process as hf
 
-from gen_helpers import PAD, llava_prompts, nhwc
+from gen_helpers import PAD, hf_greedy, llava_prompts, nhwc
 from mmjax.generation import GenerateConfig, Generator, Sampling, generate, next_token, warp
+from mmjax.generation.sampling import Knobs
 from mmjax.generation.models import adapter_for
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import FAMILIES
@@ -25,9 +26,11 @@ def test_warp_equals_transformers_warpers(temperature, top_k, top_p):
                  + ([hf.TopKLogitsWarper(top_k)] if top_k else [])
                  + ([hf.TopPLogitsWarper(top_p)] if top_p < 1 else [])):
     ref = warper(None, ref)
-  ours = np.asarray(warp(logits, Sampling(temperature, top_k, top_p)))
-  np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref.numpy()))
-  np.testing.assert_allclose(ours[np.isfinite(ours)], ref.numpy()[np.isfinite(ours)], rtol=1e-6)
+  sampling = Sampling(temperature, top_k, top_p)
+  for ours in (warp(logits, sampling), jax.jit(warp)(logits, Knobs.of(sampling))):
+    ours = np.asarray(ours)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(ref.numpy()))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], ref.numpy()[np.isfinite(ours)], rtol=1e-6)
 
 
 def test_sampled_tokens_stay_in_the_filtered_set():
@@ -45,10 +48,9 @@ def test_sampled_tokens_stay_in_the_filtered_set():
 
 
 def test_sampled_generation_is_seeded_and_top_k_one_is_greedy(tiny_llava):
-  _, hf_cfg, family, config, params, _ = tiny_llava
+  model, hf_cfg, family, config, params, _ = tiny_llava
   ids, mask, _ = llava_prompts(hf_cfg, (0, 0))
-  kw = dict(max_new_tokens=12, pad_id=PAD)
-  greedy = generate(family, config, params, ids, mask, **kw)
+  greedy = hf_greedy(model, ids, mask, n=12)
   g = Generator(family, config, params)
   gen = GenerateConfig(12, Sampling(temperature=1.5, top_p=0.95), pad_id=PAD)
   a = g(ids, mask, gen=gen, rng=jax.random.PRNGKey(1))
