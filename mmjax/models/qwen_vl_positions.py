@@ -22,7 +22,8 @@ def mm_token_types(input_ids: np.ndarray, image_token_id: int, video_token_id: i
 
 def _grid_positions(start: int, grid, merge: int, time_interval: float) -> np.ndarray:
   t, h, w = int(grid[0]), int(grid[1]) // merge, int(grid[2]) // merge
-  temporal = (np.arange(t) * time_interval).astype(np.int64)  # truncated as torch's .long()
+  # float32 product truncated toward zero, as torch's `(arange * interval).long()`
+  temporal = (np.arange(t, dtype=np.float32) * np.float32(time_interval)).astype(np.int64)
   tt, hh, ww = np.meshgrid(temporal, np.arange(h) + start, np.arange(w) + start, indexing="ij")
   out = np.stack([tt, hh, ww]).reshape(3, -1)
   out[0] += start
@@ -72,7 +73,7 @@ def rope_index(
                          "placeholder runs than grids in *_grid_thw") from None
       interval = 1.0
       if kind == "qwen2_5_vl" and kind_id == VIDEO:
-        interval = tokens_per_second * next(seconds)
+        interval = np.float32(tokens_per_second) * np.float32(next(seconds))
       pos = _grid_positions(current, grid, merge_size, interval)
       if pos.shape[1] != length:
         raise ValueError(f"row {row}: a run of {length} placeholder tokens does not match grid "
