@@ -118,8 +118,12 @@ def _add_optional_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(args, "accepts_overrides", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
+    if getattr(args, "accepts_overrides", False):
+      return int(args.func(args, extra) or 0)
     return int(args.func(args) or 0)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)

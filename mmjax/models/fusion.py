@@ -24,13 +24,18 @@ def check_placeholders(input_ids, image_token_id: int, num_features: int) -> Non
 
 
 def merge_image_features(
-    embeddings: jax.Array, is_placeholder: jax.Array, features: jax.Array
+    embeddings: jax.Array, is_placeholder: jax.Array, features: jax.Array,
+    feature_valid: jax.Array | None = None,
 ) -> jax.Array:
   """Scatters `features [F, D]`, in order, into the placeholder slots of `embeddings [B, T, D]`.
 
   Slots are filled in row-major order, as torch's `masked_scatter` does, so several images per
-  row and text-only rows need no special handling.
+  row and text-only rows need no special handling. `feature_valid [F]` drops features of padding
+  image slots (fixed-shape training batches) before they are placed.
   """
+  if feature_valid is not None:
+    order = jnp.nonzero(feature_valid, size=features.shape[0], fill_value=0)[0]
+    features = features[order]  # valid features first, in order
   b, t, d = embeddings.shape
   flat_mask = is_placeholder.reshape(-1)  # [B*T]
   index = jnp.clip(jnp.cumsum(flat_mask) - 1, 0, max(features.shape[0] - 1, 0))

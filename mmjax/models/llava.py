@@ -82,8 +82,12 @@ class Llava(nn.Module):
       selected = [h[:, 1:] for h in selected]
     return self.connector(jnp.concatenate(selected, axis=-1))
 
-  def embed(self, input_ids: jax.Array, pixels: jax.Array | None) -> jax.Array:
-    """Text embeddings with image features in the placeholder slots: `[B, T, D]`."""
+  def embed(self, input_ids: jax.Array, pixels: jax.Array | None,
+            image_valid: jax.Array | None = None) -> jax.Array:
+    """Text embeddings with image features in the placeholder slots: `[B, T, D]`.
+
+    `image_valid [I]` marks real images when `pixels` has padding slots (training batches).
+    """
     cfg = self.config
     embeddings = self.decoder.embed(input_ids)
     is_placeholder = input_ids == cfg.image_token_id
@@ -91,9 +95,16 @@ class Llava(nn.Module):
       check_placeholders(input_ids, cfg.image_token_id, 0)
       return embeddings
     features = self.image_features(pixels)
+    tokens = features.shape[1]
     features = features.reshape(-1, features.shape[-1])  # [I * tokens, D]
-    check_placeholders(input_ids, cfg.image_token_id, features.shape[0])
-    return merge_image_features(embeddings, is_placeholder, features)
+    valid = None
+    if image_valid is not None:
+      valid = jnp.repeat(image_valid.astype(bool), tokens)  # [I * tokens]
+      if not isinstance(image_valid, jax.core.Tracer):
+        check_placeholders(input_ids, cfg.image_token_id, int(valid.sum()))
+    else:
+      check_placeholders(input_ids, cfg.image_token_id, features.shape[0])
+    return merge_image_features(embeddings, is_placeholder, features, valid)
 
   def __call__(
       self,
@@ -104,10 +115,11 @@ class Llava(nn.Module):
       segment_ids: jax.Array | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
+      image_valid: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (all images of the batch, in row order).
 
     Returns float32 logits `[B, T, V]` and the updated cache.
     """
-    embeddings = self.embed(input_ids, pixels)
+    embeddings = self.embed(input_ids, pixels, image_valid)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)

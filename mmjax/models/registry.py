@@ -41,10 +41,12 @@ class Family:
 
 
 def _llava_inputs(cfg: LlavaConfig):
+  """One row holding exactly one image's placeholders, and that image."""
   v = cfg.vision
-  return (jnp.zeros((1, 4), jnp.int32),
+  n = cfg.tokens_per_image
+  return (jnp.full((1, n), cfg.image_token_id, jnp.int32),
           jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
-          jnp.zeros((1, 4), jnp.int32))
+          jnp.zeros((1, n), jnp.int32))
 
 
 FAMILIES: dict[str, Family] = {

@@ -1,0 +1,1 @@
+"""Training: state, optimizer, step, data adaptors, checkpoints, metrics and the loop."""

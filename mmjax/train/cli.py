@@ -1,0 +1,100 @@
+"""`mmjax train`: run or resume training from an ml_collections config file."""
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+
+import ml_collections
+
+
+def load_config(spec: str | None) -> ml_collections.ConfigDict:
+  """`FILE[:ARG]` -> `get_config(ARG)` of that file; None -> the embedded default."""
+  if spec is None:
+    from mmjax.train.shapes_default import get_config
+
+    return get_config()
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location("mmjax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} has no get_config()")
+  return module.get_config(arg or None)
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected true/false, got {text!r}")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare string
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+  """Applies `--config.a.b=value` (or `--config.a.b value`) overrides in place."""
+  i = 0
+  while i < len(overrides):
+    item = overrides[i]
+    if not item.startswith("--config."):
+      raise ValueError(f"unrecognised argument {item!r} (overrides look like --config.a.b=v)")
+    key, eq, text = item[len("--config."):].partition("=")
+    if not eq:
+      if i + 1 >= len(overrides):
+        raise ValueError(f"{item} needs a value")
+      text = overrides[i + 1]
+      i += 1
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      if p not in node:
+        raise ValueError(f"--config.{key}: no section {p!r} in the config")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"--config.{key}: no such key (known here: {sorted(node.keys())})")
+    node[leaf] = _parse_value(text, node[leaf])
+    i += 1
+
+
+def _run(args, overrides) -> int:
+  config = load_config(args.config)
+  apply_overrides(config, overrides)
+  from mmjax.train.loop import train
+
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  summary = train(config, args.workdir)
+  print(f"done: step {summary['final_step']}"
+        + (f", eval_accuracy {summary['eval_accuracy']:.4f}" if "eval_accuracy" in summary else "")
+        + f"; metrics in {os.path.join(args.workdir, 'metrics.jsonl')}")
+  return int(summary["exit_code"])
+
+
+def add_subcommand(sub) -> None:
+  p = sub.add_parser(
+      "train", help="train or fine-tune from a config (default: the embedded shapes run)",
+      description="Train (or resume: re-run the same command) from an ml_collections config "
+      "file. With no --config, trains the embedded default: a tiny LLaVA-style model on the "
+      "procedural shapes set, to >= 90%% held-out answer accuracy in minutes on a CPU. "
+      "Override any key with --config.section.key=value (e.g. --config.train.steps=500). "
+      "Writes DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ (Orbax; kept on SIGTERM).",
+      epilog="example: mmjax train --config configs/tiny/shapes.py --workdir /tmp/run "
+      "--config.optim.lr=1e-3")
+  p.add_argument("--config", default=None, metavar="FILE[:ARG]",
+                 help="config file with get_config(ARG) (default: the embedded shapes run)")
+  p.add_argument("--workdir", required=True, metavar="DIR", help="checkpoints, metrics, logs")
+  p.set_defaults(func=_run, accepts_overrides=True)

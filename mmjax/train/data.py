@@ -1,0 +1,79 @@
+"""Training batches: the embedded shapes set, or the general grain pipeline (`mmjax.data`).
+
+Both yield host-local numpy batches in the schema of `mmjax.data.pipeline` and expose
+`get_state()` / `set_state()` so the iterator position checkpoints with the train state.
+"""
+
+from typing import Any, Iterator, Mapping
+
+import grain
+import jax
+import numpy as np
+
+from mmjax.data import synthetic
+from mmjax.sharding import BATCH_AXES
+
+
+class _ShapesRow:
+  """Shapes sample -> one training row (right-padded, labels shifted, pixels normalised)."""
+
+  def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
+    self.tokenizer, self.num_image_tokens, self.max_length = (
+        tokenizer, num_image_tokens, max_length)
+
+  def __call__(self, sample: dict) -> dict[str, np.ndarray]:
+    ex = synthetic.encode_example(sample, self.tokenizer, self.num_image_tokens, self.max_length)
+    ids, mask = ex["input_ids"], ex["loss_mask"]
+    real = (ids != synthetic.PAD_ID).astype(np.int32)
+    return {
+        "input_ids": ids,
+        "labels": np.append(ids[1:], synthetic.PAD_ID).astype(np.int32),
+        "loss_mask": np.append(mask[1:], 0).astype(np.float32),
+        "attention_mask": real,
+        "segment_ids": real,
+        "positions": np.arange(len(ids), dtype=np.int32),
+        "pixel_values": (ex["image"] - 0.5) / 0.5,  # [H, W, 3] in [-1, 1]
+        "image_mask": np.ones((), bool),
+    }
+
+
+class ShapesIterator:
+  """Endless, seeded, resumable batches of the procedural shapes set for this host."""
+
+  def __init__(self, data: Mapping[str, Any], num_image_tokens: int, seed: int):
+    cfg = synthetic.ShapesConfig(**dict(data.get("shapes", {}) or {}))
+    source = synthetic.ShapesDataset(cfg, split="train", size=int(data.get("train_size", 100_000)))
+    batch = int(data["batch_size"])
+    if batch % jax.process_count():
+      raise ValueError(f"data.batch_size {batch} does not divide over {jax.process_count()} hosts")
+    row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]))
+    ds = (grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+          .shuffle(seed=seed).repeat().map(row).batch(batch // jax.process_count()))
+    self._it = iter(ds.to_iter_dataset())
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    return next(self._it)
+
+  def get_state(self) -> dict:
+    return self._it.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(state)
+
+
+def make_train_iterator(data: Mapping[str, Any], model_config, seed: int):
+  if data.get("source", "shapes") == "shapes":
+    return ShapesIterator(data, model_config.tokens_per_image, seed)
+  from mmjax.data import pipeline  # the general pipeline (JSON / ArrayRecord / TFDS sources)
+
+  return pipeline.make_iterator(pipeline.DataConfig.from_dict(dict(data)))
+
+
+def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict:
+  """Host-local arrays -> global `jax.Array`s, leading axis over the mesh's batch axes."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXES))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

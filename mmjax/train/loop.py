@@ -1,0 +1,227 @@
+"""The training loop: mesh, state, resume, jit step, metrics, checkpoints, preemption, eval."""
+
+import dataclasses
+import logging
+import signal
+import time
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax import checkpoint as converted
+from mmjax import sharding as shd
+from mmjax.train import data as train_data
+from mmjax.train.checkpoints import Checkpoints, abstract_like
+from mmjax.train.metrics import MetricsWriter, flops_per_step
+from mmjax.train.model_config import build_model_config
+from mmjax.train.optimizer import make_optimizer
+from mmjax.train.state import TrainState, init_state
+from mmjax.train.step import make_train_step
+
+log = logging.getLogger("mmjax.train")
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a preempted job
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything built from a config before the first step (also used by tests and `aot`)."""
+
+  cfg: Any
+  mesh: jax.sharding.Mesh
+  family: Any
+  model_config: Any
+  module: nn.Module
+  tx: Any
+  schedule: Any
+  state_shardings: Any
+  abstract_state: Any
+  step_fn: Any
+
+  @classmethod
+  def build(cls, cfg, devices=None) -> "Trainer":
+    mesh = shd.make_mesh(cfg.mesh, devices)
+    rules = shd.rules_for(cfg.mesh.get("rules", "fsdp"))
+    init_from = _init_sources(cfg.train.get("init_from", ""))
+    ckpt_config = None
+    if len(init_from) == 1:
+      family, config, _ = converted.read_metadata(init_from[0])
+      ckpt_config = (family, config)
+    family, model_config = build_model_config(dict(cfg.model), ckpt_config)
+    module = family.build(model_config)
+    trainable = tuple(cfg.train.trainable)
+    example = family.example_inputs(model_config)
+    components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
+    tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps),
+                                  {k: None for k in components if k in trainable})
+    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r),
+                           jax.random.PRNGKey(0))
+    with mesh, nn.logical_axis_rules(list(rules)):
+      specs = nn.get_partition_spec(boxed)
+      state_shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+    abstract_state = nn.unbox(boxed)
+    step = make_train_step(module, tx, schedule, grad_accum=int(cfg.train.get("grad_accum", 1)),
+                           z_loss=float(cfg.optim.get("z_loss", 0.0)))
+    batch_sharding = shd.batch_sharding(mesh)
+
+    def sharded_step(state, batch):
+      with nn.logical_axis_rules(list(rules)):
+        return step(state, batch)
+
+    step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+    return cls(cfg, mesh, family, model_config, module, tx, schedule, state_shardings,
+               abstract_state, step_fn)
+
+  def init(self) -> TrainState:
+    """A fresh state (random init, then `train.init_from` components), sharded on the mesh."""
+    example = self.family.example_inputs(self.model_config)
+    trainable = tuple(self.cfg.train.trainable)
+    seed = int(self.cfg.get("seed", 0))
+    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r)),
+                   out_shardings=self.state_shardings)
+    with self.mesh:
+      state = init(jax.random.PRNGKey(seed))
+    sources = _init_sources(self.cfg.train.get("init_from", ""))
+    if sources:
+      state = self._load_components(state, sources)
+    return state
+
+  def _load_components(self, state: TrainState, sources: list[str]) -> TrainState:
+    params = state.all_params()
+    loaded: dict[str, str] = {}
+    for path in sources:
+      ckpt_params = converted.load_params(path)
+      for name, subtree in ckpt_params.items():
+        if name not in params:
+          raise ValueError(f"{path}: component {name!r} is not part of this model "
+                           f"({sorted(params)})")
+        want = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
+        got = jax.tree.map(lambda x: (x.shape, x.dtype), subtree)
+        if jax.tree.structure(want) != jax.tree.structure(got) or \
+            any(a[0] != b[0] for a, b in zip(jax.tree.leaves(want, is_leaf=_is_pair),
+                                             jax.tree.leaves(got, is_leaf=_is_pair))):
+          raise ValueError(f"{path}: component {name!r} does not match the model's shapes")
+        loaded[name] = path
+    fresh = sorted(set(params) - set(loaded))
+    print(f"init_from: loaded {sorted(loaded)}; randomly initialised {fresh}")
+    log.info("init_from loaded %s, random %s", loaded, fresh)
+
+    def place(name, tree, shardings):
+      src = converted.load_params(loaded[name], None)[name] if name in loaded else None
+      if src is None:
+        return tree
+      return jax.tree.map(lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
+                          src, shardings, tree)
+
+    new_params = {k: place(k, v, self.state_shardings.params[k]) for k, v in state.params.items()}
+    new_frozen = {k: place(k, v, self.state_shardings.frozen[k]) for k, v in state.frozen.items()}
+    return state.replace(params=new_params, frozen=new_frozen)
+
+
+def _is_pair(x):
+  return isinstance(x, tuple) and len(x) == 2
+
+
+def _init_sources(init_from) -> list[str]:
+  if not init_from:
+    return []
+  if isinstance(init_from, str):
+    return [p for p in init_from.split(",") if p]
+  return list(init_from)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
+  """Runs (or resumes) training; returns a summary including the exit code.
+
+  `stop_after` ends the run after that step with a checkpoint, as a preemption would (the
+  schedule still spans `train.steps`); re-running resumes from there.
+  """
+  trainer = Trainer.build(cfg)
+  steps = int(cfg.train.steps)
+  ckpts = Checkpoints(workdir, int(cfg.checkpoint.every_steps), int(cfg.checkpoint.get("keep", 3)),
+                      bool(cfg.checkpoint.get("async_save", True)))
+  data_it = train_data.make_train_iterator(cfg.data, trainer.model_config,
+                                           int(cfg.get("seed", 0)))
+  restored = ckpts.restore_latest(abstract_like(trainer.abstract_state, trainer.state_shardings))
+  if restored is not None:
+    start, state, data_state = restored
+    data_it.set_state(data_state)
+    print(f"resumed from {ckpts.directory} at step {start}")
+  else:
+    start, state = 0, trainer.init()
+  writer = MetricsWriter(workdir, steps, start)
+  preemption = _Preemption()
+  log_every = int(cfg.train.get("log_every", 10))
+  rows = int(cfg.data.batch_size)
+  summary: dict[str, Any] = {"exit_code": 0, "start_step": start}
+  step, last_time, pending = start, time.perf_counter(), []
+  flops = None
+  try:
+    while step < steps:
+      batch = train_data.to_global(next(data_it), trainer.mesh)
+      with trainer.mesh:
+        state, metrics = trainer.step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      if flops is None:
+        images = int(np.asarray(batch["image_mask"]).sum()) if "image_mask" in batch else 0
+        flops = flops_per_step(trainer.model_config, state.all_params(), rows,
+                               batch["input_ids"].shape[1], images)
+      if step % log_every == 0 or step == steps:
+        fetched = jax.device_get(pending)
+        now = time.perf_counter()
+        per_step = (now - last_time) / len(pending)
+        for k, m in enumerate(fetched):
+          record = dict(m)
+          record["tokens_per_s"] = rows * batch["input_ids"].shape[1] / per_step
+          record["tflops_per_s"] = flops / per_step / 1e12
+          record["step_time_s"] = per_step
+          writer.write(step - len(fetched) + k + 1, record)
+        writer.advance(len(pending))
+        pending, last_time = [], time.perf_counter()
+      ckpts.save(step, state, data_it.get_state())
+      if preemption.requested or step == stop_after:
+        ckpts.save(step, state, data_it.get_state(), force=True)
+        ckpts.wait()
+        if preemption.requested:
+          print(f"preempted (SIGTERM) at step {step}: checkpoint saved to {ckpts.directory}")
+          summary["exit_code"] = PREEMPTED_EXIT_CODE
+        break
+    else:
+      ckpts.save(step, state, data_it.get_state(), force=True)
+      ckpts.wait()
+      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
+        from mmjax.train.evaluate import shapes_accuracy
+
+        with trainer.mesh:
+          result = shapes_accuracy(trainer.module, jax.device_get(state.all_params()),
+                                   trainer.model_config, cfg.data,
+                                   size=int(cfg.eval.get("size", 500)))
+        writer.write(step, result)
+        summary.update(result)
+        print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
+              "held-out images")
+  finally:
+    preemption.restore()
+    writer.close()
+    ckpts.wait()
+    ckpts.close()
+  summary.update(final_step=step, skipped=int(jax.device_get(state.skipped)))
+  return summary

@@ -1,0 +1,89 @@
+"""The train step: masked next-token cross-entropy, gradient accumulation, guarded update."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmjax.train.state import TrainState, merge
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
+                  z_loss: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Summed float32 loss over masked targets and the number of targets.
+
+  `logits [B, T, V]`, `labels [B, T]` (logits[:, t] predicts labels[:, t]), `mask [B, T]`.
+  """
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+  target = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  loss = log_z - target
+  if z_loss:
+    loss = loss + z_loss * jnp.square(log_z)
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(loss * mask), jnp.sum(mask)
+
+
+def forward(module: nn.Module, params: dict, batch: dict) -> jax.Array:
+  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`)."""
+  logits, _ = module.apply(
+      {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
+      batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"))
+  return logits
+
+
+def _microbatches(batch: dict, steps: int) -> dict:
+  """`[A*b, ...] -> [A, b, ...]`, taking every A-th row so each microbatch spans all shards."""
+  def split(x):
+    return x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, grad_accum: int = 1,
+                    z_loss: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation)."""
+
+  def loss_sum(params, frozen, batch):
+    logits = forward(module, merge(params, frozen), batch)
+    return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
+
+  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    if grad_accum == 1:
+      (total, count), grads = grad_fn(state.params, state.frozen, batch)
+    else:
+      def body(carry, micro):
+        (loss, n), g = grad_fn(state.params, state.frozen, micro)
+        acc_loss, acc_n, acc_g = carry
+        return (acc_loss + loss, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (total, count, grads), _ = jax.lax.scan(
+          body, (jnp.zeros(()), jnp.zeros(()), zeros), _microbatches(batch, grad_accum))
+    denom = jnp.maximum(count, 1.0)
+    loss = total / denom
+    grads = jax.tree.map(lambda g: g / denom, grads)  # mean over the global batch's targets
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    # A non-finite loss or gradient skips the update: nothing of it reaches the state.
+    def keep(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    new_state = state.replace(
+        step=state.step + finite.astype(jnp.int32),
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        rng=jax.random.fold_in(state.rng, state.step),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+    )
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "target_tokens": count, "skipped": new_state.skipped}
+    return new_state, metrics
+
+  return step

@@ -1,0 +1,157 @@
+"""Trainer: sharded meshes equal one device, frozen parts stay put, resume is exact, SIGTERM
+checkpoints, non-finite steps are skipped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax.cli import main as mmjax_main
+from mmjax.train import data as train_data
+from mmjax.train.cli import apply_overrides, load_config
+from mmjax.train.loop import Trainer, train
+
+
+def tiny_config(**train_kw):
+  cfg = load_config(None)
+  cfg.model.vision.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+  cfg.model.decoder.update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                           num_kv_heads=2, head_dim=8)
+  cfg.data.batch_size = 16
+  cfg.optim.warmup_steps = 2
+  cfg.train.update({"steps": 3, "log_every": 1, **train_kw})
+  cfg.checkpoint.every_steps = 10
+  cfg.eval.kind = ""
+  return cfg
+
+
+def batches(cfg, trainer, n):
+  it = train_data.make_train_iterator(cfg.data, trainer.model_config, cfg.seed)
+  return [next(it) for _ in range(n)]
+
+
+def run_steps(cfg, devices, host_batches):
+  trainer = Trainer.build(cfg, devices)
+  state = trainer.init()
+  losses = []
+  for b in host_batches:
+    with trainer.mesh:
+      state, metrics = trainer.step_fn(state, train_data.to_global(b, trainer.mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state)
+
+
+@pytest.mark.parametrize("mesh", [dict(data=1, fsdp=4, tensor=2, rules="fsdp_tp"),
+                                  dict(data=8, fsdp=1, tensor=1, rules="fsdp")])
+def test_sharded_training_matches_one_device(mesh):
+  assert jax.device_count() == 8
+  cfg = tiny_config()
+  host_batches = batches(cfg, Trainer.build(cfg, jax.devices()[:1]), 3)
+  ref_losses, ref_state = run_steps(cfg, jax.devices()[:1], host_batches)
+  cfg.mesh.update(mesh)
+  losses, state = run_steps(cfg, jax.devices(), host_batches)
+  np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+  assert ref_losses[-1] < ref_losses[0]
+
+
+def test_frozen_components_stay_bit_identical_and_have_no_optimizer_state():
+  cfg = tiny_config(trainable=("connector",))
+  trainer = Trainer.build(cfg, jax.devices()[:1])
+  start = jax.device_get(trainer.init())
+  _, state = run_steps(cfg, jax.devices()[:1], batches(cfg, trainer, 3))
+  assert sorted(state.params) == ["connector"] and sorted(state.frozen) == ["decoder", "encoder"]
+  for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(start.frozen)):
+    np.testing.assert_array_equal(a, b)
+  opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_state) if hasattr(x, "size"))
+  connector = sum(x.size for x in jax.tree.leaves(state.params))
+  assert opt_leaves <= 2 * connector + 8  # Adam's two moments of the connector, and counters
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(start.params)))
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  cfg = tiny_config()
+  host_batches = batches(cfg, Trainer.build(cfg, jax.devices()[:1]), 2)
+  ref_losses, ref_state = run_steps(cfg, jax.devices()[:1], host_batches)
+  cfg.train.grad_accum = 4
+  losses, state = run_steps(cfg, jax.devices()[:1], host_batches)
+  np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_non_finite_batch_is_skipped_and_counted():
+  cfg = tiny_config()
+  trainer = Trainer.build(cfg, jax.devices()[:1])
+  state = trainer.init()
+  before = jax.device_get(state)
+  good, bad = batches(cfg, trainer, 2)
+  bad = dict(bad, pixel_values=np.full_like(bad["pixel_values"], np.nan))
+  with trainer.mesh:
+    state, metrics = trainer.step_fn(state, train_data.to_global(bad, trainer.mesh))
+  assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
+  after = jax.device_get(state)
+  assert int(after.step) == 0
+  for a, b in zip(jax.tree.leaves(after.params) + jax.tree.leaves(after.opt_state),
+                  jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  with trainer.mesh:
+    state, metrics = trainer.step_fn(state, train_data.to_global(good, trainer.mesh))
+  assert np.isfinite(float(metrics["loss"])) and int(jax.device_get(state.step)) == 1
+
+
+def losses_of(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def test_resume_logs_the_same_losses_bit_for_bit(tmp_path):
+  cfg = tiny_config(steps=12)
+  cfg.checkpoint.every_steps = 4
+  cfg.checkpoint.keep = 2
+  assert train(cfg, str(tmp_path / "straight"))["final_step"] == 12
+  assert train(cfg, str(tmp_path / "resumed"), stop_after=8)["final_step"] == 8
+  summary = train(cfg, str(tmp_path / "resumed"))
+  assert summary["start_step"] == 8
+  straight, resumed = losses_of(tmp_path / "straight"), losses_of(tmp_path / "resumed")
+  assert sorted(resumed) == list(range(1, 13))
+  assert [straight[s] for s in range(1, 13)] == [resumed[s] for s in range(1, 13)]
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path):
+  workdir = str(tmp_path / "run")
+  overrides = ["--config.train.steps=100000", "--config.checkpoint.every_steps=100000",
+               "--config.train.log_every=1", "--config.model.decoder.num_layers=1",
+               "--config.model.vision.num_layers=1", "--config.data.batch_size=8"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m", "mmjax.cli", "train", "--workdir", workdir,
+                           *overrides], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while time.time() < deadline and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+    time.sleep(0.5)
+  assert proc.poll() is None, proc.stdout.read().decode()
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0].decode()
+  assert proc.returncode == 143, out
+  assert "preempted" in out
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert saved and max(saved) >= 1, out
+
+
+def test_config_overrides_and_errors():
+  cfg = load_config(None)
+  apply_overrides(cfg, ["--config.optim.lr=1e-4", "--config.train.steps", "7",
+                        "--config.train.trainable=('connector',)"])
+  assert cfg.optim.lr == 1e-4 and cfg.train.steps == 7 and cfg.train.trainable == ("connector",)
+  with pytest.raises(ValueError, match="no such key"):
+    apply_overrides(cfg, ["--config.optim.nope=1"])
+  assert mmjax_main(["train", "--config", "/nonexistent.py", "--workdir", "/tmp/x"]) == 1
