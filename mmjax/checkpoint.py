@@ -11,6 +11,8 @@ DIR/
 
 import json
 import os
+import shutil
+import uuid
 from typing import Any
 
 import jax
@@ -70,3 +72,31 @@ def load_checkpoint(ckpt_dir: str) -> tuple[Family, Any, dict]:
   """(family, config, params) of a converted checkpoint."""
   family, config, _ = read_metadata(ckpt_dir)
   return family, config, load_params(ckpt_dir)
+
+
+def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
+                    hf_from: str | None = None) -> None:
+  """Writes `params` (e.g. trained, possibly sharded) as a checkpoint in the format above.
+
+  `hf_from`: a converted checkpoint whose HF details (config, layout, dtypes, tokenizer files) the
+  new one keeps, so `mmjax export` can write it back as a transformers model. Written to a
+  temporary directory and renamed, so a failure leaves nothing at `ckpt_dir`.
+  """
+  if os.path.exists(ckpt_dir):
+    raise FileExistsError(f"{ckpt_dir} exists; choose a new directory")
+  tmp = f"{ckpt_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    ocp.save_pytree(os.path.join(tmp, PARAMS_DIR), params)
+    if jax.process_index() == 0:
+      hf = read_metadata(hf_from)[2] if hf_from else {}
+      write_metadata(tmp, family, config, hf)
+      for name in (HF_CONFIG_FILE, HF_EXTRAS_DIR):
+        src = os.path.join(hf_from, name) if hf_from else ""
+        if os.path.isdir(src):
+          shutil.copytree(src, os.path.join(tmp, name))
+        elif os.path.isfile(src):
+          shutil.copy2(src, os.path.join(tmp, name))
+      os.rename(tmp, ckpt_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise

@@ -27,15 +27,17 @@ HF_EXTRA_FILES = (
     "preprocessor_config.json", "processor_config.json", "generation_config.json",
 )
 _SAVE_BATCH_BYTES = 1 << 30  # leaves are handed to Orbax in batches of about this size
+_IN_FLIGHT_BYTES = 4 << 30  # at most this much is being read and written at once
 
 
 def _orbax_context() -> ocp.Context:
-  """Writes without compression (weights barely compress, zstd costs 10x the read time) and
-  without Orbax's defensive copy of host arrays (we never touch them again): peak memory stays
-  at the batch being written."""
+  """How the converter writes: without compression (weights barely compress, and zstd costs 10x
+  the read), without Orbax's defensive copy of host arrays (we never touch them again), and one
+  array per leaf rather than OCDBT, whose writer copies arrays larger than its data files. Peak
+  memory then stays at the bytes in flight."""
   return ocp.Context(
       array_options=ocp.options.ArrayOptions(
-          saving=ocp.options.ArrayOptions.Saving(use_compression=False)),
+          saving=ocp.options.ArrayOptions.Saving(use_compression=False, use_ocdbt=False)),
       memory_options=ocp.options.MemoryOptions(deepcopy_host_arrays=False),
   )
 
@@ -103,19 +105,22 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
     hf_dtypes: Counter = Counter()
     per_key_dtype: dict[str, str] = {}
     batch: dict[str, np.ndarray] = {}
-    batch_bytes, pending = 0, None
+    batch_bytes, in_flight, pending = 0, 0, None
     bar = tqdm(plan.leaves.items(), desc="convert", unit="param", disable=not progress,
                file=sys.stderr)
     for path, parts in bar:
-      leaf = np.empty(leaf_shapes[path], out_dtype)
-      if batch and batch_bytes + leaf.nbytes > _SAVE_BATCH_BYTES:
-        # Write this batch in the background while the next one is read; at most one write is
-        # in flight, so memory stays at about two batches.
+      nbytes = int(np.prod(leaf_shapes[path])) * out_dtype.itemsize
+      if batch and batch_bytes + nbytes > _SAVE_BATCH_BYTES:
+        # Write this batch in the background while the next one is read (one write in flight).
         if pending is not None:
           pending.result()
         with _orbax_context():
           pending = ocp.partial.save_async(params_path, _nest(batch))
-        batch, batch_bytes = {}, 0
+        batch, in_flight, batch_bytes = {}, batch_bytes, 0
+      if pending is not None and in_flight + batch_bytes + nbytes > _IN_FLIGHT_BYTES:
+        pending.result()  # a large leaf waits for the write before it is read
+        pending, in_flight = None, 0
+      leaf = np.empty(leaf_shapes[path], out_dtype)
       for part in parts:
         dest = leaf if part.layer is None else leaf[part.layer]
         per_key_dtype[part.key] = DTYPE_NAMES[np.dtype(source.dtype(part.key))]

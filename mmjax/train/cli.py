@@ -20,7 +20,12 @@ def load_config(spec: str | None) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"config file {path} not found")
   module_spec = importlib.util.spec_from_file_location("mmjax_user_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  # Configs may import their siblings (e.g. stage 2 extends stage 1), as in big_vision.
+  sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+  try:
+    module_spec.loader.exec_module(module)
+  finally:
+    sys.path.pop(0)
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} has no get_config()")
   return module.get_config(arg or None)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 from typing import Any, Mapping
@@ -90,39 +91,58 @@ class Trainer:
     return state
 
   def _load_components(self, state: TrainState, sources: list[str]) -> TrainState:
+    """Replaces the components the `sources` checkpoints hold; the rest stay random (reported)."""
     params = state.all_params()
-    loaded: dict[str, str] = {}
+    owner: dict[str, str] = {}
     for path in sources:
-      ckpt_params = converted.load_params(path)
-      for name, subtree in ckpt_params.items():
+      for name, subtree in converted.params_metadata(path).items():
         if name not in params:
           raise ValueError(f"{path}: component {name!r} is not part of this model "
                            f"({sorted(params)})")
-        want = jax.tree.map(lambda x: (x.shape, x.dtype), params[name])
-        got = jax.tree.map(lambda x: (x.shape, x.dtype), subtree)
-        if jax.tree.structure(want) != jax.tree.structure(got) or \
-            any(a[0] != b[0] for a, b in zip(jax.tree.leaves(want, is_leaf=_is_pair),
-                                             jax.tree.leaves(got, is_leaf=_is_pair))):
-          raise ValueError(f"{path}: component {name!r} does not match the model's shapes")
-        loaded[name] = path
-    fresh = sorted(set(params) - set(loaded))
-    print(f"init_from: loaded {sorted(loaded)}; randomly initialised {fresh}")
-    log.info("init_from loaded %s, random %s", loaded, fresh)
-
-    def place(name, tree, shardings):
-      src = converted.load_params(loaded[name], None)[name] if name in loaded else None
-      if src is None:
-        return tree
-      return jax.tree.map(lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
-                          src, shardings, tree)
-
-    new_params = {k: place(k, v, self.state_shardings.params[k]) for k, v in state.params.items()}
-    new_frozen = {k: place(k, v, self.state_shardings.frozen[k]) for k, v in state.frozen.items()}
-    return state.replace(params=new_params, frozen=new_frozen)
+        if name in owner:
+          raise ValueError(f"component {name!r} is in both {owner[name]} and {path}")
+        _check_shapes(path, name, subtree, params[name])
+        owner[name] = path
+    fresh = sorted(set(params) - set(owner))
+    print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
+    log.info("init_from loaded %s, random %s", owner, fresh)
+    shardings = {**self.state_shardings.params, **self.state_shardings.frozen}
+    loaded = {}
+    for path in sources:
+      for name, subtree in converted.load_params(path).items():
+        # Cast to the training param dtype (e.g. a bf16 checkpoint into float32 master weights).
+        loaded[name] = jax.tree.map(
+            lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
+            subtree, shardings[name], params[name])
+    return state.replace(params={k: loaded.get(k, v) for k, v in state.params.items()},
+                         frozen={k: loaded.get(k, v) for k, v in state.frozen.items()})
 
 
-def _is_pair(x):
-  return isinstance(x, tuple) and len(x) == 2
+def _check_shapes(path: str, name: str, stored, expected) -> None:
+  stored_paths = {jax.tree_util.keystr(k): v.shape
+                  for k, v in jax.tree_util.tree_leaves_with_path(stored)}
+  expected_paths = {jax.tree_util.keystr(k): v.shape
+                    for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  for key in sorted(set(stored_paths) | set(expected_paths)):
+    got, want = stored_paths.get(key), expected_paths.get(key)
+    if tuple(got or ()) != tuple(want or ()) or got is None or want is None:
+      raise ValueError(f"{path}: component {name!r} does not match the model at {key}: "
+                       f"checkpoint {got}, model {want}")
+
+
+def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str:
+  """The trained parameters as a converted-style checkpoint at `DIR/model`: the next stage's
+  `train.init_from`, and what `generate`, `logits` and (given HF details) `export` read."""
+  path = os.path.join(os.path.abspath(workdir), "model")
+  if os.path.exists(path):  # a finished run re-launched: the model is already there
+    return path
+  sources = _init_sources(trainer.cfg.train.get("init_from", ""))
+  hf_from = sources[0] if len(sources) == 1 else None
+  converted.save_checkpoint(path, trainer.family, trainer.model_config, state.all_params(),
+                            hf_from=hf_from)
+  print(f"model written to {path}" + ("" if hf_from else
+                                      " (no HF config: `mmjax export` needs one, see README)"))
+  return path
 
 
 def _init_sources(init_from) -> list[str]:
@@ -207,6 +227,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
     else:
       ckpts.save(step, state, data_it.get_state(), force=True)
       ckpts.wait()
+      summary["model_dir"] = _write_final_model(trainer, state, workdir)
       if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
         from mmjax.train.evaluate import shapes_accuracy
 

@@ -18,25 +18,13 @@ import time
 
 import numpy as np
 
+from llava_100m import build_llava_100m, image_tokens, random_pixels
+
 
 def build(workdir: str):
-  import torch
   import transformers
 
-  from mmjax.convert.importer import convert_hf
-
-  torch.manual_seed(0)
-  vision = transformers.CLIPVisionConfig(hidden_size=384, intermediate_size=1536,
-                                         num_hidden_layers=6, num_attention_heads=6,
-                                         image_size=224, patch_size=14)
-  text = transformers.LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
-                                  num_hidden_layers=10, num_attention_heads=12,
-                                  num_key_value_heads=4, max_position_embeddings=2048)
-  cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=31999)
-  model = transformers.LlavaForConditionalGeneration(cfg).eval()
-  hf_dir, mm_dir = os.path.join(workdir, "hf"), os.path.join(workdir, "mm")
-  model.save_pretrained(hf_dir)
-  convert_hf(hf_dir, mm_dir, progress=False)
+  hf_dir, mm_dir, cfg = build_llava_100m(workdir)
   model = transformers.LlavaForConditionalGeneration.from_pretrained(
       hf_dir, attn_implementation="eager").eval()
   return model, cfg, mm_dir
@@ -45,14 +33,14 @@ def build(workdir: str):
 def prompts(cfg, batch: int, seed: int = 0):
   """Left-padded rows `bos text <image>*256 text`, text of different lengths per row."""
   rng = np.random.default_rng(seed)
-  n_img = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+  n_img = image_tokens(cfg)
   rows = [[1] + list(rng.integers(3, 31000, 8 + 4 * r)) + [cfg.image_token_id] * n_img
           + list(rng.integers(3, 31000, 12)) for r in range(batch)]
   t = max(map(len, rows))
   ids, mask = np.zeros((batch, t), np.int64), np.zeros((batch, t), np.int64)
   for i, row in enumerate(rows):
     ids[i, t - len(row):], mask[i, t - len(row):] = row, 1
-  pixels = rng.normal(size=(batch, 3, 224, 224)).astype(np.float32)
+  pixels = random_pixels(batch, cfg, seed)
   return ids, mask, pixels
 
 
