@@ -44,6 +44,10 @@ class Trainer:
   @classmethod
   def build(cls, cfg, devices=None) -> "Trainer":
     mesh = shd.make_mesh(cfg.mesh, devices)
+    shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
+    if int(cfg.data.batch_size) % shards:
+      raise ValueError(f"data.batch_size {cfg.data.batch_size} does not split over the "
+                       f"{shards} batch shards of the mesh ({dict(mesh.shape)}); use a multiple")
     rules = shd.rules_for(cfg.mesh.get("rules", "fsdp"))
     init_from = _init_sources(cfg.train.get("init_from", ""))
     ckpt_config = None

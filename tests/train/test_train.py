@@ -215,3 +215,10 @@ def test_every_config_loads_and_has_the_common_keys(path):
   cfg = load_config(os.path.join(ROOT, path))
   assert cfg.train.steps > 0 and cfg.checkpoint.every_steps > 0
   assert set(cfg.train.trainable) <= {"encoder", "connector", "decoder"}
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error():
+  cfg = tiny_config()
+  cfg.data.batch_size = 12
+  with pytest.raises(ValueError, match="batch_size 12 does not split over the 8 batch shards"):
+    Trainer.build(cfg, jax.devices())
