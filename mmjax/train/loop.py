@@ -207,7 +207,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       if flops is None:
         images = int(np.asarray(batch["image_mask"]).sum()) if "image_mask" in batch else 0
         flops = flops_per_step(trainer.model_config, state.all_params(), rows,
-                               batch["input_ids"].shape[1], images)
+                               batch["input_ids"].shape[1], images, tuple(cfg.train.trainable))
       if step % log_every == 0 or step == steps:
         fetched = jax.device_get(pending)
         now = time.perf_counter()

@@ -1,8 +1,10 @@
 """Metrics: `metrics.jsonl`, TensorBoard events, a progress bar, and model FLOPs.
 
 Model FLOPs are counted analytically, as MaxText does (XLA's cost analysis counts a scanned layer
-stack once): 6 * parameters per trained token for the decoder, per patch for the vision encoder
-and per image token for the connector, plus attention (12 * layers * width * context per token).
+stack once): per parameter, 2 FLOPs forward, 2 for activation gradients and 2 for weight
+gradients (6 for a trained part; 4 or 2 for a frozen one, see `_flops_per_param`), counted per
+token for the decoder, per patch for the vision encoder and per image token for the connector,
+plus attention (2 * layers * width * context per token and pass, causal masking not discounted).
 """
 
 import json
@@ -20,20 +22,36 @@ def count_params(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def flops_per_step(config, params: dict, batch_rows: int, seq_len: int, images: int) -> float:
-  """Training FLOPs of one step of a LLaVA-style model (forward + backward)."""
+# Data flows encoder -> connector -> decoder; a frozen part still runs its backward pass (for
+# activation gradients) when a part before it trains.
+_CHAIN = ("encoder", "connector", "decoder")
+
+
+def _flops_per_param(name: str, trainable) -> int:
+  """Forward 2 + activation gradients 2 + weight gradients 2 per parameter and position."""
+  if name in trainable:
+    return 6
+  upstream = _CHAIN[:_CHAIN.index(name)] if name in _CHAIN else ()
+  return 4 if any(p in trainable for p in upstream) else 2
+
+
+def flops_per_step(config, params: dict, batch_rows: int, seq_len: int, images: int,
+                   trainable=_CHAIN) -> float:
+  """Model FLOPs of one training step of a LLaVA-style model (forward + backward)."""
   dec = dict(params.get("decoder", {}))
   dec_params = count_params({k: v for k, v in dec.items() if k != "embed"})
   tokens = batch_rows * seq_len
   d = config.decoder
-  flops = 6 * dec_params * tokens + 12 * d.num_layers * d.num_heads * d.head_dim * seq_len * tokens
+  per = {name: _flops_per_param(name, trainable) for name in _CHAIN}
+  attention = 2 * d.num_layers * d.num_heads * d.head_dim * seq_len * tokens  # QK^T and AV
+  flops = per["decoder"] * (dec_params * tokens + attention)
   if "encoder" in params and images:
     v = config.vision
     patches = images * v.num_positions
-    flops += 6 * count_params(params["encoder"]) * patches
-    flops += 12 * v.num_layers * v.hidden_size * v.num_positions * patches
+    vit_attention = 2 * v.num_layers * v.hidden_size * v.num_positions * patches
+    flops += per["encoder"] * (count_params(params["encoder"]) * patches + vit_attention)
   if "connector" in params and images:
-    flops += 6 * count_params(params["connector"]) * images * config.tokens_per_image
+    flops += per["connector"] * count_params(params["connector"]) * images * config.tokens_per_image
   return float(flops)
 
 
