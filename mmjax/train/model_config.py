@@ -26,9 +26,30 @@ def with_execution(config: Any, **execution) -> Any:
   return dataclasses.replace(config, **changes)
 
 
+# Execution keys set the whole model, or each stack apart: `remat_policy={"encoder": "none",
+# "decoder": "dots"}` (stack -> field of the family config).
+STACK_FIELDS = {"encoder": "vision", "decoder": "decoder"}
+
+
+def apply_execution(config: Any, execution: dict) -> Any:
+  """`with_execution` for values that cover the whole model, then per-stack dict values."""
+  whole = {k: v for k, v in execution.items() if not isinstance(v, dict)}
+  config = with_execution(config, **whole)
+  for key, per_stack in execution.items():
+    if not isinstance(per_stack, dict):
+      continue
+    for stack, value in per_stack.items():
+      field = STACK_FIELDS.get(stack)
+      if field is None or not hasattr(config, field):
+        raise ValueError(f"model.{key}: unknown stack {stack!r} (known: {sorted(STACK_FIELDS)})")
+      config = dataclasses.replace(
+          config, **{field: with_execution(getattr(config, field), **{key: value})})
+  return config
+
+
 def llava_from_dict(model: dict) -> LlavaConfig:
   """`model.{vision, projector, decoder, ...}` dicts of a training config -> LlavaConfig."""
-  execution = {k: model[k] for k in EXECUTION_KEYS if model.get(k) is not None}
+  execution = {k: _plain(model[k]) for k in EXECUTION_KEYS if model.get(k) is not None}
   vision = VisionConfig(**dict(model["vision"]))
   decoder_args = dict(model["decoder"])
   rope = RopeConfig(**dict(decoder_args.pop("rope", {})))
@@ -39,16 +60,20 @@ def llava_from_dict(model: dict) -> LlavaConfig:
   config = LlavaConfig(vision=vision, projector=projector, decoder=decoder,
                        image_token_id=int(model["image_token_id"]), feature_layers=layers,
                        feature_select=model.get("feature_select", "full"))
-  return with_execution(config, **execution)
+  return apply_execution(config, execution)
+
+
+def _plain(value):
+  return dict(value) if hasattr(value, "items") else value
 
 
 def build_model_config(model: dict, checkpoint_config: tuple[Family, Any] | None = None):
   """(family, config): from the checkpoint when given (execution keys still apply), else from
   the training config's `model` section."""
-  execution = {k: model.get(k) for k in EXECUTION_KEYS}
+  execution = {k: _plain(model[k]) for k in EXECUTION_KEYS if model.get(k) is not None}
   if checkpoint_config is not None:
     family, config = checkpoint_config
-    return family, with_execution(config, **execution)
+    return family, apply_execution(config, execution)
   family_name = model.get("family", "llava")
   if family_name != "llava":
     raise ValueError(f"training configs can describe model.family 'llava' for now, got "

@@ -1,4 +1,4 @@
-"""Analytic model FLOPs: 6 per parameter and position for trained parts, fewer for frozen ones."""
+"""Model configs from training configs (per-stack execution) and analytic model FLOPs."""
 
 import jax
 import numpy as np
@@ -26,3 +26,13 @@ def test_flops_count_trained_and_frozen_parts():
   # Stage 1: the connector trains; the decoder still back-propagates to it, the encoder does not.
   stage1 = flops_per_step(config, params, rows, seq, images, ("connector",))
   np.testing.assert_allclose(stage1, 4 * dec_per_pass + 2 * enc_per_pass + 6 * conn_per_pass)
+
+
+def test_remat_policy_per_stack():
+  model = dict(load_config(None).model)
+  model["remat_policy"] = {"encoder": "full", "decoder": "dots"}
+  _, config = build_model_config(model)
+  assert config.vision.remat_policy == "full" and config.decoder.remat_policy == "dots"
+  model["remat_policy"] = "dots"
+  _, config = build_model_config(model)
+  assert config.vision.remat_policy == config.decoder.remat_policy == "dots"
