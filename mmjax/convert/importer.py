@@ -17,7 +17,7 @@ from mmjax import checkpoint
 from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
 from mmjax.convert.safetensors_io import DTYPE_NAMES
 from mmjax.convert.sources import TensorSource
-from mmjax.models.registry import abstract_params, family_for_hf
+from mmjax.models.registry import FAMILIES, abstract_params, family_for_hf
 
 PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 # Files beside the weights that users need again after export (tokenizer, processor, generation).
@@ -88,13 +88,16 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
   hf_config = read_hf_config(hf_dir)
   family = family_for_hf(hf_config)
+  if family.read_hf_dir is not None:
+    hf_config = family.read_hf_dir(hf_dir, hf_config)
   config = family.config_from_hf(hf_config, param_dtype=dtype)
   leaf_shapes = {p: tuple(s.shape) for p, s in flatten(abstract_params(family, config)).items()}
   source = TensorSource(hf_dir)
   ignores = list(family.ignores)
   if family.lm_head_key and family.tied(config):
     ignores.append(r"(.*\.)?" + family.lm_head_key.replace(".", r"\."))  # tied: the embedding
-  plan = make_plan(family.rules(), leaf_shapes, source.keys(), family.layouts, ignores)
+  plan = make_plan(family.conversion_rules(config), leaf_shapes, source.keys(), family.layouts,
+                   ignores)
   check_shapes(plan, source.shape)
   out_dtype = PARAM_DTYPES[dtype]
 
@@ -148,9 +151,15 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
         "dtype_exceptions": {k: v for k, v in per_key_dtype.items() if v != main_dtype},
         "ignored_keys": plan.ignored,
     }
-    checkpoint.write_metadata(tmp, family, config, hf_meta)
+    stored_family, stored_config = family, hf_config
+    if family.stored_as is not None:  # exported as another family's layout (see Family)
+      stored_family = FAMILIES[family.stored_as]
+      stored_config = family.native_hf_config(config)
+      hf_meta.update(source_layout=plan.layout.name, layout=stored_family.layouts[0].name,
+                     dtype_exceptions={})
+    checkpoint.write_metadata(tmp, stored_family, config, hf_meta)
     with open(os.path.join(tmp, checkpoint.HF_CONFIG_FILE), "w") as f:
-      json.dump(hf_config, f, indent=2)
+      json.dump(stored_config, f, indent=2)
     extras = [n for n in HF_EXTRA_FILES if os.path.exists(os.path.join(hf_dir, n))]
     if extras:
       os.makedirs(os.path.join(tmp, checkpoint.HF_EXTRAS_DIR))

@@ -77,7 +77,8 @@ def _embedding_fusion(family, config) -> EmbeddingFusion:
 
 
 # registry family name -> builder of its generation adapter
-ADAPTERS = {"llava": _embedding_fusion, "causal_lm": _embedding_fusion}
+ADAPTERS = {"llava": _embedding_fusion, "causal_lm": _embedding_fusion,
+            "internvl": _embedding_fusion}
 
 
 def adapter_for(family, config):

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.convert import tables, tables_qwen_vl
+from mmjax.convert import tables, tables_internvl, tables_qwen_vl
 from mmjax.convert.rules import Layout, Rule
 from mmjax.decoders.config import DecoderConfig
 from mmjax.encoders.vit import VisionConfig
-from mmjax.models import qwen_vl
+from mmjax.models import internvl, qwen_vl
 from mmjax.models.llava import Llava, LlavaConfig
 from mmjax.models.standalone import CausalLM, VisionModel
 from mmjax.nn.masks import positions_from_attention_mask
@@ -34,6 +34,17 @@ class Family:
   lm_head_key: str | None = "lm_head.weight"  # canonical key left out when embeddings are tied
   # (config, params, processor arrays) -> logits, for families whose inputs are not LLaVA's
   hf_forward: Callable[..., np.ndarray] | None = None
+  # Conversion tables that depend on the config (e.g. grouped heads); `rules` otherwise.
+  rules_for: Callable[[Any], list[Rule]] | None = None
+  # (HF directory, config.json dict) -> config dict, for facts kept beside config.json.
+  read_hf_dir: Callable[[str, dict], dict] | None = None
+  # Checkpoints are stored as this family (with `native_hf_config` as their config.json), so
+  # that export writes that family's layout: the original InternVL release exports as `internvl`.
+  stored_as: str | None = None
+  native_hf_config: Callable[[Any], dict] | None = None
+
+  def conversion_rules(self, config) -> list[Rule]:
+    return self.rules_for(config) if self.rules_for is not None else self.rules()
 
   def tied(self, config) -> bool:
     decoder = getattr(config, "decoder", config)
@@ -73,11 +84,24 @@ def _qwen_vl_family(name: str) -> Family:
 
 FAMILIES.update({name: _qwen_vl_family(name) for name in qwen_vl.MODEL_TYPES})
 
+FAMILIES.update({
+    "internvl": Family(
+        "internvl", internvl.InternVLConfig, internvl.InternVLConfig.from_hf, internvl.InternVL,
+        internvl.example_inputs, tables_internvl.internvl_rules, tables_internvl.INTERNVL_LAYOUTS),
+    "internvl_chat": Family(
+        "internvl_chat", internvl.InternVLConfig, internvl.InternVLConfig.from_original,
+        internvl.InternVL, internvl.example_inputs, lambda: [], tables_internvl.ORIGINAL_LAYOUTS,
+        rules_for=tables_internvl.original_rules,
+        read_hf_dir=internvl.with_image_token_from_tokenizer, stored_as="internvl",
+        native_hf_config=internvl.InternVLConfig.to_hf),
+})
+
 MODEL_TYPES = {
     "llava": "llava",
     "llama": "causal_lm", "mistral": "causal_lm", "qwen2": "causal_lm", "qwen3": "causal_lm",
     "clip_vision_model": "vision", "siglip_vision_model": "vision",
     **{name: name for name in qwen_vl.MODEL_TYPES},
+    "internvl": "internvl", "internvl_chat": "internvl_chat",
 }
 
 

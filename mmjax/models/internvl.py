@@ -1,0 +1,234 @@
+"""InternVL 1.5 / 2 / 2.5 / 3: InternViT, pixel shuffle + MLP, and a Llama-family decoder.
+
+Every tile (448 px, dynamic tiling plus a thumbnail) becomes `tokens_per_image` features that
+replace the `<IMG_CONTEXT>` placeholder embeddings, in order (embedding fusion, as in LLaVA).
+Configs come from transformers' native `internvl` checkpoints or from the original release
+(`internvl_chat`, whose InternLM2 decoder runs as a Llama decoder once its weights are converted).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.connectors.pixel_shuffle import PixelShuffleConfig, PixelShuffleMlp
+from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.llama import Decoder
+from mmjax.encoders.intern_vit import InternVisionTransformer, InternVitConfig
+from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.nn.multihead import KVCache
+
+IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+SELECT_STRATEGIES = ("default", "full")
+ORIGINAL_DECODERS = ("internlm2", "qwen2", "llama")
+
+
+@dataclasses.dataclass(frozen=True)
+class InternVLConfig:
+  vision: InternVitConfig
+  connector: PixelShuffleConfig
+  decoder: DecoderConfig
+  image_token_id: int
+  feature_layer: int = -1  # hidden-state index; -1 is the last layer's output
+  feature_select: str = "default"  # 'default' drops the class token
+  original_decoder: str | None = None  # 'internlm2' | 'qwen2' | 'llama' for original checkpoints
+
+  def __post_init__(self):
+    if self.feature_select not in SELECT_STRATEGIES:
+      raise ValueError(f"unknown feature_select {self.feature_select!r}; known: {SELECT_STRATEGIES}")
+    n = self.vision.num_layers + 1
+    if not -n <= self.feature_layer < n:
+      raise ValueError(f"feature layer {self.feature_layer} out of range for "
+                       f"{self.vision.num_layers} layers")
+    if self.feature_select == "full":
+      raise ValueError("InternVL shuffles a square patch grid: feature_select must be 'default'")
+    if self.vision.grid % self.connector.factor:
+      raise ValueError(f"a {self.vision.grid}x{self.vision.grid} patch grid does not divide by the "
+                       f"pixel-shuffle factor {self.connector.factor}")
+
+  @property
+  def tokens_per_image(self) -> int:
+    """Features per tile: `(grid * downsample_ratio)^2` (256 for 448-px tiles of 14-px patches)."""
+    return (self.vision.grid // self.connector.factor) ** 2
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "InternVLConfig":
+    """Reads transformers' `InternVLConfig` (model_type `internvl`)."""
+    vision = InternVitConfig.from_hf(cfg["vision_config"], **execution)
+    text = cfg["text_config"]
+    tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
+    decoder = DecoderConfig.from_hf(text, tie_embeddings=bool(tie), **execution)
+    layer = cfg.get("vision_feature_layer", -1)
+    if not isinstance(layer, int):
+      raise ValueError(f"InternVL takes one vision_feature_layer, got {layer}")
+    return cls(vision=vision, connector=_connector(vision, decoder, cfg, execution),
+               decoder=decoder, image_token_id=cfg.get("image_token_id", 151667),
+               feature_layer=layer,
+               feature_select=cfg.get("vision_feature_select_strategy", "default"))
+
+  @classmethod
+  def from_original(cls, cfg: Mapping[str, Any], **execution) -> "InternVLConfig":
+    """Reads the original release's `InternVLChatConfig` (model_type `internvl_chat`).
+
+    Its `image_token_id` is not part of that config; `with_image_token_from_tokenizer` adds it.
+    """
+    if cfg.get("ps_version", "v2") != "v2":
+      raise ValueError(f"unsupported ps_version {cfg.get('ps_version')!r}: only InternVL's 'v2' "
+                       "pixel shuffle (InternVL 1.5 and later) is implemented")
+    vision = InternVitConfig.from_original(cfg["vision_config"], **execution)
+    forced = cfg.get("force_image_size")
+    if forced not in (None, vision.image_size):
+      raise ValueError(f"force_image_size {forced} differs from the vision tower's image_size "
+                       f"{vision.image_size}; interpolated position embeddings are not supported")
+    llm = dict(cfg["llm_config"])
+    kind = llm.get("model_type")
+    if kind not in ORIGINAL_DECODERS:
+      raise ValueError(f"unsupported llm_config model_type {kind!r}; supported: {ORIGINAL_DECODERS}")
+    if kind == "internlm2":  # the same computation as Llama once wqkv is split
+      bias = bool(llm.get("bias", True))
+      llm.update(model_type="llama", attention_bias=bias, mlp_bias=False)
+    tie = llm.get("tie_word_embeddings", False)
+    decoder = DecoderConfig.from_hf(llm, tie_embeddings=bool(tie), **execution)
+    if "image_token_id" not in cfg:
+      raise ValueError("the InternVL config has no image_token_id and the tokenizer files name no "
+                       f"{IMAGE_CONTEXT_TOKEN} token")
+    return cls(vision=vision, connector=_connector(vision, decoder, cfg, execution),
+               decoder=decoder, image_token_id=int(cfg["image_token_id"]),
+               feature_layer=cfg.get("select_layer", -1), original_decoder=kind)
+
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' native `InternVLConfig` dict (what `mmjax export` writes)."""
+    return dict(
+        architectures=["InternVLForConditionalGeneration"], model_type="internvl",
+        vision_config=self.vision.to_hf(), text_config=decoder_to_hf(self.decoder),
+        image_token_id=self.image_token_id, image_seq_length=self.tokens_per_image,
+        downsample_ratio=self.connector.downsample_ratio,
+        projector_hidden_act=self.connector.activation, vision_feature_layer=self.feature_layer,
+        vision_feature_select_strategy=self.feature_select,
+        tie_word_embeddings=self.decoder.tie_embeddings)
+
+
+def _connector(vision, decoder, cfg, execution) -> PixelShuffleConfig:
+  return PixelShuffleConfig(
+      vision_features=vision.hidden_size, out_features=decoder.hidden_size,
+      downsample_ratio=cfg.get("downsample_ratio", 0.5),
+      activation=cfg.get("projector_hidden_act", "gelu"),
+      dtype=execution.get("dtype", "float32"), param_dtype=execution.get("param_dtype", "float32"))
+
+
+def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
+  """A transformers `LlamaConfig` / `Qwen2Config` dict for the decoder."""
+  if d.model_type not in ("llama", "qwen2"):
+    raise ValueError(f"cannot write a {d.model_type!r} text config")
+  out = dict(
+      model_type=d.model_type, vocab_size=d.vocab_size, hidden_size=d.hidden_size,
+      intermediate_size=d.intermediate_size, num_hidden_layers=d.num_layers,
+      num_attention_heads=d.num_heads, num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim,
+      rms_norm_eps=d.rms_norm_eps, hidden_act=d.activation,
+      max_position_embeddings=d.rope.max_position_embeddings,
+      rope_parameters=d.rope.to_hf(), tie_word_embeddings=d.tie_embeddings)
+  if d.model_type == "llama":
+    if d.qkv_bias != d.o_bias:
+      raise ValueError("a Llama text config has one attention_bias for q/k/v and o")
+    out.update(attention_bias=d.qkv_bias, mlp_bias=d.mlp_bias)
+  else:
+    out.update(use_sliding_window=d.sliding_window is not None,
+               sliding_window=d.sliding_window)
+  return out
+
+
+def with_image_token_from_tokenizer(hf_dir: str, cfg: dict) -> dict:
+  """Adds `image_token_id` to an original InternVL config from the tokenizer files beside it."""
+  if "image_token_id" in cfg:
+    return cfg
+  for name in ("tokenizer_config.json", "tokenizer.json", "added_tokens.json"):
+    path = os.path.join(hf_dir, name)
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      data = json.load(f)
+    if name == "added_tokens.json":
+      found = data.get(IMAGE_CONTEXT_TOKEN)
+    elif name == "tokenizer.json":
+      found = next((t["id"] for t in data.get("added_tokens", [])
+                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
+    else:
+      found = next((int(i) for i, t in data.get("added_tokens_decoder", {}).items()
+                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
+    if found is not None:
+      return {**cfg, "image_token_id": int(found)}
+  return cfg
+
+
+class InternVL(nn.Module):
+  config: InternVLConfig
+
+  def setup(self):
+    self.encoder = InternVisionTransformer(self.config.vision)
+    self.connector = PixelShuffleMlp(self.config.connector)
+    self.decoder = Decoder(self.config.decoder)
+
+  def image_features(self, pixels: jax.Array, train: bool = False) -> jax.Array:
+    """Tiles `pixels [I, H, W, C]` -> `[I, tokens_per_image, D_text]`."""
+    cfg = self.config
+    out = self.encoder(pixels, train)
+    if cfg.feature_layer == -1:
+      features = out["last_hidden_state"]
+    else:
+      features = out["hidden_states"][cfg.feature_layer]
+    return self.connector(features[:, 1:])  # drop the class token: [I, N, D_v] -> [I, N', D]
+
+  def embed(self, input_ids: jax.Array, pixels: jax.Array | None,
+            image_valid: jax.Array | None = None) -> jax.Array:
+    """Text embeddings with tile features in the placeholder slots: `[B, T, D]`.
+
+    `image_valid [I]` marks real tiles when `pixels` has padding slots (training batches).
+    """
+    cfg = self.config
+    embeddings = self.decoder.embed(input_ids)
+    is_placeholder = input_ids == cfg.image_token_id
+    if pixels is None or pixels.shape[0] == 0:
+      check_placeholders(input_ids, cfg.image_token_id, 0)
+      return embeddings
+    features = self.image_features(pixels)
+    tokens = features.shape[1]
+    features = features.reshape(-1, features.shape[-1])  # [I * tokens, D]
+    valid = None
+    if image_valid is not None:
+      valid = jnp.repeat(image_valid.astype(bool), tokens)  # [I * tokens]
+      if not isinstance(image_valid, jax.core.Tracer):
+        check_placeholders(input_ids, cfg.image_token_id, int(valid.sum()))
+    else:
+      check_placeholders(input_ids, cfg.image_token_id, features.shape[0])
+    return merge_image_features(embeddings, is_placeholder, features, valid)
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      pixels: jax.Array | None,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+      image_valid: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order).
+
+    Returns float32 logits `[B, T, V]` and the updated cache.
+    """
+    embeddings = self.embed(input_ids, pixels, image_valid)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)
+
+
+def example_inputs(cfg: InternVLConfig):
+  """One row holding exactly one tile's placeholders, and that tile."""
+  v = cfg.vision
+  n = cfg.tokens_per_image
+  return (jnp.full((1, n), cfg.image_token_id, jnp.int32),
+          jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
+          jnp.zeros((1, n), jnp.int32))
