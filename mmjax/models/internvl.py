@@ -21,6 +21,7 @@ from mmjax.decoders.llama import Decoder
 from mmjax.encoders.intern_vit import InternVisionTransformer, InternVitConfig
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.nn.multihead import KVCache
+from mmjax.nn.rope import RopeConfig
 
 IMAGE_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 SELECT_STRATEGIES = ("default", "full")
@@ -162,6 +163,23 @@ def with_image_token_from_tokenizer(hf_dir: str, cfg: dict) -> dict:
     if found is not None:
       return {**cfg, "image_token_id": int(found)}
   return cfg
+
+
+def config_from_dict(model: Mapping[str, Any]) -> InternVLConfig:
+  """A training config's `model` section (`vision`, `decoder` (+ `rope`), `image_token_id`,
+  optional `downsample_ratio`, execution keys) -> InternVLConfig, e.g. `configs/tiny/internvl.py`."""
+  execution = {k: model[k] for k in ("dtype", "param_dtype", "remat_policy", "attention_backend")
+               if model.get(k) is not None}
+  vision = InternVitConfig(**model["vision"], **execution)
+  decoder = dict(model["decoder"])
+  rope = RopeConfig(**decoder.pop("rope", {}))
+  decoder = DecoderConfig(rope=rope, **decoder, **execution)
+  execution.pop("remat_policy", None)
+  execution.pop("attention_backend", None)
+  connector = PixelShuffleConfig(vision.hidden_size, decoder.hidden_size,
+                                 model.get("downsample_ratio", 0.5), **execution)
+  return InternVLConfig(vision=vision, connector=connector, decoder=decoder,
+                        image_token_id=int(model["image_token_id"]))
 
 
 class InternVL(nn.Module):
