@@ -116,7 +116,26 @@ def _add_optional_commands(sub) -> None:
     data_cli.add_subcommands(p.add_subparsers(dest="data_command", required=True))
 
 
+def _avoid_absent_tpu() -> None:
+  """With libtpu installed (the `tpu` / `test` extras) but no TPU attached, JAX would first try
+  the TPU, print libtpu's initialisation errors and may wait on the metadata server: run on the
+  CPU instead. TPU VMs expose the chips as /dev/accel* (v4, v5e) or /dev/vfio/N (v5p, v6e);
+  JAX_PLATFORMS set by the user always wins, as does an installed CUDA plugin."""
+  import glob
+  import importlib.util
+
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return
+  if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+    return
+  if any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+    return
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+  _avoid_absent_tpu()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_overrides", False):

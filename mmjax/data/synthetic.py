@@ -105,6 +105,8 @@ class ShapesConfig:
     min_objects, max_objects: the object count is uniform over this inclusive range.
     kinds: question kinds to ask, drawn uniformly; a subset of `QUESTION_KINDS`.
     jitter: largest offset, in pixels, of an object's centre from its cell's centre.
+    size_range: objects' half-widths vary over this many pixels below the largest that fits
+      (0: every object has the same size).
     eval_buckets: 1/eval_buckets of all possible images are reserved for the eval split.
     seed: base seed; with the split and the index it fixes every sample.
   """
@@ -117,6 +119,7 @@ class ShapesConfig:
   max_objects: int = 4
   kinds: tuple[str, ...] = QUESTION_KINDS
   jitter: int = 1
+  size_range: int = 2
   eval_buckets: int = 8
   seed: int = 0
 
@@ -141,6 +144,8 @@ class ShapesConfig:
         f"need 1 <= min_objects ({self.min_objects}) <= max_objects ({self.max_objects}) "
         f"<= {room} (cells, colours and shapes available)"
       )
+    if self.size_range < 0:
+      raise ValueError(f"size_range must be >= 0, got {self.size_range}")
     if self.jitter < 0 or self.max_half_size < 2:
       raise ValueError(
         f"cells of {self.cell_size} px are too small for jitter {self.jitter}: "
@@ -160,7 +165,7 @@ class ShapesConfig:
 
   @property
   def min_half_size(self) -> int:
-    return max(2, self.max_half_size - 2)
+    return max(2, self.max_half_size - self.size_range)
 
   def answers(self, kind: str) -> tuple[str, ...]:
     """Every answer a question of `kind` can have."""
@@ -441,12 +446,14 @@ def load_tokenizer():
 
 
 def encode_example(
-  sample: dict[str, Any], tokenizer, num_image_tokens: int, max_length: int | None = None
+  sample: dict[str, Any], tokenizer, num_image_tokens: int, max_length: int | None = None,
+  image_first: bool = True,
 ) -> dict[str, np.ndarray]:
   """Tokenizes a sample for training without the general data pipeline.
 
   Layout: `<s> <image>*num_image_tokens question-tokens answer-tokens </s>`, then `<pad>` up to
-  `max_length` if given. `loss_mask[t]` is 1 where `input_ids[t]` is a target (the answer and
+  `max_length` if given; with `image_first=False` the question comes before the image
+  (`<s> question-tokens <image>*n answer-tokens </s>`), so image tokens can attend to it. `loss_mask[t]` is 1 where `input_ids[t]` is a target (the answer and
   `</s>`): a trainer predicting token t from position t-1 uses `loss_mask[1:]` with
   `input_ids[1:]`.
 
@@ -462,7 +469,8 @@ def encode_example(
       f"sample {sample.get('id')!r}: words outside the tokenizer's vocabulary in "
       f"question {sample['question']!r} or answer {sample['answer']!r}"
     )
-  prompt = [BOS_ID] + [IMAGE_ID] * num_image_tokens + question
+  image = [IMAGE_ID] * num_image_tokens
+  prompt = [BOS_ID] + (image + question if image_first else question + image)
   target = answer + [EOS_ID]
   input_ids = prompt + target
   loss_mask = [0] * len(prompt) + [1] * len(target)

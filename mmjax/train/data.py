@@ -17,12 +17,13 @@ from mmjax.sharding import BATCH_AXES
 class _ShapesRow:
   """Shapes sample -> one training row (right-padded, labels shifted, pixels normalised)."""
 
-  def __init__(self, tokenizer, num_image_tokens: int, max_length: int):
-    self.tokenizer, self.num_image_tokens, self.max_length = (
-        tokenizer, num_image_tokens, max_length)
+  def __init__(self, tokenizer, num_image_tokens: int, max_length: int, image_first: bool):
+    self.tokenizer, self.num_image_tokens, self.max_length, self.image_first = (
+        tokenizer, num_image_tokens, max_length, image_first)
 
   def __call__(self, sample: dict) -> dict[str, np.ndarray]:
-    ex = synthetic.encode_example(sample, self.tokenizer, self.num_image_tokens, self.max_length)
+    ex = synthetic.encode_example(sample, self.tokenizer, self.num_image_tokens, self.max_length,
+                                  self.image_first)
     ids, mask = ex["input_ids"], ex["loss_mask"]
     real = (ids != synthetic.PAD_ID).astype(np.int32)
     return {
@@ -46,7 +47,8 @@ class ShapesIterator:
     batch = int(data["batch_size"])
     if batch % jax.process_count():
       raise ValueError(f"data.batch_size {batch} does not divide over {jax.process_count()} hosts")
-    row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]))
+    row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]),
+                     bool(data.get("image_first", True)))
     ds = (grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
           .shuffle(seed=seed).repeat().map(row).batch(batch // jax.process_count()))
     self._it = iter(ds.to_iter_dataset())

@@ -21,6 +21,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
   tokenizer = synthetic.load_tokenizer()
   n_img = config.tokens_per_image
   prompt_len = int(data["max_length"])
+  image_first = bool(data.get("image_first", True))
 
   @jax.jit
   def next_tokens(params, ids, mask, pixels):
@@ -33,7 +34,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
     samples = [dataset[i] for i in range(start, min(start + batch_size, size))]
     rows, pixels = [], []
     for s in samples:
-      ex = synthetic.encode_example(s, tokenizer, n_img)
+      ex = synthetic.encode_example(s, tokenizer, n_img, image_first=image_first)
       rows.append(ex["input_ids"][:int(ex["prompt_length"])])
       pixels.append((ex["image"] - 0.5) / 0.5)
     ids = np.zeros((len(rows), prompt_len + max_new_tokens), np.int32)

@@ -208,6 +208,7 @@ def test_config_variants():
     dict(kinds=("colour",)),
     dict(image_size=8),  # cells too small to draw in
     dict(eval_buckets=1),
+    dict(size_range=-1),
   ],
 )
 def test_invalid_configs_are_rejected(kwargs):
@@ -263,6 +264,26 @@ def test_encode_example_layout(tokenizer, train_samples):
   assert tokenizer.decode(ids[mask == 1].tolist()) == sample["answer"]
   assert synthetic.exact_match(tokenizer.decode(ids[prompt_len:].tolist()), sample["answer"])
   assert ex["image"].dtype == np.float32 and 0.0 <= ex["image"].min() <= ex["image"].max() <= 1.0
+
+
+def test_encode_example_question_first(tokenizer, train_samples):
+  sample = train_samples[0]
+  first = synthetic.encode_example(sample, tokenizer, num_image_tokens=4)
+  later = synthetic.encode_example(sample, tokenizer, num_image_tokens=4, image_first=False)
+  n = int(first["prompt_length"])
+  assert int(later["prompt_length"]) == n and (later["loss_mask"] == first["loss_mask"]).all()
+  assert (later["input_ids"][n - 4:n] == synthetic.IMAGE_ID).all()
+  assert (later["input_ids"][1:n - 4] == first["input_ids"][5:n]).all()
+  assert (later["input_ids"][n:] == first["input_ids"][n:]).all()
+
+
+def test_one_size_and_no_jitter_draws_every_object_alike():
+  cfg = ShapesConfig(size_range=0, jitter=0)
+  rng = np.random.default_rng(0)
+  objects = [o for _ in range(50) for o in synthetic.render_sample(rng, cfg)["objects"]]
+  assert {o.half for o in objects} == {cfg.max_half_size}
+  cell = cfg.cell_size
+  assert all((o.cx % cell, o.cy % cell) == (cell // 2, cell // 2) for o in objects)
 
 
 def test_encode_example_pads_and_checks_length(tokenizer, train_samples):
