@@ -11,6 +11,7 @@ from mmjax.decoders.config import DecoderConfig
 from mmjax.nn import axes as ax
 from mmjax.nn.axes import TEXT_AXES
 from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
+from mmjax.nn.mask_spec import MaskSpec
 from mmjax.nn.masks import attention_mask
 from mmjax.nn.mlp import GatedMlp
 from mmjax.nn.multihead import KVCache, MultiHeadAttention
@@ -111,10 +112,13 @@ class Decoder(nn.Module):
     x = nn.with_logical_constraint(embeddings, (ax.BATCH, ax.LENGTH, ax.EMBED))
     q_index = jnp.arange(t)[None] + cache_index  # [1, T]
     k_len = cache["k"].shape[2] if cache is not None else t
-    mask = attention_mask(
-        q_index, jnp.arange(k_len)[None], causal=True, k_valid=attention_mask_,
-        q_segment=segment_ids, k_segment=segment_ids, sliding_window=cfg.sliding_window,
-    )
+    if cache is None and cfg.attention_backend != "xla":  # fused kernels read the structure
+      mask = MaskSpec(segment_ids, attention_mask_, causal=True, sliding_window=cfg.sliding_window)
+    else:
+      mask = attention_mask(
+          q_index, jnp.arange(k_len)[None], causal=True, k_valid=attention_mask_,
+          q_segment=segment_ids, k_segment=segment_ids, sliding_window=cfg.sliding_window,
+      )
     rope = rope_cos_sin(cfg.rope, cfg.head_dim, positions)
     layer_ids = None if layer_inputs is None else jnp.arange(cfg.num_layers)
     x, cache = self.layers(x, mask, rope, cache_index, cache, layer_ids, layer_inputs)

@@ -1,15 +1,19 @@
 """The attention function. Backends share one signature so layers never care which runs.
 
-`xla` is the einsum reference used on CPU and in parity tests; faster kernels (Pallas splash on
-TPU, cuDNN on GPU) plug in behind the same switch.
+`xla` is the einsum reference used on CPU and in parity tests; `splash` is the Pallas TPU kernel
+(`mmjax.nn.splash`; `splash_interpret` runs it through the Pallas interpreter, for CPU tests).
+The mask is a dense boolean array or a `MaskSpec` (its structure): the kernel needs the latter,
+the einsum path densifies it. A dense mask (cached decoding) and cross-attention take the einsum path.
 """
 
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn.mask_spec import MaskSpec
+
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
-BACKENDS = ("xla",)
+BACKENDS = ("xla", "splash", "splash_interpret")
 
 
 def _xla_attention(q, k, v, mask, scale):
@@ -41,13 +45,21 @@ def dot_product_attention(
   Args:
     q: `[B, T, N, H]` queries.
     k, v: `[B, S, K, H]` keys and values, `N % K == 0`.
-    mask: `[B, 1|N, T, S]` boolean, True where a query may attend (see `mmjax.nn.masks`).
+    mask: `[B, 1|N, T, S]` boolean, True where a query may attend (see `mmjax.nn.masks`), a
+      `MaskSpec` (self-attention, T = S), or None (every key).
     scale: multiplies the logits (usually `H ** -0.5`).
   Returns:
     `[B, T, N, H]`.
   """
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"{q.shape[2]} query heads do not divide into {k.shape[2]} key/value heads")
-  if backend == "xla":
+  structural = isinstance(mask, MaskSpec) or (mask is None and q.shape[1] == k.shape[1])
+  if backend in ("splash", "splash_interpret") and structural:
+    from mmjax.nn.splash import splash_attention
+
+    return splash_attention(q, k, v, mask, scale=scale, interpret=backend == "splash_interpret")
+  if backend in BACKENDS:
+    if isinstance(mask, MaskSpec):
+      mask = mask.dense(q.shape[1])
     return _xla_attention(q, k, v, mask, scale)
   raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
