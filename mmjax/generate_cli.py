@@ -13,8 +13,10 @@ tokens (generation_config.json / tokenizer eos) or after --max-new-tokens.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,
-optional position_ids, pixel_values [I, C, H, W] NCHW), and writes the generated ids [B, N] int32:
-exactly N tokens per row unless --stop ids are given, after which a row is padded with the pad id.
+optional position_ids, pixel_values [I, C, H, W] NCHW; for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the
+Qwen processor's pixel_values [N, C*T*P*P], image_grid_thw, pixel_values_videos, video_grid_thw,
+mm_token_type_ids, second_per_grid_ts), and writes the generated ids [B, N] int32: exactly N
+tokens per row unless --stop ids are given, after which a row is padded with the pad id.
 
 Greedy at --temperature 0 (the default), else sampled after temperature, --top-k and --top-p
 (seeded by --seed)."""
@@ -84,6 +86,7 @@ def run(args) -> int:
 
   from mmjax.checkpoint import load_checkpoint
   from mmjax.generation import GenerateConfig, Generator, Sampling
+  from mmjax.models import qwen_vl
 
   if (args.inputs is None) == (args.prompt is None):
     raise ValueError("give either --prompt (chat mode) or --inputs (array mode)")
@@ -100,7 +103,9 @@ def run(args) -> int:
     pad = _checkpoint_pad_id(args.checkpoint) if args.pad_id is None else args.pad_id
     gen = GenerateConfig(args.max_new_tokens, sampling, tuple(args.stop or ()), pad)
     pixels = inputs.get("pixel_values")
-    if pixels is not None:
+    if family.name in qwen_vl.MODEL_TYPES:  # the processor's arrays as they are
+      pixels = {k: inputs[k] for k in qwen_vl.PROCESSOR_KEYS if k in inputs}
+    elif pixels is not None:
       if pixels.ndim != 4:
         raise ValueError(f"pixel_values must be [images, channels, height, width], got {pixels.shape}")
       pixels = np.transpose(pixels, (0, 2, 3, 1))
@@ -117,8 +122,12 @@ def _chat(args, sampling, rng) -> int:
   from mmjax.checkpoint import load_checkpoint, read_metadata
   from mmjax.generation import GenerateConfig, Generator
   from mmjax.generation.prompt import PromptBuilder
+  from mmjax.models import qwen_vl
 
-  _, config, _ = read_metadata(args.checkpoint)
+  family, config, _ = read_metadata(args.checkpoint)
+  if family.name in qwen_vl.MODEL_TYPES:
+    raise ValueError(f"chat mode does not take {family.name} checkpoints yet (native-resolution "
+                     "preprocessing); pass the Qwen processor's arrays with --inputs FILE.npz")
   builder = PromptBuilder.from_checkpoint(args.checkpoint, config,
                                           chat_template=not args.no_chat_template)
   input_ids, pixels = builder(args.prompt, args.image)

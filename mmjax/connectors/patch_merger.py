@@ -41,7 +41,7 @@ class PatchMergerConfig:
 
 
 class PatchMerger(nn.Module):
-  """`[N, D]` (merge blocks consecutive) -> `[N / merge**2, out_features]`."""
+  """`[..., N, D]` (merge blocks consecutive) -> `[..., N / merge**2, out_features]`."""
 
   config: PatchMergerConfig
 
@@ -54,12 +54,12 @@ class PatchMerger(nn.Module):
     norm = norm_cls(cfg.norm_eps, "vit_embed", param_dtype, name="norm")
     if not cfg.postshuffle_norm:
       x = norm(x)
-    x = x.reshape(-1, f)  # [N/4, 4D]
+    x = x.reshape(*x.shape[:-2], -1, f)  # [N/4, 4D]
     if cfg.postshuffle_norm:
       x = norm(x)
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    x = Einsum("MF,GF->MG", (f, f), ("vit_mlp", None), bias_shape=(f,), bias_axes=("vit_mlp",),
-               name="fc1", **kw)(x)  # [M, 4D]
+    x = Einsum("...MF,GF->...MG", (f, f), ("vit_mlp", None), bias_shape=(f,),
+               bias_axes=("vit_mlp",), name="fc1", **kw)(x)  # [M, 4D]
     x = get_activation(cfg.activation)(x)
-    return Einsum("MG,EG->ME", (cfg.out_features, f), ("embed", "vit_mlp"),
+    return Einsum("...MG,EG->...ME", (cfg.out_features, f), ("embed", "vit_mlp"),
                   bias_shape=(cfg.out_features,), bias_axes=("embed",), name="fc2", **kw)(x)

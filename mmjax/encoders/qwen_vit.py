@@ -125,7 +125,7 @@ class QwenVisionConfig:
 
 
 def vision_rope(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """`positions [N, 2]` (row, column) -> float32 `cos, sin [N, head_dim]`.
+  """`positions [..., N, 2]` (row, column) -> float32 `cos, sin [..., N, head_dim]`.
 
   A quarter of the head's frequencies turn with the row, a quarter with the column, and the
   rotate-half layout repeats both: `[row, col, row, col]`.
@@ -133,7 +133,7 @@ def vision_rope(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.
   quarter = head_dim // 2
   inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [N, 2, F]
-  freqs = freqs.reshape(freqs.shape[0], -1)  # [N, 2F]: rows then columns
+  freqs = freqs.reshape(*freqs.shape[:-2], -1)  # [N, 2F]: rows then columns
   emb = jnp.concatenate([freqs, freqs], axis=-1)  # [N, head_dim]
   return jnp.cos(emb), jnp.sin(emb)
 
@@ -143,7 +143,7 @@ class QwenVisionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, full_mask, window_mask, rope, full):
-    """`x [1, N, D]`; `full` says whether this layer attends per frame or per window."""
+    """`x [B, N, D]`; `full` says whether this layer attends per frame or per window."""
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     norm_cls = RMSNorm if cfg.kind == "qwen2_5_vl" else LayerNorm
@@ -174,7 +174,7 @@ class DeepStackMergers(nn.Module):
 
   @nn.compact
   def __call__(self, hidden: jax.Array) -> jax.Array:
-    """`hidden [K, N, D]` -> `[K, N/4, out]`."""
+    """`hidden [K, ..., N, D]` -> `[K, ..., N/4, out]`."""
     mergers = nn.vmap(
         PatchMerger, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0,
         metadata_params={nn.PARTITION_NAME: "layers"})
@@ -182,7 +182,8 @@ class DeepStackMergers(nn.Module):
 
 
 class QwenVisionTransformer(nn.Module):
-  """Packed patches `[N, C*T*P*P]` + index arrays -> merged visual tokens `[N/4, D_text]`."""
+  """Packed patches `[N, C*T*P*P]` + index arrays -> merged visual tokens `[N/4, D_text]`; or rows
+  of them, `[B, N, ...]`, each encoded on its own (training batches)."""
 
   config: QwenVisionConfig
 
@@ -191,47 +192,53 @@ class QwenVisionTransformer(nn.Module):
     """Encodes every image / video frame of the pack.
 
     Args:
-      patches: `[N, C*T*P*P]` flattened patches, exactly HF's `pixel_values` rows.
+      patches: `[N, C*T*P*P]` flattened patches, exactly HF's `pixel_values` rows; or `[B, N, ...]`
+        rows that never attend to each other (every input then has the leading B too).
       inputs: `packed_vision_inputs(grid_thw, ...)` arrays for the same N patches.
     Returns:
       `features [N/4, D_text]`, `last_hidden_state [N, D]` and, for Qwen3-VL,
-      `deepstack [K, N/4, D_text]` (features of the DeepStack layers).
+      `deepstack [K, N/4, D_text]` (features of the DeepStack layers); with rows, `[B, ...]`
+      (`deepstack [K, B, N/4, D_text]`).
     """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     c, t, p = cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size
-    n = patches.shape[0]
     if patches.shape[-1] != cfg.patch_features:
       raise ValueError(f"expected patches of {c}x{t}x{p}x{p} = {cfg.patch_features} values, got "
                        f"{patches.shape}")
-    patches = patches.astype(dtype).reshape(n, c, t, p, p)
-    x = Einsum("NctPQ,DctPQ->ND", (cfg.hidden_size, c, t, p, p),
+    rows = patches.ndim == 3
+    if not rows:  # one packed sequence: a batch of one
+      patches, inputs = patches[None], {k: v[None] for k, v in inputs.items()}
+    b, n = patches.shape[:2]
+    patches = patches.astype(dtype).reshape(b, n, c, t, p, p)
+    x = Einsum("BNctPQ,DctPQ->BND", (cfg.hidden_size, c, t, p, p),
                ("vit_embed", None, None, None, None),
                bias_shape=(cfg.hidden_size,) if cfg.kind == "qwen3_vl" else None,
                bias_axes=("vit_embed",), dtype=dtype, param_dtype=param_dtype,
-               name="patch_embed")(patches)  # [N, D]
+               name="patch_embed")(patches)  # [B, N, D]
     if cfg.pos_embed_side:
       table = self.param("pos_embed", nn.with_logical_partitioning(
           DEFAULT_KERNEL_INIT, (None, "vit_embed")), (cfg.num_position_embeddings, cfg.hidden_size),
           param_dtype)
-      taps = table.astype(dtype)[inputs["pos_index"]]  # [N, 4, D]
-      x = x + jnp.sum(taps * inputs["pos_weight"][..., None].astype(dtype), axis=1)
-    cos, sin = vision_rope(inputs["positions"], cfg.head_dim, cfg.rope_theta)
+      taps = table.astype(dtype)[inputs["pos_index"]]  # [B, N, 4, D]
+      x = x + jnp.sum(taps * inputs["pos_weight"][..., None].astype(dtype), axis=2)
+    rope = vision_rope(inputs["positions"], cfg.head_dim, cfg.rope_theta)  # [B, N, head_dim]
     index = jnp.arange(n)
-    segments = inputs["segment_ids"][None]  # [1, N]
+    segments = inputs["segment_ids"]  # [B, N]
     full_mask = attention_mask(index, index, causal=False, q_segment=segments, k_segment=segments)
     window_mask, full = None, jnp.ones((cfg.num_layers,), bool)
     if cfg.window:
-      windows = inputs["window_ids"][None]
+      windows = inputs["window_ids"]
       window_mask = attention_mask(index, index, causal=False, q_segment=windows, k_segment=windows)
       full = jnp.asarray(np.isin(np.arange(cfg.num_layers), cfg.fullatt_block_indexes))
     stack = scan_layers(QwenVisionBlock, length=cfg.num_layers, remat_policy=cfg.remat_policy,
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0))
-    x = nn.with_logical_constraint(x[None], (ax.BATCH, ax.LENGTH, "activation_vit_embed"))
-    x, hidden = stack(cfg, name="layers")(x, full_mask, window_mask, (cos[None], sin[None]), full)
-    x = x[0]  # [N, D]
+    x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, "activation_vit_embed"))
+    x, hidden = stack(cfg, name="layers")(x, full_mask, window_mask, rope, full)  # [B, N, D]
     out = {"last_hidden_state": x, "features": PatchMerger(cfg.merger(), name="merger")(x)}
     if cfg.deepstack_visual_indexes:
-      picked = hidden[jnp.asarray(cfg.deepstack_visual_indexes), 0]  # [K, N, D]
+      picked = hidden[jnp.asarray(cfg.deepstack_visual_indexes)]  # [K, B, N, D]
       out["deepstack"] = DeepStackMergers(cfg, name="deepstack")(picked)
+    if not rows:
+      out = {k: v[:, 0] if k == "deepstack" else v[0] for k, v in out.items()}
     return out

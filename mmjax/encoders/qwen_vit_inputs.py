@@ -5,11 +5,13 @@ on the grids (2-D RoPE positions, which frame and which window each patch belong
 interpolation taps into the learned position table) is computed here, once per batch on the host,
 so the jitted encoder only sees arrays of a fixed length. Patches follow transformers' order:
 per image / video, per frame, merge blocks row-major, the `merge x merge` patches of a block
-consecutive.
+consecutive. Training batches hold rows of patches whose grids are only known under jit;
+`row_vision_inputs` computes the same arrays there with jax.numpy.
 """
 
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 PAD_SEGMENT = -1  # padding patches form their own segment (they attend only to each other)
@@ -119,3 +121,57 @@ def num_merged_tokens(grid_thw, merge_size: int = 2) -> int:
   """How many decoder tokens (placeholders) the images / videos of `grid_thw` take."""
   grid = _check_grid(grid_thw)
   return int(grid.prod(-1).sum()) // merge_size**2
+
+
+def row_vision_inputs(grid_thw, num_patches: int, *, merge_size: int = 2,
+                      window: int | None = None, pos_embed_side: int | None = None) -> dict:
+  """`packed_vision_inputs` for rows of a training batch, computed with jax.numpy under jit.
+
+  Args:
+    grid_thw: `[B, M, 3]` grids of each row's images in order, zeros for unused slots; a row's
+      patches fill its `num_patches` slots from the start in the same order (the data pipeline's
+      layout), the rest is padding.
+    num_patches: S, the patch slots per row.
+  Returns:
+    The arrays of `packed_vision_inputs` per row, `[B, S, ...]`, padding as there. Segment and
+    window ids are numbered differently (a frame's id is the slot of its first patch) but group
+    the same patches.
+  """
+  m = merge_size
+  grid = jnp.asarray(grid_thw, jnp.int32)  # [B, M, 3]
+  sizes = jnp.prod(grid, axis=-1)  # [B, M] patches per image
+  ends = jnp.cumsum(sizes, axis=-1)
+  slot = jnp.arange(num_patches)  # [S]
+  image = jnp.sum(ends[:, None, :] <= slot[None, :, None], axis=-1)  # [B, S] image of each slot
+  valid = slot[None] < ends[:, -1:]  # [B, S]
+  image = jnp.minimum(image, grid.shape[1] - 1)
+  h, w = (jnp.maximum(jnp.take_along_axis(grid[..., k], image, axis=1), m) for k in (1, 2))
+  local = slot[None] - jnp.take_along_axis(ends - sizes, image, axis=1)  # index in its image
+  q = local % (h * w)  # index in its frame, merge-block-major
+  block, inner = q // (m * m), q % (m * m)
+  rows = (block // (w // m)) * m + inner // m
+  cols = (block % (w // m)) * m + inner % m
+  frame = slot[None] - q  # slot of the frame's first patch
+  out = {"positions": jnp.where(valid[..., None], jnp.stack([rows, cols], -1), 0),
+         "segment_ids": jnp.where(valid, frame, PAD_SEGMENT)}
+  if window:
+    per_row = -(-(w // m) // window)
+    windows = (rows // m // window) * per_row + cols // m // window  # < patches of the frame
+    out["window_ids"] = jnp.where(valid, frame + windows, PAD_SEGMENT)
+  else:
+    out["window_ids"] = out["segment_ids"]
+  if pos_embed_side:
+    def taps(index, size):  # `_interp_taps`: float32, bilinear, align_corners=True
+      src = index.astype(jnp.float32) * jnp.float32(pos_embed_side - 1) / \
+          jnp.maximum(size - 1, 1).astype(jnp.float32)
+      floor = jnp.floor(src)
+      offsets = jnp.arange(2)
+      tap = jnp.clip(floor.astype(jnp.int32)[..., None] + offsets, 0, pos_embed_side - 1)
+      weight = jnp.clip(1 - jnp.abs(src[..., None] - floor[..., None] - offsets), 0, None)
+      return tap, weight.astype(jnp.float32)
+    (h_tap, h_weight), (w_tap, w_weight) = taps(rows, h), taps(cols, w)
+    index = (h_tap[..., :, None] * pos_embed_side + w_tap[..., None, :]).reshape(*rows.shape, 4)
+    weight = (h_weight[..., :, None] * w_weight[..., None, :]).reshape(*rows.shape, 4)
+    out["pos_index"] = jnp.where(valid[..., None], index, 0).astype(jnp.int32)
+    out["pos_weight"] = jnp.where(valid[..., None], weight, 0)
+  return {k: v.astype(jnp.float32 if k == "pos_weight" else jnp.int32) for k, v in out.items()}

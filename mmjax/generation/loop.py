@@ -1,7 +1,9 @@
 """Prefill + a jit-compiled decode loop over a preallocated KV cache.
 
 Rows are left padded. Prompt positions come from the attention mask (`cumsum(mask) - 1`, as
-transformers' `generate` computes them) and every new token takes the next position of its row.
+transformers' `generate` computes them) or from the family (Qwen-VL's `[3, B, T]` M-RoPE ids),
+and every new token takes the next position of its row: the prompt's last position + 1, then + 1
+per token (on every M-RoPE axis), as transformers' `generate` extends `position_ids`.
 The cache holds `T + N - 1` slots: the prompt, then each generated token but the last.
 """
 
@@ -76,7 +78,7 @@ class Generator:
     token = next_token(logits, sub, knobs, gen.sampling.greedy)  # [B]
     out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
     return dict(step=jnp.int32(1), token=token, done=_is_stop(token, gen.stop_ids), out=out,
-                state=state, mask=full_mask, position=positions[:, -1] + 1, index=jnp.int32(t),
+                state=state, mask=full_mask, position=positions[..., -1] + 1, index=jnp.int32(t),
                 rng=rng, knobs=knobs)
 
   def _decode_fn(self, params, carry, *, gen: GenerateConfig, on_token: TokenCallback | None):
@@ -86,7 +88,7 @@ class Generator:
       return (c["step"] < n) & ~jnp.all(c["done"])
 
     def body(c):
-      logits, state = self.model.step(params, c["token"][:, None], c["position"][:, None],
+      logits, state = self.model.step(params, c["token"][:, None], c["position"][..., None],
                                       c["mask"], c["state"], c["index"])
       rng, sub = jax.random.split(c["rng"])
       token = next_token(logits, sub, c["knobs"], gen.sampling.greedy)
@@ -113,15 +115,7 @@ class Generator:
       raise ValueError("generation needs left-padded rows: the attention mask of every row must "
                        "end with 1 (pad on the left, as transformers' processors do with "
                        "padding_side='left')")
-    if pixels is not None:
-      pixels = np.asarray(pixels, np.float32)
-      if pixels.ndim != 4:
-        raise ValueError(f"pixels must be [images, height, width, channels], got {pixels.shape}")
-    self.model.check_inputs(input_ids, pixels)
-    if positions is not None:
-      positions = np.asarray(positions, np.int32)
-      if positions.shape != input_ids.shape:
-        raise ValueError(f"positions {positions.shape} do not match input_ids {input_ids.shape}")
+    pixels, positions = self.model.prepare_inputs(input_ids, mask, pixels, positions)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     if self.mesh is not None:
       input_ids, mask, positions, pixels = self._place(input_ids, mask, positions, pixels)
@@ -130,9 +124,12 @@ class Generator:
 
   def _place(self, input_ids, mask, positions, pixels):
     data = self.mesh.shape.get("data", 1)
-    rows = NamedSharding(self.mesh, P("data") if input_ids.shape[0] % data == 0 else P())
+    split = input_ids.shape[0] % data == 0
+    rows = NamedSharding(self.mesh, P("data") if split else P())
     put = lambda a, sharding: None if a is None else jax.device_put(a, sharding)
-    return (put(input_ids, rows), put(mask, rows), put(positions, rows),
+    position_rows = rows if positions is None or positions.ndim == 2 else \
+        NamedSharding(self.mesh, P(None, "data") if split else P())  # [3, B, T]
+    return (put(input_ids, rows), put(mask, rows), put(positions, position_rows),
             put(pixels, NamedSharding(self.mesh, P())))
 
   def decode(self, carry, *, gen: GenerateConfig, on_token: TokenCallback | None = None):
@@ -152,8 +149,10 @@ def generate(family, config, params, input_ids, attention_mask=None, pixels=None
              stop_ids=(), pad_id: int = 0, rng=None, on_token: TokenCallback | None = None):
   """Generated ids `[B, max_new_tokens]` for left-padded prompts.
 
-  `pixels [I, H, W, C]` (NHWC) holds every image of the batch in row order. Greedy at
-  temperature 0 (the default).
+  `pixels [I, H, W, C]` (NHWC) holds every image of the batch in row order; for the Qwen-VL
+  families it is a dict of the processor's arrays (`pixel_values`, `image_grid_thw`,
+  `pixel_values_videos`, `video_grid_thw`, `mm_token_type_ids`, `second_per_grid_ts`; see
+  `mmjax.generation.models.QwenVLFusion`). Greedy at temperature 0 (the default).
   """
   gen = GenerateConfig(max_new_tokens, Sampling(temperature, top_k, top_p), tuple(stop_ids), pad_id)
   return Generator(family, config, params, mesh)(input_ids, attention_mask, pixels, gen=gen, rng=rng,

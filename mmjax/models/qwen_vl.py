@@ -17,7 +17,8 @@ import numpy as np
 from mmjax.decoders.config import DecoderConfig
 from mmjax.decoders.llama import Decoder
 from mmjax.encoders.qwen_vit import QwenVisionConfig, QwenVisionTransformer
-from mmjax.encoders.qwen_vit_inputs import PAD_SEGMENT, packed_vision_inputs
+from mmjax.encoders.qwen_vit_inputs import (PAD_SEGMENT, num_merged_tokens, packed_vision_inputs,
+                                            row_vision_inputs)
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.qwen_vl_positions import mm_token_types, rope_index
 from mmjax.nn.multihead import KVCache
@@ -123,14 +124,25 @@ class QwenVL(nn.Module):
     self.decoder = Decoder(self.config.decoder)
 
   def _features(self, vision: VisionInputs | None):
-    """-> (`features [F, D]`, `deepstack [K, F, D] | None`, real feature count or None)."""
-    if vision is None or vision["patches"].shape[0] == 0:
-      return None, None, 0
+    """-> (`features [F, D]`, `deepstack [K, F, D] | None`, `valid [F] | None`, real feature
+    count or None). Rows of patches (`[B, N, ...]`, training batches) are flattened in row order
+    and `valid` marks the features of real patches; a single packed sequence ends with its
+    padding, which no placeholder reaches."""
+    if vision is None or vision["patches"].shape[-2] == 0:
+      return None, None, None, 0
     out = self.encoder(vision["patches"], {k: v for k, v in vision.items() if k != "patches"})
     segments = vision["segment_ids"]
+    blocks = self.config.merge_size**2
     real = None if isinstance(segments, jax.core.Tracer) else \
-        int(np.sum(np.asarray(segments) != PAD_SEGMENT)) // self.config.merge_size**2
-    return out["features"], out.get("deepstack"), real
+        int(np.sum(np.asarray(segments) != PAD_SEGMENT)) // blocks
+    features, deepstack, valid = out["features"], out.get("deepstack"), None
+    if segments.ndim == 2:
+      d = features.shape[-1]
+      features = features.reshape(-1, d)  # [B * N/4, D]
+      if deepstack is not None:
+        deepstack = deepstack.reshape(deepstack.shape[0], -1, d)  # [K, B * N/4, D]
+      valid = (segments != PAD_SEGMENT).reshape(-1, blocks)[:, 0]
+    return features, deepstack, valid, real
 
   def embed(self, input_ids: jax.Array, images: VisionInputs | None = None,
             videos: VisionInputs | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -140,16 +152,17 @@ class QwenVL(nn.Module):
     x = self.decoder.embed(input_ids)
     layer_inputs = None
     for token, vision in ((cfg.image_token_id, images), (cfg.video_token_id, videos)):
-      features, deepstack, real = self._features(vision)
+      features, deepstack, valid, real = self._features(vision)
       if real is not None:
         check_placeholders(input_ids, token, real)
       if features is None:
         continue
       slots = input_ids == token
-      x = merge_image_features(x, slots, features)
+      x = merge_image_features(x, slots, features, valid)
       if deepstack is not None:
         zeros = jnp.zeros_like(x)
-        add = jax.vmap(lambda f: merge_image_features(zeros, slots, f))(deepstack)  # [K, B, T, D]
+        merge = lambda f: merge_image_features(zeros, slots, f, valid)
+        add = jax.vmap(merge)(deepstack)  # [K, B, T, D]
         layer_inputs = add if layer_inputs is None else layer_inputs + add
     return x, layer_inputs
 
@@ -164,7 +177,8 @@ class QwenVL(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
   ) -> tuple[jax.Array, KVCache | None]:
-    """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`), `positions [3, B, T]`.
+    """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`; or rows of them, see
+    `train_forward`), `positions [3, B, T]`.
 
     Returns float32 logits `[B, T, V]` and the updated cache.
     """
@@ -193,35 +207,87 @@ def positions_for(cfg: QwenVLConfig, input_ids, attention_mask=None, image_grid_
                     tokens_per_second=cfg.vision.tokens_per_second)
 
 
-def forward_from_hf_inputs(cfg: QwenVLConfig, params, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-  """Logits for the arrays a Qwen-VL processor returns: `input_ids`, `attention_mask`,
-  `pixel_values [N, C*T*P*P]` + `image_grid_thw`, `pixel_values_videos` + `video_grid_thw`,
-  `mm_token_type_ids`, `second_per_grid_ts` (Qwen2.5-VL), optional `position_ids`
-  (`[B, T]`, `[3, B, T]` or `[4, B, T]` with text positions first)."""
+PROCESSOR_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                  "mm_token_type_ids", "second_per_grid_ts")  # beside input_ids / attention_mask
+
+
+def processor_inputs(cfg: QwenVLConfig, inputs: Mapping[str, np.ndarray]):
+  """The arrays a Qwen-VL processor returns -> the module's inputs, checked on the host.
+
+  `input_ids`, `attention_mask`, `pixel_values [N, C*T*P*P]` + `image_grid_thw`,
+  `pixel_values_videos` + `video_grid_thw`, `mm_token_type_ids`, `second_per_grid_ts`
+  (Qwen2.5-VL), optional `position_ids` (`[B, T]`, `[3, B, T]` or `[4, B, T]` with text positions
+  first). Returns `(ids [B, T], mask [B, T], images, videos, positions [3, B, T])`: numpy arrays,
+  `images` / `videos` as `vision_batch` gives them or None.
+  """
+  if "input_ids" not in inputs:
+    raise KeyError(f"inputs lack 'input_ids' (have: {sorted(inputs)})")
   ids = np.asarray(inputs["input_ids"], np.int64)
   mask = inputs.get("attention_mask")
   mask = np.ones_like(ids) if mask is None else np.asarray(mask, np.int64)
+
+  def batch(pixels_key, grid_key, token):
+    if inputs.get(pixels_key) is None:
+      check_placeholders(ids, token, 0)
+      return None
+    if inputs.get(grid_key) is None:
+      raise KeyError(f"inputs have {pixels_key!r} but no {grid_key!r}")
+    vision = vision_batch(inputs[pixels_key], inputs[grid_key], cfg.vision)
+    check_placeholders(ids, token, num_merged_tokens(inputs[grid_key], cfg.merge_size))
+    return vision
+
+  images = batch("pixel_values", "image_grid_thw", cfg.image_token_id)
+  videos = batch("pixel_values_videos", "video_grid_thw", cfg.video_token_id)
   positions = inputs.get("position_ids")
   if positions is None:
     positions, _ = positions_for(cfg, ids, mask, inputs.get("image_grid_thw"),
                                  inputs.get("video_grid_thw"), inputs.get("mm_token_type_ids"),
                                  inputs.get("second_per_grid_ts"))
-  positions = np.asarray(positions)
+  positions = np.asarray(positions, np.int32)
   if positions.ndim == 2:
     positions = np.broadcast_to(positions[None], (3, *positions.shape))
   elif positions.shape[0] == 4:
     positions = positions[1:]
+  if positions.shape != (3, *ids.shape):
+    raise ValueError(f"position_ids {np.shape(inputs.get('position_ids'))} do not match input_ids "
+                     f"{ids.shape} (expected [B, T], [3, B, T] or [4, B, T])")
+  return ids, mask, images, videos, positions
 
-  def batch(pixels_key, grid_key):
-    if inputs.get(pixels_key) is None:
-      return None
-    if inputs.get(grid_key) is None:
-      raise KeyError(f"inputs have {pixels_key!r} but no {grid_key!r}")
-    return {k: jnp.asarray(v) for k, v in
-            vision_batch(inputs[pixels_key], inputs[grid_key], cfg.vision).items()}
 
-  images = batch("pixel_values", "image_grid_thw")
-  videos = batch("pixel_values_videos", "video_grid_thw")
-  logits, _ = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), images, videos,
-                                jnp.asarray(positions, jnp.int32), jnp.asarray(mask, jnp.int32))
+def forward_from_hf_inputs(cfg: QwenVLConfig, params,
+                           inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Logits for the arrays a Qwen-VL processor returns (see `processor_inputs`)."""
+  ids, mask, images, videos, positions = processor_inputs(cfg, inputs)
+  to_jax = lambda vision: None if vision is None else jax.tree.map(jnp.asarray, vision)
+  logits, _ = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), to_jax(images),
+                                to_jax(videos), jnp.asarray(positions),
+                                jnp.asarray(mask, jnp.int32))
   return np.asarray(logits, np.float32)
+
+
+def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Logits `[B, T, V]` for a training batch of the data pipeline (`mmjax.data.pipeline`, the
+  `qwen2_vl` image preset with `mrope`): rows of flattened patches `pixel_values [B*S, C*T*P*P]`
+  with `image_grid_thw [B*M, 3]`, `mrope_positions [B, T, 3]` restarting per packed sample,
+  `attention_mask` and `segment_ids`. Each row's patches are encoded on their own (frames never
+  attend to each other) and its features fill its placeholders in order."""
+  cfg = module.config
+  if "mrope_positions" not in batch:
+    raise ValueError("Qwen-VL training needs 3-D M-RoPE positions in the batch: set "
+                     "data.mrope=True (with data.image_preset='qwen2_vl')")
+  ids = batch["input_ids"]
+  rows = ids.shape[0]
+  pixels = batch["pixel_values"]
+  patches = pixels.reshape(rows, -1, pixels.shape[-1])  # [B, S, C*T*P*P]
+  if patches.shape[1] % cfg.merge_size**2:
+    raise ValueError(f"data.max_tiles {patches.shape[1]} (patch slots per row) must be a multiple "
+                     f"of {cfg.merge_size**2}, the patches one merged token takes")
+  v = cfg.vision
+  grid = batch["image_grid_thw"].reshape(rows, -1, 3)  # [B, M, 3]
+  images = {"patches": patches, **row_vision_inputs(
+      grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
+      pos_embed_side=v.pos_embed_side)}
+  positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
+  logits, _ = module.apply({"params": params}, ids, images, None, positions,
+                           batch["attention_mask"], batch.get("segment_ids"))
+  return logits
