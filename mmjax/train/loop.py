@@ -206,8 +206,10 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       pending.append(metrics)
       if flops is None:
         images = int(np.asarray(batch["image_mask"]).sum()) if "image_mask" in batch else 0
+        grid = batch.get("image_grid_thw")  # native-resolution families: patches per image
         flops = flops_per_step(trainer.model_config, state.all_params(), rows,
-                               batch["input_ids"].shape[1], images, tuple(cfg.train.trainable))
+                               batch["input_ids"].shape[1], images, tuple(cfg.train.trainable),
+                               None if grid is None else np.asarray(grid))
       if step % log_every == 0 or step == steps:
         fetched = jax.device_get(pending)
         now = time.perf_counter()

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.models import qwen_vl
 from mmjax.train.state import TrainState, merge
 
 
@@ -27,7 +28,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 
 def forward(module: nn.Module, params: dict, batch: dict) -> jax.Array:
-  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`)."""
+  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`); families whose
+  inputs are not LLaVA's map the batch themselves (`qwen_vl.train_forward`)."""
+  if isinstance(module, qwen_vl.QwenVL):
+    return qwen_vl.train_forward(module, params, batch)
   logits, _ = module.apply(
       {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
       batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"))
