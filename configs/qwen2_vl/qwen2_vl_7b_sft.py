@@ -6,20 +6,32 @@ trained, images resized to a max-pixels budget.
         --config.train.init_from=$CKPT --config.data.tokenizer=$CKPT/hf_extras \
         --config.data.sources='[{"path": "gs://BUCKET/sft/*.arrayrecord"}]'
 
-The architecture comes from the converted checkpoint (`train.init_from`); `model.*` here only
-sets execution. `get_config("MAX_PIXELS")` changes the pixel budget (default 1003520 = 1280
-merged tokens of 28x28 px); `data.max_tiles` is the per-row patch budget it implies.
+The architecture comes from the converted checkpoint (`train.init_from`); `model.*` repeats it
+(Qwen2-VL-7B-Instruct's config) so that the recipe also builds without one.
+`get_config("MAX_PIXELS")` changes the pixel budget (default 1003520 = 1280 merged tokens of
+28x28 px); `data.max_tiles` is the per-row patch budget it implies.
 """
 
 import ml_collections
+
+# Qwen/Qwen2-VL-7B-Instruct's config.json (8.29B parameters): used when there is no checkpoint;
+# a checkpoint in `train.init_from` brings its own architecture.
+QWEN2_VL_7B_VISION = dict(hidden_size=1280, intermediate_size=5120, num_layers=32, num_heads=16,
+                          activation="quick_gelu", patch_size=14, temporal_patch_size=2,
+                          spatial_merge_size=2)
+QWEN2_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                num_heads=28, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, qkv_bias=True,
+                tie_embeddings=False, rope=dict(theta=1000000.0, max_position_embeddings=32768,
+                                                mrope_section=(16, 24, 24)))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   max_pixels = int(arg) if arg else 28 * 28 * 1280
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = dict(family="qwen2_vl", dtype="bfloat16", param_dtype="float32", remat_policy="dots",
-                 attention_backend="xla")
+  c.model = dict(family="qwen2_vl", vision=QWEN2_VL_7B_VISION, decoder=QWEN2_7B,
+                 image_token_id=151655, video_token_id=151656, dtype="bfloat16",
+                 param_dtype="float32", remat_policy="dots", attention_backend="xla")
   c.data = dict(image_preset="qwen2_vl",
                 image_overrides=dict(patch_size=14, merge_size=2, min_pixels=56 * 56,
                                      max_pixels=max_pixels),

@@ -75,3 +75,37 @@ def test_qwen2_vl_7b_has_its_parameter_count():
   shapes = abstract_params(family, family.config_from_hf(QWEN2_VL_7B))
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
   assert count == 8_291_375_616, count
+
+
+QWEN2_5_VL_7B = {  # Qwen/Qwen2.5-VL-7B-Instruct config.json (hub, flat text settings)
+    "model_type": "qwen2_5_vl", "hidden_size": 3584, "intermediate_size": 18944,
+    "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "vocab_size": 152064, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "max_position_embeddings": 128000, "tie_word_embeddings": False,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280,
+                      "intermediate_size": 3420, "num_heads": 16, "in_chans": 3,
+                      "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2},
+    "image_token_id": 151655, "video_token_id": 151656,
+}
+
+
+@pytest.mark.parametrize("path,hub,count", [
+    ("qwen2_vl/qwen2_vl_7b_sft.py", QWEN2_VL_7B, 8_291_375_616),
+    ("qwen2_vl/qwen25_vl_7b_sft.py", QWEN2_5_VL_7B, 8_292_166_656)])
+def test_7b_recipes_build_the_hub_model_from_their_model_section(path, hub, count):
+  """Without a checkpoint, `mmjax train` builds the recipe's `model.*`: the hub model exactly
+  (windows, full-attention layers, M-RoPE sections...), with the recipe's execution settings."""
+  from mmjax.train.model_config import EXECUTION_KEYS, apply_execution, build_model_config
+
+  model = load(path).model.to_dict()
+  family, config = build_model_config(model)
+  family_hub = FAMILIES[hub["model_type"]]
+  expected = apply_execution(family_hub.config_from_hf(hub),
+                             {k: model[k] for k in EXECUTION_KEYS if k in model})
+  assert family is family_hub and config == expected
+  assert config.decoder.dtype == "bfloat16" and config.vision.remat_policy == "dots"
+  shapes = abstract_params(family, config)
+  assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == count
