@@ -1,0 +1,334 @@
+"""`mmjax aot`: compile a config's train (or generate) step for a TPU topology on this host.
+
+Nothing is allocated: the trainer is built abstractly (`Trainer.build` on libtpu's compile-only
+devices), the step is lowered on `ShapeDtypeStruct`s with their shardings and compiled by the
+TPU compiler, which is what decides whether it fits. Configs that start from a converted
+checkpoint (`train.init_from`) compile from their `model.*` section alone.
+
+Printed per chip: arguments (parameters, optimizer state, batch), temporaries, generated code,
+and their total against the chip's HBM; compiled FLOPs (XLA's cost analysis, summed over chips)
+against the analytic model FLOPs (`mmjax.train.metrics.flops_per_step`), and the step time the
+analytic FLOPs would take at the stated MFU. Exit 0 when it fits, 1 (with the compiler's message)
+when it does not.
+"""
+
+import copy
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from mmjax import topology as tpu
+
+GIB = 1024**3
+
+
+@dataclasses.dataclass
+class Memory:
+  """Per-chip bytes from `Compiled.memory_analysis()`."""
+
+  arguments: int
+  outputs: int
+  aliased: int
+  temporaries: int
+  code: int
+  host_arguments: int = 0
+  host_temporaries: int = 0
+
+  @classmethod
+  def of(cls, compiled) -> "Memory":
+    m = compiled.memory_analysis()
+    return cls(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
+               m.temp_size_in_bytes, m.generated_code_size_in_bytes,
+               getattr(m, "host_argument_size_in_bytes", 0), getattr(m, "host_temp_size_in_bytes", 0))
+
+  @property
+  def total(self) -> int:
+    """Peak HBM the program needs: inputs, outputs not donated into inputs, scratch, code."""
+    return self.arguments + self.outputs - self.aliased + self.temporaries + self.code
+
+
+@dataclasses.dataclass
+class Report:
+  step: str
+  topology: tpu.Topology
+  mesh: dict[str, int]
+  batch: str
+  memory: Memory
+  compiled_flops: float  # whole step, all chips (a scanned layer stack's body counted once)
+  analytic_flops: float
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def fits(self) -> bool:
+    return self.memory.total <= self.topology.spec.hbm_bytes
+
+  def step_time(self, mfu: float) -> float:
+    return self.analytic_flops / (self.topology.num_chips * self.topology.spec.peak_bf16_flops * mfu)
+
+  def format(self, mfu: float) -> str:
+    m, hbm = self.memory, self.topology.spec.hbm_bytes
+    t = self.topology
+    lines = [
+        f"{self.step} step on {t.name}: {t.num_chips} chips ({t.num_slices} x "
+        f"{t.topology_name}), mesh {self.mesh}, {self.batch}",
+        f"  per-chip memory: arguments {m.arguments / GIB:.2f} GiB, outputs {m.outputs / GIB:.2f} "
+        f"GiB (donated {m.aliased / GIB:.2f}), temporaries {m.temporaries / GIB:.2f} GiB, code "
+        f"{m.code / GIB:.3f} GiB",
+        f"  per-chip total {m.total / GIB:.2f} GiB of {hbm / GIB:.0f} GiB HBM "
+        f"({100 * m.total / hbm:.0f}%): {'fits' if self.fits else 'DOES NOT FIT'}",
+    ]
+    if m.host_arguments or m.host_temporaries:
+      lines.append(f"  host memory per chip: arguments {m.host_arguments / GIB:.2f} GiB, "
+                   f"temporaries {m.host_temporaries / GIB:.2f} GiB")
+    ratio = self.compiled_flops / self.analytic_flops if self.analytic_flops else float("nan")
+    lines += [
+        f"  FLOPs per step: compiled {self.compiled_flops:.4g} (XLA cost analysis, scanned layer "
+        f"bodies counted once), analytic model {self.analytic_flops:.4g} (ratio {ratio:.3f})",
+        f"  estimated step time at {100 * mfu:.0f}% MFU: {self.step_time(mfu):.3f} s "
+        f"({t.spec.peak_bf16_flops / 1e12:.0f} bf16 TFLOP/s per chip)",
+    ]
+    lines += [f"  {k}: {v}" for k, v in self.extra.items()]
+    return "\n".join(lines)
+
+
+class OutOfMemory(Exception):
+  """The TPU compiler refused the program for lack of HBM; the message is the compiler's."""
+
+
+def _force_cpu_host() -> None:
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  if "JAX_PLATFORMS" not in os.environ:
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
+def prepare_config(cfg, topology: tpu.Topology):
+  """A copy that compiles without checkpoints: architecture from `model.*`, slices over DCN."""
+  cfg = copy.deepcopy(cfg)
+  with cfg.unlocked():
+    cfg.train.init_from = ""
+    dcn = [a for a in ("data", "fsdp", "tensor") if int(cfg.mesh.get(f"dcn_{a}", 1)) > 1]
+    if topology.num_slices > 1 and not dcn:
+      cfg.mesh.dcn_data = topology.num_slices  # slices replicate the model, split the batch
+  if "vision" not in cfg.model and cfg.model.get("family", "llava") == "llava":
+    raise ValueError("the config's model section has no architecture (model.vision, "
+                     "model.decoder, ...): ahead-of-time compilation builds the model from it")
+  return cfg
+
+
+def abstract_train_batch(cfg, model_config, mesh):
+  """`ShapeDtypeStruct`s of one global batch (schema: `mmjax.data.pipeline`), sharded.
+
+  LLaVA / InternVL rows own `max_tiles` image tiles `[H, W, C]`; Qwen-VL rows own `max_tiles`
+  flattened patches `[C * T * P * P]` (its patch budget), `max_images` grids and M-RoPE positions.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from mmjax import sharding as shd
+
+  b, t = int(cfg.data.batch_size), int(cfg.data.max_length)
+  tiles = b * int(cfg.data.get("max_tiles", 1))
+  v = model_config.vision
+  rows = shd.batch_sharding(mesh)
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+  batch = {
+      "input_ids": sds((b, t), jnp.int32), "labels": sds((b, t), jnp.int32),
+      "loss_mask": sds((b, t), jnp.float32), "attention_mask": sds((b, t), jnp.int32),
+      "segment_ids": sds((b, t), jnp.int32), "positions": sds((b, t), jnp.int32),
+      "image_mask": sds((tiles,), jnp.bool_),
+  }
+  if _is_qwen_vl(model_config):
+    images = b * int(cfg.data.get("max_images", 1))
+    batch.update(pixel_values=sds((tiles, v.in_channels * v.temporal_patch_size * v.patch_size**2),
+                                  jnp.float32),
+                 image_grid_thw=sds((images, 3), jnp.int32),
+                 mrope_positions=sds((b, t, 3), jnp.int32))
+  else:
+    batch["pixel_values"] = sds((tiles, v.image_size, v.image_size, v.num_channels), jnp.float32)
+  return batch
+
+
+def _is_qwen_vl(model_config) -> bool:
+  return hasattr(model_config.vision, "temporal_patch_size")
+
+
+def analytic_train_flops(cfg, model_config, params, batch) -> float:
+  """Model FLOPs of one step (`mmjax.train.metrics.flops_per_step`). Qwen-VL's encoder runs on a
+  patch budget rather than fixed tiles: every patch slot is counted, attention over the row's
+  whole budget (an upper bound: images attend within themselves)."""
+  from mmjax.train import metrics
+
+  rows, length = batch["input_ids"].shape
+  trainable = tuple(cfg.train.trainable)
+  if not _is_qwen_vl(model_config):
+    return metrics.flops_per_step(model_config, params, rows, length,
+                                  batch["pixel_values"].shape[0], trainable)
+  flops = metrics.flops_per_step(model_config, params, rows, length, 0, trainable)
+  v = model_config.vision
+  patches = batch["pixel_values"].shape[0]
+  attention = 2 * v.num_layers * v.hidden_size * (patches // rows) * patches
+  per = metrics._flops_per_param("encoder", trainable)  # the merger is part of the encoder
+  return float(flops + per * (metrics.count_params(params["encoder"]) * patches + attention))
+
+
+def _compile(lowered):
+  try:
+    return lowered.compile()
+  except Exception as e:  # XlaRuntimeError; its class moves between jax versions
+    text = str(e)
+    if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "exceeds" in text:
+      raise OutOfMemory(text) from e
+    raise
+
+
+def _flops(compiled, devices: int) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) * devices
+
+
+def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False) -> Report:
+  import jax
+  import numpy as np
+
+  from mmjax.train import metrics
+  from mmjax.train.loop import Trainer
+  from mmjax.train.state import merge
+
+  cfg = prepare_config(cfg, topology)
+  devices = tpu.compile_only_devices(topology)
+  trainer = Trainer.build(cfg, devices)
+  batch = abstract_train_batch(cfg, trainer.model_config, trainer.mesh)
+  state, step_fn = trainer.abstract_state, trainer.step_fn
+  extra = {}
+  if offload_optimizer:
+    from mmjax.train.offload import offload_optimizer_state
+
+    step_fn = offload_optimizer_state(trainer)
+    extra["optimizer state"] = "offloaded to pinned host memory"
+  with trainer.mesh:
+    compiled = _compile(step_fn.lower(state, batch))
+  rows, length = batch["input_ids"].shape
+  images = batch["pixel_values"].shape[0]
+  analytic = analytic_train_flops(cfg, trainer.model_config, merge(state.params, state.frozen),
+                                  batch)
+  params = metrics.count_params(merge(state.params, state.frozen))
+  trained = metrics.count_params(state.params)
+  extra["parameters"] = f"{params / 1e9:.2f} B ({trained / 1e9:.2f} B trained)"
+  extra["remat"] = trainer.model_config.decoder.remat_policy
+  extra["attention"] = trainer.model_config.decoder.attention_backend
+  return Report("train", topology, {k: int(v) for k, v in trainer.mesh.shape.items()},
+                f"global batch {rows} x {length} tokens, {images} image "
+                f"{'patches' if _is_qwen_vl(trainer.model_config) else 'tiles'} "
+                f"(grad_accum {int(cfg.train.get('grad_accum', 1))})",
+                Memory.of(compiled), _flops(compiled, len(devices)), analytic, extra)
+
+
+def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
+                     max_new_tokens: int) -> Report:
+  """Prefill + decode loop (`mmjax.generation`) with parameters sharded as in training."""
+  import jax
+  import jax.numpy as jnp
+
+  from mmjax import sharding as shd
+  from mmjax.generation.loop import GenerateConfig, Generator
+  from mmjax.generation.sampling import Knobs, Sampling
+  from mmjax.train import metrics
+  from mmjax.train.loop import Trainer
+
+  cfg = prepare_config(cfg, topology)
+  with cfg.unlocked():
+    cfg.data.batch_size = batch
+    cfg.train.trainable = ()  # no optimizer state: parameters only
+  devices = tpu.compile_only_devices(topology)
+  trainer = Trainer.build(cfg, devices)
+  mesh, model_config = trainer.mesh, trainer.model_config
+  shardings = {**trainer.state_shardings.params, **trainer.state_shardings.frozen}
+  abstract = {**trainer.abstract_state.params, **trainer.abstract_state.frozen}
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract, shardings)
+  generator = Generator(trainer.family, model_config, params, mesh)
+  gen = GenerateConfig(max_new_tokens).static
+  rows = shd.batch_sharding(mesh)
+  v = model_config.vision
+  ids = jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32, sharding=rows)
+  pixels = jax.ShapeDtypeStruct((batch, v.image_size, v.image_size, v.num_channels), jnp.float32,
+                                sharding=rows)
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
+  knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                      sharding=shd.replicated(mesh)),
+                       jax.eval_shape(lambda: Knobs.of(Sampling())))
+  with mesh:
+    prefill = _compile(generator._prefill.lower(params, ids, ids, None, pixels, rng, knobs,
+                                                gen=gen))
+    carry = jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),
+                         jax.eval_shape(lambda *a: generator._prefill_fn(*a, gen=gen), params, ids,
+                                        ids, None, pixels, rng, knobs),
+                         prefill.output_shardings)
+    decode = _compile(generator._decode.lower(params, carry, gen=gen, on_token=None))
+  pre, dec = Memory.of(prefill), Memory.of(decode)
+  memory = pre if pre.total >= dec.total else dec
+  all_params = abstract
+  analytic = metrics.flops_per_step(model_config, all_params, batch, prompt_len, batch, ())
+  decoder_params = metrics.count_params(
+      {k: v for k, v in all_params["decoder"].items() if k != "embed"})
+  analytic += 2 * decoder_params * batch * (max_new_tokens - 1)  # decode: weights only
+  compiled = _flops(prefill, len(devices)) + _flops(decode, len(devices))
+  extra = {"prefill per chip": f"{pre.total / GIB:.2f} GiB (temporaries "
+                               f"{pre.temporaries / GIB:.2f} GiB)",
+           "decode per chip": f"{dec.total / GIB:.2f} GiB (temporaries "
+                              f"{dec.temporaries / GIB:.2f} GiB; a while loop: its body is "
+                              "counted once in the compiled FLOPs)",
+           "parameters": f"{metrics.count_params(all_params) / 1e9:.2f} B"}
+  return Report("generate", topology, {k: int(v) for k, v in mesh.shape.items()},
+                f"{batch} prompts x {prompt_len} tokens + {max_new_tokens} new tokens",
+                memory, compiled, analytic, extra)
+
+
+def _run(args, overrides) -> int:
+  _force_cpu_host()
+  from mmjax.train.cli import apply_overrides, load_config
+
+  topology = tpu.parse(args.topology)
+  cfg = load_config(args.config)
+  apply_overrides(cfg, overrides)
+  try:
+    if args.step == "train":
+      report = compile_train(cfg, topology, offload_optimizer=args.offload_optimizer)
+    else:
+      report = compile_generate(cfg, topology, args.batch, args.prompt_len, args.max_new_tokens)
+  except OutOfMemory as e:
+    print(f"{args.step} step does not fit on {topology.name} "
+          f"({topology.spec.hbm_bytes / GIB:.0f} GiB HBM per chip); the compiler says:\n{e}",
+          file=sys.stderr)
+    return 1
+  print(report.format(args.mfu))
+  return 0 if report.fits else 1
+
+
+def add_subcommand(sub) -> None:
+  p = sub.add_parser(
+      "aot", help="compile a config for a TPU topology on this host (memory, FLOPs, fit)",
+      description="Ahead-of-time compile the train step (or the generate step) of a config for "
+      "a TPU slice, on a CPU-only host, through libtpu (`pip install -e .[tpu]`). Prints per-chip "
+      "memory against HBM, compiled vs analytic FLOPs and an estimated step time. Exits 0 when "
+      "it fits, 1 with the compiler's message when it does not. Override config keys with "
+      "--config.section.key=value.",
+      epilog="example: mmjax aot --config configs/llava/llava15_7b_stage2.py --topology v5p-64")
+  p.add_argument("--config", required=True, metavar="FILE[:ARG]", help="training config file")
+  p.add_argument("--topology", required=True, metavar="NAME",
+                 help="v4-N, v5e-N, v5p-N, v6e-N, or multi-slice SxNAME (e.g. 2xv5p-128)")
+  p.add_argument("--step", default="train", choices=["train", "generate"])
+  p.add_argument("--mfu", type=float, default=0.4,
+                 help="model FLOPs utilisation for the step-time estimate (default: %(default)s)")
+  p.add_argument("--offload-optimizer", action="store_true",
+                 help="keep the optimizer state in pinned host memory between steps")
+  p.add_argument("--batch", type=int, default=32, help="generate: prompts (default: %(default)s)")
+  p.add_argument("--prompt-len", type=int, default=1024,
+                 help="generate: prompt tokens, images included (default: %(default)s)")
+  p.add_argument("--max-new-tokens", type=int, default=256,
+                 help="generate: new tokens (default: %(default)s)")
+  p.set_defaults(func=_run, accepts_overrides=True)

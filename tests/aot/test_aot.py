@@ -1,0 +1,91 @@
+"""Ahead-of-time compilation for TPU topologies on this CPU host (libtpu from the test extra).
+
+The full-size presets compile at full size for the topology their docstrings name and must fit
+in the chip's HBM; the generate step, the out-of-memory exit and multi-slice meshes are checked
+on the tiny config (the compiler's work, not the model size, is what they exercise).
+"""
+
+import os
+
+import pytest
+
+from mmjax import aot, topology as tpu
+from mmjax.cli import main
+from mmjax.train.cli import load_config
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "configs")
+TINY = os.path.join(CONFIGS, "tiny", "shapes.py")
+GIB = 1024**3
+
+
+def test_topology_names():
+  v5p = tpu.parse("v5p-64")
+  assert (v5p.num_chips, v5p.shape, v5p.topology_name) == (32, (2, 4, 4), "v5:2x4x4")
+  assert tpu.parse("v5p-256").shape == (4, 4, 8) and tpu.parse("v5p-256").wrap == (True,) * 3
+  assert tpu.parse("v4-8").shape == (2, 2, 1)
+  assert tpu.parse("v5e-256").topology_name == "v5e:16x16"
+  assert tpu.parse("v6e-8").chips_per_host == (2, 4, 1)
+  multi = tpu.parse("2xv5p-128")
+  assert (multi.num_slices, multi.chips_per_slice, multi.num_chips) == (2, 64, 128)
+  for bad in ("v5p-63", "v7-8", "tpu"):
+    with pytest.raises(ValueError):
+      tpu.parse(bad)
+
+
+# (config, topology, parameters): the presets, the slice each one's docstring says it was checked
+# on, and the size it must build at (the architecture comes from the config, no checkpoint).
+PRESETS = [
+    ("llava/llava15_7b_stage1.py", "v5p-64", "7.06 B"),
+    ("llava/llava15_7b_stage2.py", "v5p-64", "7.06 B"),
+    ("llava/llava15_13b_stage2.py", "v5p-64", "13.35 B"),
+    ("llava/llava_70b_stage2.py", "v5p-256", "69.36 B"),
+    ("qwen2_vl/qwen2_vl_7b_sft.py", "v5p-64", "8.29 B"),
+    ("internvl/internvl2_8b_sft.py", "v5p-64", "8.08 B"),
+]
+
+
+@pytest.mark.tpu_compile
+@pytest.mark.parametrize("path,topology,parameters", PRESETS)
+def test_preset_train_step_fits(path, topology, parameters):
+  cfg = load_config(os.path.join(CONFIGS, path))
+  docstring = open(os.path.join(CONFIGS, path)).read()
+  assert f"--topology {topology}" in docstring  # the preset states what it was checked on
+  report = aot.compile_train(cfg, tpu.parse(topology))
+  print(report.format(0.4))
+  assert report.fits, report.format(0.4)
+  assert report.extra["parameters"].startswith(parameters)
+  assert report.memory.total > report.memory.arguments > 0
+  assert report.analytic_flops > 0 and report.compiled_flops > 0
+  assert report.extra["attention"] == "splash"
+
+
+@pytest.mark.tpu_compile
+def test_generate_step_and_multislice(capsys):
+  assert main(["aot", "--config", TINY, "--topology", "v5e-4", "--step", "generate", "--batch",
+               "8", "--prompt-len", "64", "--max-new-tokens", "8"]) == 0
+  out = capsys.readouterr().out
+  assert "generate step on v5e-4" in out and "fits" in out
+  report = aot.compile_train(load_config(TINY), tpu.parse("2xv5e-8"))
+  assert report.mesh == {"data": 16, "fsdp": 1, "tensor": 1} and report.fits
+  assert report.topology.num_chips == 16 and report.compiled_flops > 0
+
+
+@pytest.mark.tpu_compile
+def test_out_of_memory_exits_1_with_the_compilers_message(capsys):
+  code = main(["aot", "--config", TINY, "--topology", "v5e-1", "--config.data.batch_size=8",
+               "--config.data.max_length=32768"])
+  err = capsys.readouterr().err
+  assert code == 1
+  assert "does not fit on v5e-1" in err and "RESOURCE_EXHAUSTED" in err
+
+
+@pytest.mark.tpu_compile
+def test_offloaded_optimizer_state_lives_in_host_memory():
+  cfg = load_config(TINY)
+  on_device = aot.compile_train(cfg, tpu.parse("v5e-4"))
+  offloaded = aot.compile_train(cfg, tpu.parse("v5e-4"), offload_optimizer=True)
+  assert on_device.memory.host_arguments == 0 < offloaded.memory.host_arguments
+  # AdamW's two moments (float32, like the parameters) leave HBM for the host.
+  moved = on_device.memory.arguments - offloaded.memory.arguments
+  assert moved == offloaded.memory.host_arguments > 0
