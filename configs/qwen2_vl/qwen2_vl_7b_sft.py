@@ -7,8 +7,9 @@ trained, images resized to a max-pixels budget.
         --config.data.sources='[{"path": "gs://BUCKET/sft/*.arrayrecord"}]'
 
 The architecture comes from the converted checkpoint (`train.init_from`); `model.*` repeats it
-(Qwen2-VL-7B-Instruct's config) so that `mmjax aot` compiles without one. `get_config("MAX_PIXELS")` changes the pixel budget (default 1003520 = 1280
-merged tokens of 28x28 px); `data.max_tiles` is the per-row patch budget it implies.
+(Qwen2-VL-7B-Instruct's config) so that the recipe also builds without one (`mmjax aot`).
+`get_config("MAX_PIXELS")` changes the pixel budget (default 1003520 = 1280 merged tokens of
+28x28 px); `data.max_tiles` is the per-row patch budget it implies.
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 4096
 tokens with a 10240-patch budget per row, splash attention in the decoder, `dots` remat): per chip

@@ -77,6 +77,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 def _run(args, overrides) -> int:
   config = load_config(args.config)
   apply_overrides(config, overrides)
+  from mmjax.distributed import initialize_from_env
+
+  initialize_from_env()  # multi-host: before anything touches the devices
   from mmjax.train.loop import train
 
   os.makedirs(args.workdir, exist_ok=True)
