@@ -1,11 +1,15 @@
 """A tiny Qwen2-VL (packed native-resolution ViT, 2x2 merger, M-RoPE decoder) for CPU runs.
 
     mmjax train --config configs/tiny/qwen2_vl.py --workdir /tmp/tiny_qwen2_vl \
-        --config.data.tokenizer=TOKENIZER_DIR --config.data.sources='[{"path": "train.jsonl"}]'
+        --config.data.tokenizer=TOKENIZER_DIR --config.data.sources='[{"path": "train.jsonl"}]' \
+        --config.model.image_token_id=IMAGE_PAD_ID --config.model.video_token_id=VIDEO_PAD_ID
 
-`get_config("qwen2_5_vl")` / `get_config("qwen3_vl")` give the Qwen2.5-VL (windows, RMSNorm,
-SwiGLU) and Qwen3-VL (DeepStack, learned positions) variants at the same size. The model section
-reads with `mmjax.models.qwen_vl.config_from_dict`.
+The token ids must be the tokenizer's `<|image_pad|>` / `<|video_pad|>` ids (the data pipeline
+writes those; nothing checks them under jit, and a mismatch leaves the placeholders unfilled),
+and the tokenizer must fit `decoder.vocab_size`. `configs/tiny/qwen2_vl.py:qwen2_5_vl` and
+`:qwen3_vl` (`get_config("qwen2_5_vl")`, `get_config("qwen3_vl")`) give the Qwen2.5-VL (windows,
+RMSNorm, SwiGLU) and Qwen3-VL (DeepStack, learned positions) variants at the same size. The model
+section reads with `mmjax.models.qwen_vl.config_from_dict`.
 """
 
 import ml_collections
