@@ -201,10 +201,11 @@ class InternVL(nn.Module):
     return self.connector(features[:, 1:])  # drop the class token: [I, N, D_v] -> [I, N', D]
 
   def embed(self, input_ids: jax.Array, pixels: jax.Array | None,
-            image_valid: jax.Array | None = None) -> jax.Array:
+            image_valid: jax.Array | None = None, train: bool = False) -> jax.Array:
     """Text embeddings with tile features in the placeholder slots: `[B, T, D]`.
 
-    `image_valid [I]` marks real tiles when `pixels` has padding slots (training batches).
+    `image_valid [I]` marks real tiles when `pixels` has padding slots (training batches);
+    `train=True` turns on the encoder's drop path (needs a 'dropout' rng).
     """
     cfg = self.config
     embeddings = self.decoder.embed(input_ids)
@@ -212,7 +213,7 @@ class InternVL(nn.Module):
     if pixels is None or pixels.shape[0] == 0:
       check_placeholders(input_ids, cfg.image_token_id, 0)
       return embeddings
-    features = self.image_features(pixels)
+    features = self.image_features(pixels, train)
     tokens = features.shape[1]
     features = features.reshape(-1, features.shape[-1])  # [I * tokens, D]
     valid = None
@@ -234,12 +235,14 @@ class InternVL(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
+      train: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
-    """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order).
+    """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order);
+    `train=True` turns on drop path in the encoder (needs a 'dropout' rng).
 
     Returns float32 logits `[B, T, V]` and the updated cache.
     """
-    embeddings = self.embed(input_ids, pixels, image_valid)
+    embeddings = self.embed(input_ids, pixels, image_valid, train)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)
 
 

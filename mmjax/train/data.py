@@ -67,11 +67,28 @@ class ShapesIterator:
 
 
 def make_train_iterator(data: Mapping[str, Any], model_config, seed: int):
-  if data.get("source", "shapes") == "shapes":
+  """`data.source='shapes'` (the embedded default) or the general pipeline over `data.sources`
+  (JSON / ArrayRecord / TFDS); without `source`, the pipeline when `sources` are given."""
+  data = dict(data)
+  source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
+  if source == "shapes":
     return ShapesIterator(data, model_config.tokens_per_image, seed)
+  if source != "pipeline":
+    raise ValueError(f"data.source must be 'shapes' or 'pipeline', got {source!r}")
   from mmjax.data import pipeline  # the general pipeline (JSON / ArrayRecord / TFDS sources)
 
-  return pipeline.make_iterator(pipeline.DataConfig.from_dict(dict(data)))
+  config = pipeline.DataConfig.from_dict(data)
+  if not config.sources:
+    raise ValueError("data.sources is empty: give the datasets to train on, e.g. "
+                     "--config.data.sources='[{\"path\": \"train.json\", \"image_root\": \"images\"}]'")
+  from mmjax.data.tokenizer import Tokenizer
+
+  tokenizer = Tokenizer.load(config.tokenizer)
+  vocab = model_config.decoder.vocab_size
+  if tokenizer.vocab_size > vocab:  # ids past the embedding table would gather garbage (NaN)
+    raise ValueError(f"the tokenizer {config.tokenizer} has {tokenizer.vocab_size} tokens but the "
+                     f"model's vocabulary has {vocab} (model.decoder.vocab_size)")
+  return pipeline.make_iterator(config, tokenizer)
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict:

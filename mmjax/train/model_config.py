@@ -6,7 +6,7 @@ from typing import Any
 from mmjax.connectors.projector import ProjectorConfig
 from mmjax.decoders.config import DecoderConfig
 from mmjax.encoders.vit import VisionConfig
-from mmjax.models import qwen_vl
+from mmjax.models import internvl, qwen_vl
 from mmjax.models.llava import LlavaConfig
 from mmjax.models.registry import FAMILIES, Family
 from mmjax.nn.rope import RopeConfig
@@ -79,8 +79,12 @@ def build_model_config(model: dict, checkpoint_config: tuple[Family, Any] | None
   if family_name in qwen_vl.MODEL_TYPES:
     config = qwen_vl.config_from_dict({k: v for k, v in model.items() if k not in EXECUTION_KEYS})
     return FAMILIES[family_name], apply_execution(config, execution)
+  if family_name == "internvl":
+    config = internvl.config_from_dict({k: v for k, v in model.items()
+                                        if k not in EXECUTION_KEYS and k != "family"})
+    return FAMILIES["internvl"], apply_execution(config, execution)
   if family_name != "llava":
-    raise ValueError(f"training configs can describe model.family 'llava' or "
+    raise ValueError(f"training configs can describe model.family 'llava', 'internvl' or "
                      f"{', '.join(map(repr, qwen_vl.MODEL_TYPES))}, got {family_name!r}; other "
                      "families train from a converted checkpoint (train.init_from)")
   return FAMILIES["llava"], llava_from_dict(model)

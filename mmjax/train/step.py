@@ -27,14 +27,27 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
   return jnp.sum(loss * mask), jnp.sum(mask)
 
 
-def forward(module: nn.Module, params: dict, batch: dict) -> jax.Array:
+def uses_drop_path(module: nn.Module) -> bool:
+  """Whether the module's vision encoder has stochastic depth (InternViT), which trains with
+  `train=True` and a 'dropout' rng."""
+  vision = getattr(module.config, "vision", None)
+  return getattr(vision, "drop_path_rate", 0.0) > 0
+
+
+def forward(module: nn.Module, params: dict, batch: dict,
+            rng: jax.Array | None = None) -> jax.Array:
   """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`); families whose
-  inputs are not LLaVA's map the batch themselves (`qwen_vl.train_forward`)."""
+  inputs are not LLaVA's map the batch themselves (`qwen_vl.train_forward`). `rng` drives drop
+  path where the model has it."""
   if isinstance(module, qwen_vl.QwenVL):
     return qwen_vl.train_forward(module, params, batch)
+  stochastic = {}
+  if rng is not None and uses_drop_path(module):
+    stochastic = dict(train=True, rngs={"dropout": rng})
   logits, _ = module.apply(
       {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
-      batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"))
+      batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"),
+      **stochastic)
   return logits
 
 
@@ -50,23 +63,26 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
                     z_loss: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation)."""
 
-  def loss_sum(params, frozen, batch):
-    logits = forward(module, merge(params, frozen), batch)
+  def loss_sum(params, frozen, batch, rng):
+    logits = forward(module, merge(params, frozen), batch, rng)
     return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     if grad_accum == 1:
-      (total, count), grads = grad_fn(state.params, state.frozen, batch)
+      (total, count), grads = grad_fn(state.params, state.frozen, batch, state.rng)
     else:
       def body(carry, micro):
-        (loss, n), g = grad_fn(state.params, state.frozen, micro)
+        index, micro = micro
+        rng = jax.random.fold_in(state.rng, index)
+        (loss, n), g = grad_fn(state.params, state.frozen, micro, rng)
         acc_loss, acc_n, acc_g = carry
         return (acc_loss + loss, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (total, count, grads), _ = jax.lax.scan(
-          body, (jnp.zeros(()), jnp.zeros(()), zeros), _microbatches(batch, grad_accum))
+          body, (jnp.zeros(()), jnp.zeros(()), zeros),
+          (jnp.arange(grad_accum), _microbatches(batch, grad_accum)))
     denom = jnp.maximum(count, 1.0)
     loss = total / denom
     grads = jax.tree.map(lambda g: g / denom, grads)  # mean over the global batch's targets

@@ -41,12 +41,12 @@ def write_dataset(tmp_path) -> tuple[str, str, str]:
 def config(data_path, image_root, tok_dir):
   cfg = load_config(None)
   cfg.model.vision.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-  cfg.model.decoder.update(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
+  cfg.model.decoder.update(vocab_size=320, hidden_size=32, intermediate_size=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=8)
   cfg.model.image_token_id = 3  # "<image>" in the tokenizer above
   cfg.data = dict(image_preset="clip224", image_overrides=dict(shortest_edge=32, crop_size=32,
                                                                patch_size=16),
-                  template="vicuna_v1", tokenizer=tok_dir, max_length=96, max_tiles=2,
+                  template="vicuna_v1", tokenizer=tok_dir, max_length=256, max_tiles=2,
                   max_images=2, batch_size=8, packing=True,
                   sources=[dict(path=data_path, image_root=image_root)])
   cfg.optim.warmup_steps = 1
