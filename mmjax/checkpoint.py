@@ -12,13 +12,13 @@ DIR/
 import json
 import os
 import shutil
-import uuid
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 
+from mmjax import distributed
 from mmjax.models.registry import FAMILIES, Family
 from mmjax.models.serialization import config_from_dict, config_to_dict
 
@@ -84,7 +84,8 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
   """
   if os.path.exists(ckpt_dir):
     raise FileExistsError(f"{ckpt_dir} exists; choose a new directory")
-  tmp = f"{ckpt_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+  # Every process of a multi-host job writes its shards into the same temporary directory.
+  tmp = f"{ckpt_dir.rstrip('/')}.tmp-{distributed.shared_token()}"
   try:
     ocp.save_pytree(os.path.join(tmp, PARAMS_DIR), params)
     if jax.process_index() == 0:
@@ -100,3 +101,4 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  distributed.barrier("mmjax.save_checkpoint")  # no process reads it before it is there

@@ -74,17 +74,28 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     i += 1
 
 
+# Keys every training config takes without declaring them (so `--config.train.stop_after=N`
+# works on any config file).
+OPTIONAL_KEYS = {"train": {"stop_after": 0}}  # end after step N with a checkpoint; 0: no
+
+
 def _run(args, overrides) -> int:
   config = load_config(args.config)
+  with config.unlocked():
+    for section, keys in OPTIONAL_KEYS.items():
+      for key, default in keys.items():
+        if key not in config[section]:
+          config[section][key] = default
   apply_overrides(config, overrides)
-  from mmjax.distributed import initialize_from_env
+  from mmjax import distributed
 
-  initialize_from_env()  # multi-host: before anything touches the devices
+  distributed.initialize_from_env()  # multi-host: before anything touches the devices
   from mmjax.train.loop import train
 
   os.makedirs(args.workdir, exist_ok=True)
-  with open(os.path.join(args.workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if distributed.is_main_process():
+    with open(os.path.join(args.workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
   summary = train(config, args.workdir)
   print(f"done: step {summary['final_step']}"
         + (f", eval_accuracy {summary['eval_accuracy']:.4f}" if "eval_accuracy" in summary else "")

@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import checkpoint as converted
+from mmjax import distributed
 from mmjax import sharding as shd
 from mmjax.train import data as train_data
 from mmjax.train.checkpoints import Checkpoints, abstract_like
-from mmjax.train.metrics import MetricsWriter, flops_per_step
+from mmjax.train.metrics import MetricsWriter, NullMetricsWriter, flops_per_step
 from mmjax.train.model_config import build_model_config
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.state import TrainState, init_state
@@ -134,6 +135,26 @@ def _check_shapes(path: str, name: str, stored, expected) -> None:
                        f"checkpoint {got}, model {want}")
 
 
+def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> float:
+  """Model FLOPs of one step, from a host-local batch and the other hosts' image counts."""
+  images = distributed.sum_over_processes(
+      int(np.sum(local["image_mask"])) if "image_mask" in local else 0)
+  grid = local.get("image_grid_thw")  # native-resolution families: patches per image
+  rows = int(cfg.data.batch_size)
+  return flops_per_step(trainer.model_config, trainer.abstract_state.all_params(), rows,
+                        local["input_ids"].shape[1], images, tuple(cfg.train.trainable),
+                        None if grid is None else distributed.concat_over_processes(grid))
+
+
+def _host_copy(tree: Any) -> Any:
+  """Global (possibly sharded over several hosts) arrays -> numpy arrays on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str:
   """The trained parameters as a converted-style checkpoint at `DIR/model`: the next stage's
   `train.init_from`, and what `generate`, `logits` and (given HF details) `export` read."""
@@ -174,11 +195,13 @@ class _Preemption:
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) training; returns a summary including the exit code.
 
-  `stop_after` ends the run after that step with a checkpoint, as a preemption would (the
-  schedule still spans `train.steps`); re-running resumes from there.
+  `stop_after` (or `train.stop_after`) ends the run after that step with a checkpoint, as a
+  preemption would (the schedule still spans `train.steps`); re-running resumes from there.
+  Every process of a multi-host job runs this; process 0 writes the metrics and the eval.
   """
   trainer = Trainer.build(cfg)
   steps = int(cfg.train.steps)
+  stop_after = stop_after or int(cfg.train.get("stop_after", 0)) or None
   ckpts = Checkpoints(workdir, int(cfg.checkpoint.every_steps), int(cfg.checkpoint.get("keep", 3)),
                       bool(cfg.checkpoint.get("async_save", True)))
   data_it = train_data.make_train_iterator(cfg.data, trainer.model_config,
@@ -190,7 +213,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
     print(f"resumed from {ckpts.directory} at step {start}")
   else:
     start, state = 0, trainer.init()
-  writer = MetricsWriter(workdir, steps, start)
+  writer = (MetricsWriter(workdir, steps, start) if distributed.is_main_process()
+            else NullMetricsWriter())
   preemption = _Preemption()
   log_every = int(cfg.train.get("log_every", 10))
   rows = int(cfg.data.batch_size)
@@ -199,17 +223,14 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   flops = None
   try:
     while step < steps:
-      batch = train_data.to_global(next(data_it), trainer.mesh)
+      local = next(data_it)  # this host's rows
+      if flops is None:  # from the first batch, counted over every host's rows
+        flops = _flops_per_step(trainer, cfg, local)
+      batch = train_data.to_global(local, trainer.mesh)
       with trainer.mesh:
         state, metrics = trainer.step_fn(state, batch)
       step += 1
       pending.append(metrics)
-      if flops is None:
-        images = int(np.asarray(batch["image_mask"]).sum()) if "image_mask" in batch else 0
-        grid = batch.get("image_grid_thw")  # native-resolution families: patches per image
-        flops = flops_per_step(trainer.model_config, state.all_params(), rows,
-                               batch["input_ids"].shape[1], images, tuple(cfg.train.trainable),
-                               None if grid is None else np.asarray(grid))
       if step % log_every == 0 or step == steps:
         fetched = jax.device_get(pending)
         now = time.perf_counter()
@@ -237,14 +258,15 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
         from mmjax.train.evaluate import shapes_accuracy
 
-        with trainer.mesh:
-          result = shapes_accuracy(trainer.module, jax.device_get(state.all_params()),
-                                   trainer.model_config, cfg.data,
-                                   size=int(cfg.eval.get("size", 500)))
-        writer.write(step, result)
-        summary.update(result)
-        print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
-              "held-out images")
+        params = _host_copy(state.all_params())  # a collective: every process takes part
+        if distributed.is_main_process():  # greedy decoding on this host's first device
+          with trainer.mesh:
+            result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data,
+                                     size=int(cfg.eval.get("size", 500)))
+          writer.write(step, result)
+          summary.update(result)
+          print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
+                "held-out images")
   finally:
     preemption.restore()
     writer.close()

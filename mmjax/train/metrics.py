@@ -124,6 +124,19 @@ class MetricsWriter:
       self._bar.close()
 
 
+class NullMetricsWriter:
+  """What the processes other than 0 of a multi-host job get: they train, process 0 reports."""
+
+  def write(self, step: int, values: dict[str, Any]) -> None:
+    pass
+
+  def advance(self, steps: int = 1) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 def _plain(v):
   v = np.asarray(v)
   if v.ndim == 0:
