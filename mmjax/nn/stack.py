@@ -4,6 +4,8 @@
 axis; `nn.remat` trades recomputation for activation memory under a named policy.
 """
 
+import contextlib
+import contextvars
 from typing import Any
 
 import flax.linen as nn
@@ -16,6 +18,23 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
     "save_all": jax.checkpoint_policies.everything_saveable,
 }
+
+
+_UNROLLED = contextvars.ContextVar("mmjax_unrolled_layers", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_layers():
+  """Stacks traced inside unroll their scan into straight-line layers (same parameters).
+
+  For XLA's cost analysis, which counts a while loop's body once whatever its trip count
+  (`mmjax.aot` counts the FLOPs of shallow unrolled copies); never for training.
+  """
+  token = _UNROLLED.set(True)
+  try:
+    yield
+  finally:
+    _UNROLLED.reset(token)
 
 
 def scan_layers(
@@ -40,5 +59,6 @@ def scan_layers(
       split_rngs={"params": True, "dropout": True},
       in_axes=in_axes,
       length=length,
+      unroll=True if _UNROLLED.get() else 1,
       metadata_params={nn.PARTITION_NAME: "layers"},
   )
