@@ -155,28 +155,42 @@ def _is_qwen_vl(model_config) -> bool:
   return hasattr(model_config.vision, "temporal_patch_size")
 
 
-def analytic_train_flops(cfg, model_config, params, batch) -> float:
-  """Model FLOPs of one step (`mmjax.train.metrics.flops_per_step`). Qwen-VL's encoder runs on a
-  patch budget rather than fixed tiles: every patch slot is counted, attention over the row's
-  whole budget (an upper bound: images attend within themselves)."""
+def analytic_train_flops(cfg, model_config, params, batch,
+                         attention=("decoder", "encoder")) -> float:
+  """Model FLOPs of one step (`mmjax.train.metrics.flops_per_step`), attention products counted
+  in the stacks named in `attention`. Qwen-VL's encoder runs on a patch budget rather than fixed
+  tiles: every patch slot is counted, attention over the row's whole budget (an upper bound:
+  images attend within themselves)."""
   from mmjax.train import metrics
 
   rows, length = batch["input_ids"].shape
   trainable = tuple(cfg.train.trainable)
   if not _is_qwen_vl(model_config):
     return metrics.flops_per_step(model_config, params, rows, length,
-                                  batch["pixel_values"].shape[0], trainable)
-  flops = metrics.flops_per_step(model_config, params, rows, length, 0, trainable)
+                                  batch["pixel_values"].shape[0], trainable, attention=attention)
+  flops = metrics.flops_per_step(model_config, params, rows, length, 0, trainable,
+                                 attention=attention)
   v = model_config.vision
   patches = batch["pixel_values"].shape[0]
-  attention = 2 * v.num_layers * v.hidden_size * (patches // rows) * patches
+  vit_attention = 2 * v.num_layers * v.hidden_size * (patches // rows) * patches
+  vit_attention *= "encoder" in attention
   per = metrics._flops_per_param("encoder", trainable)  # the merger is part of the encoder
-  return float(flops + per * (metrics.count_params(params["encoder"]) * patches + attention))
+  return float(flops + per * (metrics.count_params(params["encoder"]) * patches + vit_attention))
 
 
-def _compile(lowered):
+def _kernel_attention_stacks(model_config) -> tuple[str, ...]:
+  """Stacks whose self-attention runs in a Pallas kernel: a custom call, which XLA's cost
+  analysis counts as 0 FLOPs."""
+  stacks = {"decoder": model_config.decoder}
+  if not _is_qwen_vl(model_config):  # Qwen's ViT masks frames and windows densely: einsum path
+    stacks["encoder"] = model_config.vision
+  return tuple(name for name, c in stacks.items()
+               if getattr(c, "attention_backend", "xla") != "xla")
+
+
+def _compile(lowered, compiler_options: dict | None = None):
   try:
-    return lowered.compile()
+    return lowered.compile(compiler_options=compiler_options)
   except Exception as e:  # XlaRuntimeError; its class moves between jax versions
     text = str(e)
     if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() or "exceeds" in text:
@@ -190,7 +204,16 @@ def _flops(compiled, devices: int) -> float:
   return float(cost.get("flops", 0.0)) * devices
 
 
-def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False):
+# The TPU compiler splits an all-gather or reduce-scatter around a dot into a loop of partial dots
+# overlapped with the transfers ("windowed einsum", collective matmul), and cost analysis counts
+# that loop's body once: with fsdp over 32 chips a 7B step read 1/8 of its FLOPs. The FLOP-counting
+# compiles turn it off; the arithmetic is the same, only its schedule differs.
+_COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                     "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
+                             compiler_options: dict | None = None):
   """(trainer, abstract batch, compiled step) of a prepared config on compile-only devices."""
   from mmjax.train.loop import Trainer
 
@@ -202,7 +225,7 @@ def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False):
 
     step_fn = offload_optimizer_state(trainer)
   with trainer.mesh:
-    compiled = _compile(step_fn.lower(trainer.abstract_state, batch))
+    compiled = _compile(step_fn.lower(trainer.abstract_state, batch), compiler_options)
   return trainer, batch, compiled
 
 
@@ -213,10 +236,14 @@ def _layer_stacks(cfg) -> dict[str, int]:
 
 
 def _with_depth(cfg, depths: dict[str, int]):
-  """A copy with these stack depths (layer-index lists cut to fit) and one micro-batch."""
+  """A copy with these stack depths (layer-index lists cut to fit), one micro-batch and the
+  dense loss."""
   cfg = copy.deepcopy(cfg)
   with cfg.unlocked():
     cfg.train.grad_accum = 1  # the accumulation loop would be counted once too
+    # So would the target-only loss's chunk loop; the dense head is what the analytic count
+    # assumes (every position's logits).
+    cfg.train.loss_chunk = 0
     for name, depth in depths.items():
       stack = cfg.model[name]
       stack["num_layers"] = depth
@@ -242,7 +269,8 @@ def compiled_train_flops(cfg, devices) -> float:
   def flops(overrides: dict[str, int]) -> float:
     with unrolled_layers():
       _, _, compiled = _build_and_compile_train(
-          _with_depth(cfg, {name: overrides.get(name, 1) for name in depths}), devices)
+          _with_depth(cfg, {name: overrides.get(name, 1) for name in depths}), devices,
+          compiler_options=_COUNTING_OPTIONS)
     return _flops(compiled, len(devices))
 
   base = flops({})
@@ -267,9 +295,19 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   images = batch["pixel_values"].shape[0]
   analytic = analytic_train_flops(cfg, trainer.model_config, merge(state.params, state.frozen),
                                   batch)
+  kernels = _kernel_attention_stacks(trainer.model_config)
+  if kernels:
+    counted = tuple(s for s in ("decoder", "encoder") if s not in kernels)
+    without = analytic_train_flops(cfg, trainer.model_config,
+                                   merge(state.params, state.frozen), batch, attention=counted)
+    extra["attention kernels"] = (
+        f"{' and '.join(kernels)} attention runs in Pallas kernels, which XLA counts as 0 "
+        f"FLOPs: analytic without their attention {without:.4g}")
   if count_flops:
     compiled_flops = compiled_train_flops(cfg, devices)
     extra["compiled FLOPs"] = "every layer counted (shallow unrolled compiles, extrapolated)"
+    if kernels:
+      extra["attention kernels"] += f" (compiled / that {compiled_flops / without:.3f})"
   else:
     compiled_flops = _flops(compiled, len(devices))
     extra["compiled FLOPs"] = "XLA's count: each scanned layer stack's body once"
@@ -348,10 +386,11 @@ def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
 
 def _run(args, overrides) -> int:
   _force_cpu_host()
-  from mmjax.train.cli import apply_overrides, load_config
+  from mmjax.train.cli import add_optional_keys, apply_overrides, load_config
 
   topology = tpu.parse(args.topology)
   cfg = load_config(args.config)
+  add_optional_keys(cfg)
   apply_overrides(cfg, overrides)
   try:
     if args.step == "train":

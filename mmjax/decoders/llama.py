@@ -93,6 +93,7 @@ class Decoder(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
       layer_inputs: jax.Array | None = None,
+      hidden_only: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """Runs the stack.
 
@@ -104,8 +105,10 @@ class Decoder(nn.Module):
       segment_ids: `[B, T]` packed-sample ids (training without a cache).
       cache: `[L, B, S, K, H]` keys/values; written at `cache_index`.
       layer_inputs: `[K, B, T, D]` added to the output of layers `0..K-1` (Qwen3-VL DeepStack).
+      hidden_only: return the last layer's output `[B, T, D]` instead of logits; `logits` maps
+        (any selection of) it to logits. The train step uses this to skip non-target positions.
     Returns:
-      float32 logits `[B, T, V]` and the updated cache.
+      float32 logits `[B, T, V]` (or the hidden states) and the updated cache.
     """
     cfg = self.config
     b, t, _ = embeddings.shape
@@ -122,9 +125,14 @@ class Decoder(nn.Module):
     rope = rope_cos_sin(cfg.rope, cfg.head_dim, positions)
     layer_ids = None if layer_inputs is None else jnp.arange(cfg.num_layers)
     x, cache = self.layers(x, mask, rope, cache_index, cache, layer_ids, layer_inputs)
+    return (x if hidden_only else self.logits(x)), cache
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Final norm and LM head: hidden states `[..., D]` -> float32 logits `[..., V]`."""
+    cfg = self.config
     x = self.norm(x)
     if cfg.tie_embeddings:
       logits = self.embedder.attend(x.astype(jnp.dtype(cfg.dtype)))
     else:
       logits = self.lm_head(x)
-    return logits.astype(jnp.float32), cache
+    return logits.astype(jnp.float32)

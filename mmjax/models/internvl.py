@@ -236,14 +236,17 @@ class InternVL(nn.Module):
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
       train: bool = False,
+      hidden_only: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order);
     `train=True` turns on drop path in the encoder (needs a 'dropout' rng).
 
-    Returns float32 logits `[B, T, V]` and the updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
+    updated cache.
     """
     embeddings = self.embed(input_ids, pixels, image_valid, train)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        hidden_only=hidden_only)
 
 
 def example_inputs(cfg: InternVLConfig):

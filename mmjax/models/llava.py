@@ -116,10 +116,13 @@ class Llava(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
+      hidden_only: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (all images of the batch, in row order).
 
-    Returns float32 logits `[B, T, V]` and the updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
+    updated cache.
     """
     embeddings = self.embed(input_ids, pixels, image_valid)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        hidden_only=hidden_only)

@@ -176,15 +176,17 @@ class QwenVL(nn.Module):
       segment_ids: jax.Array | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
+      hidden_only: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`; or rows of them, see
     `train_forward`), `positions [3, B, T]`.
 
-    Returns float32 logits `[B, T, V]` and the updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
+    updated cache.
     """
     x, layer_inputs = self.embed(input_ids, images, videos)
     return self.decoder(x, positions, attention_mask, segment_ids, cache, cache_index,
-                        layer_inputs=layer_inputs)
+                        layer_inputs=layer_inputs, hidden_only=hidden_only)
 
 
 def example_inputs(cfg: QwenVLConfig):
@@ -265,8 +267,9 @@ def forward_from_hf_inputs(cfg: QwenVLConfig, params,
   return np.asarray(logits, np.float32)
 
 
-def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array]) -> jax.Array:
-  """Logits `[B, T, V]` for a training batch of the data pipeline (`mmjax.data.pipeline`, the
+def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
+                  hidden_only: bool = False) -> jax.Array:
+  """Logits `[B, T, V]` (hidden states `[B, T, D]` with `hidden_only`) for a training batch of the data pipeline (`mmjax.data.pipeline`, the
   `qwen2_vl` image preset with `mrope`): rows of flattened patches `pixel_values [B*S, C*T*P*P]`
   with `image_grid_thw [B*M, 3]`, `mrope_positions [B, T, 3]` restarting per packed sample,
   `attention_mask` and `segment_ids`. Each row's patches are encoded on their own (frames never
@@ -289,5 +292,6 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array]) -> jax
       pos_embed_side=v.pos_embed_side)}
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
   logits, _ = module.apply({"params": params}, ids, images, None, positions,
-                           batch["attention_mask"], batch.get("segment_ids"))
+                           batch["attention_mask"], batch.get("segment_ids"),
+                           hidden_only=hidden_only)
   return logits

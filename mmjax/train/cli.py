@@ -76,16 +76,26 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 # Keys every training config takes without declaring them (so `--config.train.stop_after=N`
 # works on any config file).
-OPTIONAL_KEYS = {"train": {"stop_after": 0}}  # end after step N with a checkpoint; 0: no
+OPTIONAL_KEYS = {"train": {
+    "stop_after": 0,  # end after step N with a checkpoint; 0: no
+    # LM head on target positions only, this many per row at a time; 0: on every position.
+    # (Value: mmjax.train.loss.DEFAULT_CHUNK, not imported here to keep `--help` free of jax.)
+    "loss_chunk": 128,
+}}
 
 
-def _run(args, overrides) -> int:
-  config = load_config(args.config)
+def add_optional_keys(config: ml_collections.ConfigDict) -> None:
+  """Fills in the `OPTIONAL_KEYS` a config file leaves out, so overrides can set them."""
   with config.unlocked():
     for section, keys in OPTIONAL_KEYS.items():
       for key, default in keys.items():
         if key not in config[section]:
           config[section][key] = default
+
+
+def _run(args, overrides) -> int:
+  config = load_config(args.config)
+  add_optional_keys(config)
   apply_overrides(config, overrides)
   from mmjax import distributed
 

@@ -16,6 +16,7 @@ from mmjax import checkpoint as converted
 from mmjax import distributed
 from mmjax import sharding as shd
 from mmjax.train import data as train_data
+from mmjax.train import loss
 from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.metrics import MetricsWriter, NullMetricsWriter, flops_per_step
 from mmjax.train.model_config import build_model_config
@@ -69,7 +70,8 @@ class Trainer:
       state_shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
     abstract_state = nn.unbox(boxed)
     step = make_train_step(module, tx, schedule, grad_accum=int(cfg.train.get("grad_accum", 1)),
-                           z_loss=float(cfg.optim.get("z_loss", 0.0)))
+                           z_loss=float(cfg.optim.get("z_loss", 0.0)),
+                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)))
     batch_sharding = shd.batch_sharding(mesh)
 
     def sharded_step(state, batch):

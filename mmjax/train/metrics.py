@@ -36,35 +36,40 @@ def _flops_per_param(name: str, trainable) -> int:
 
 
 def flops_per_step(config, params: dict, batch_rows: int, seq_len: int, images: int,
-                   trainable=_CHAIN, image_grid_thw=None) -> float:
+                   trainable=_CHAIN, image_grid_thw=None, attention=("decoder", "encoder")) -> float:
   """Model FLOPs of one training step of a LLaVA-style model (forward + backward).
 
   Native-resolution encoders (Qwen-VL) give the batch's `image_grid_thw [M, 3]` (zero rows for
-  unused slots) instead of a fixed patch count per image.
+  unused slots) instead of a fixed patch count per image. `attention` names the stacks whose
+  attention products (QK^T, AV) are counted.
   """
   if image_grid_thw is not None:
-    return _native_resolution_flops(config, params, batch_rows, seq_len, image_grid_thw, trainable)
+    return _native_resolution_flops(config, params, batch_rows, seq_len, image_grid_thw, trainable,
+                                    attention)
   dec = dict(params.get("decoder", {}))
   dec_params = count_params({k: v for k, v in dec.items() if k != "embed"})
   tokens = batch_rows * seq_len
   d = config.decoder
   per = {name: _flops_per_param(name, trainable) for name in _CHAIN}
-  attention = 2 * d.num_layers * d.num_heads * d.head_dim * seq_len * tokens  # QK^T and AV
-  flops = per["decoder"] * (dec_params * tokens + attention)
+  dec_attention = 2 * d.num_layers * d.num_heads * d.head_dim * seq_len * tokens  # QK^T and AV
+  flops = per["decoder"] * (dec_params * tokens + dec_attention * ("decoder" in attention))
   if "encoder" in params and images:
     v = config.vision
     patches = images * v.num_positions
     vit_attention = 2 * v.num_layers * v.hidden_size * v.num_positions * patches
+    vit_attention *= "encoder" in attention
     flops += per["encoder"] * (count_params(params["encoder"]) * patches + vit_attention)
   if "connector" in params and images:
     flops += per["connector"] * count_params(params["connector"]) * images * config.tokens_per_image
   return float(flops)
 
 
-def _native_resolution_flops(config, params, batch_rows, seq_len, grid, trainable) -> float:
+def _native_resolution_flops(config, params, batch_rows, seq_len, grid, trainable,
+                             attention) -> float:
   """Qwen-VL: the decoder as above; the ViT per patch, attending within its frame, and its
   merger (and DeepStack mergers) per merged token."""
-  text = flops_per_step(config, {"decoder": params["decoder"]}, batch_rows, seq_len, 0, trainable)
+  text = flops_per_step(config, {"decoder": params["decoder"]}, batch_rows, seq_len, 0, trainable,
+                        attention=attention)
   grid = np.asarray(grid, np.int64).reshape(-1, 3)
   frames, per_frame = grid[:, 0], grid[:, 1] * grid[:, 2]
   patches = int(np.sum(frames * per_frame))
@@ -74,6 +79,7 @@ def _native_resolution_flops(config, params, batch_rows, seq_len, grid, trainabl
   mergers = {k: encoder.pop(k) for k in ("merger", "deepstack") if k in encoder}
   v = config.vision
   vit_attention = 2 * v.num_layers * v.hidden_size * int(np.sum(frames * per_frame**2))
+  vit_attention *= "encoder" in attention
   merged = patches // config.merge_size**2
   per_patch = count_params(encoder) * patches + vit_attention + count_params(mergers) * merged
   return text + _flops_per_param("encoder", trainable) * per_patch

@@ -8,23 +8,8 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.models import qwen_vl
+from mmjax.train.loss import cross_entropy, target_cross_entropy
 from mmjax.train.state import TrainState, merge
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
-                  z_loss: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Summed float32 loss over masked targets and the number of targets.
-
-  `logits [B, T, V]`, `labels [B, T]` (logits[:, t] predicts labels[:, t]), `mask [B, T]`.
-  """
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
-  target = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  loss = log_z - target
-  if z_loss:
-    loss = loss + z_loss * jnp.square(log_z)
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(loss * mask), jnp.sum(mask)
 
 
 def uses_drop_path(module: nn.Module) -> bool:
@@ -35,20 +20,24 @@ def uses_drop_path(module: nn.Module) -> bool:
 
 
 def forward(module: nn.Module, params: dict, batch: dict,
-            rng: jax.Array | None = None) -> jax.Array:
-  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`); families whose
-  inputs are not LLaVA's map the batch themselves (`qwen_vl.train_forward`). `rng` drives drop
-  path where the model has it."""
+            rng: jax.Array | None = None, hidden_only: bool = False) -> jax.Array:
+  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`), or the decoder's
+  last hidden states `[B, T, D]` with `hidden_only`; families whose inputs are not LLaVA's map
+  the batch themselves (`qwen_vl.train_forward`). `rng` drives drop path where the model has it."""
   if isinstance(module, qwen_vl.QwenVL):
-    return qwen_vl.train_forward(module, params, batch)
+    return qwen_vl.train_forward(module, params, batch, hidden_only)
   stochastic = {}
   if rng is not None and uses_drop_path(module):
     stochastic = dict(train=True, rngs={"dropout": rng})
   logits, _ = module.apply(
       {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
       batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"),
-      **stochastic)
+      hidden_only=hidden_only, **stochastic)
   return logits
+
+
+def _decoder_logits(module: nn.Module, hidden: jax.Array) -> jax.Array:
+  return module.decoder.logits(hidden)
 
 
 def _microbatches(batch: dict, steps: int) -> dict:
@@ -59,13 +48,23 @@ def _microbatches(batch: dict, steps: int) -> dict:
 
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum: int = 1,
-                    z_loss: float = 0.0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation)."""
+                    schedule: optax.Schedule, *, grad_accum: int = 1, z_loss: float = 0.0,
+                    loss_chunk: int = 0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation).
+
+  `loss_chunk > 0` computes logits only for target positions, that many per row at a time
+  (`mmjax.train.loss.target_cross_entropy`); 0 computes every position's logits.
+  """
 
   def loss_sum(params, frozen, batch, rng):
-    logits = forward(module, merge(params, frozen), batch, rng)
-    return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
+    params = merge(params, frozen)
+    if not loss_chunk:
+      logits = forward(module, params, batch, rng)
+      return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
+    hidden = forward(module, params, batch, rng, hidden_only=True)
+    logits_fn = lambda h: module.apply({"params": params}, h, method=_decoder_logits)
+    return target_cross_entropy(hidden, logits_fn, batch["labels"], batch["loss_mask"],
+                                loss_chunk, z_loss)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 
