@@ -80,7 +80,7 @@ OPTIONAL_KEYS = {"train": {
     "stop_after": 0,  # end after step N with a checkpoint; 0: no
     # LM head on target positions only, this many per row at a time; 0: on every position.
     # (Value: mmjax.train.loss.DEFAULT_CHUNK, not imported here to keep `--help` free of jax.)
-    "loss_chunk": 128,
+    "loss_chunk": 64,
 }}
 
 

@@ -2,21 +2,23 @@
 
 In SFT rows most positions (image tokens, prompts, padding) carry no target, yet a dense loss pays
 for their `[T, V]` logits three times (head forward, its two backward matmuls) and keeps them as
-residuals. `target_cross_entropy` sorts each row's target positions to the front, cuts the sorted
-positions into chunks of `chunk`, and runs the final norm + LM head only on chunks that hold a
-target (`lax.cond`: empty chunks cost nothing). Each chunk is rematerialised, so the residuals are
-the hidden states alone and the logits of one chunk at a time are ever in memory (the chunked
-loss of large-vocabulary trainers, e.g. Liger's fused linear cross-entropy, with JAX's
-`checkpoint`). The sum is the dense loss's, added in another order (float32 rounding).
+residuals. `target_cross_entropy` sorts each row's target positions to the front and runs the
+final norm + LM head on `chunk` of them per row at a time, only as many chunks as the fullest row
+needs (a while loop). Each chunk's gradient is taken right away (`jax.vjp`), so the backward pass
+only scales the accumulated head gradient and hidden-state gradient: no chunk is computed twice
+and the logits of one chunk at a time are ever in memory (the fused linear cross-entropy of
+large-vocabulary trainers such as Liger-Kernel, written here with `jax.custom_vjp`: optax's
+cross-entropy takes logits, so it cannot avoid them). The sum is the dense loss's, added in
+another order (float32 rounding).
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 # Target positions per row per LM-head call (`train.loss_chunk`; 0: dense logits everywhere).
-DEFAULT_CHUNK = 128
+DEFAULT_CHUNK = 64
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
@@ -36,42 +38,61 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 
 
 def target_cross_entropy(
+    head_params,
     hidden: jax.Array,
-    logits_fn: Callable[[jax.Array], jax.Array],
+    logits_fn: Callable[[Any, jax.Array], jax.Array],
     labels: jax.Array,
     mask: jax.Array,
     chunk: int,
     z_loss: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
-  """`cross_entropy(logits_fn(hidden), labels, mask)` without the logits of non-target positions.
+  """`cross_entropy(logits_fn(head_params, hidden), labels, mask)` without the logits of positions
+  that have no target; differentiable in `head_params` and `hidden`.
 
-  `hidden [B, T, D]`, `logits_fn: [B, C, D] -> [B, C, V]` (closes over the head's parameters),
-  `labels`, `mask [B, T]`, `chunk` positions per row per head call.
+  `hidden [B, T, D]`, `logits_fn(head_params, [B, C, D]) -> [B, C, V]`, `labels`, `mask [B, T]`,
+  `chunk` positions per row per head call. Returns the summed loss and the number of targets.
   """
   b, t, _ = hidden.shape
   chunk = max(1, min(chunk, t))
   n = -(-t // chunk)
   is_target = mask > 0
   # [B, n*C] positions, each row's targets first (stable: in order); pad slots repeat position 0
-  # and are masked out below.
+  # and are masked out.
   order = jnp.argsort(~is_target, axis=1, stable=True).astype(jnp.int32)
   order = jnp.pad(order, ((0, 0), (0, n * chunk - t)))
-  valid = jnp.arange(n * chunk) < t  # [n*C]
-  slots = order.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
-  slot_valid = valid.reshape(n, 1, chunk)
+  in_row = (jnp.arange(n * chunk) < t).astype(jnp.float32)  # [n*C]
+  chunks = -(-jnp.max(jnp.sum(is_target, axis=1)) // chunk)  # chunks that hold a target
 
-  @jax.checkpoint
-  def chunk_loss(hidden, positions, slot_mask):
-    take = lambda x: jnp.take_along_axis(x, positions, axis=1)  # [B, C]
-    h = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, C, D]
-    return cross_entropy(logits_fn(h), take(labels), slot_mask, z_loss)[0]
+  def loss_and_grads(head_params, hidden):
+    def body(i, carry):
+      total, d_params, d_hidden = carry
+      positions = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)  # [B, C]
+      ok = jax.lax.dynamic_slice_in_dim(in_row, i * chunk, chunk)  # [C]
+      take = lambda x: jnp.take_along_axis(x, positions, axis=1)  # [B, C]
+      slot_mask = take(mask).astype(jnp.float32) * ok
+      x = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, C, D]
+      chunk_loss = lambda p, x: cross_entropy(logits_fn(p, x), take(labels), slot_mask, z_loss)[0]
+      loss, vjp = jax.vjp(chunk_loss, head_params, x)
+      dp, dx = vjp(jnp.ones((), jnp.float32))
+      rows = jnp.arange(b)[:, None]
+      d_hidden = d_hidden.at[rows, positions].add(dx * ok[None, :, None].astype(dx.dtype))
+      return total + loss, jax.tree.map(jnp.add, d_params, dp), d_hidden
 
-  def body(total, xs):
-    positions, ok = xs
-    slot_mask = jnp.take_along_axis(mask, positions, axis=1).astype(jnp.float32) * ok
-    loss = jax.lax.cond(jnp.any(slot_mask > 0), chunk_loss,
-                        lambda *_: jnp.zeros((), jnp.float32), hidden, positions, slot_mask)
-    return total + loss, None
+    init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, head_params),
+            jnp.zeros_like(hidden))
+    return jax.lax.fori_loop(0, chunks, body, init)
 
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (slots, slot_valid))
-  return total, jnp.sum(mask.astype(jnp.float32))
+  @jax.custom_vjp
+  def summed(head_params, hidden):
+    return loss_and_grads(head_params, hidden)[0]
+
+  def forward(head_params, hidden):
+    total, d_params, d_hidden = loss_and_grads(head_params, hidden)
+    return total, (d_params, d_hidden)
+
+  def backward(grads, g):  # the loss is linear in its cotangent: scale the saved gradients
+    d_params, d_hidden = grads
+    return jax.tree.map(lambda d: d * g, d_params), (d_hidden * g).astype(d_hidden.dtype)
+
+  summed.defvjp(forward, backward)
+  return summed(head_params, hidden), jnp.sum(mask.astype(jnp.float32))

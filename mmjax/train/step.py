@@ -36,6 +36,14 @@ def forward(module: nn.Module, params: dict, batch: dict,
   return logits
 
 
+def _head_params(params: dict) -> dict:
+  """The parameters `Decoder.logits` reads: the final norm and the LM head (the embedding when
+  tied)."""
+  decoder = params["decoder"]
+  names = ("norm", "lm_head") if "lm_head" in decoder else ("norm", "embed")
+  return {"decoder": {name: decoder[name] for name in names}}
+
+
 def _decoder_logits(module: nn.Module, hidden: jax.Array) -> jax.Array:
   return module.decoder.logits(hidden)
 
@@ -62,9 +70,9 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
       logits = forward(module, params, batch, rng)
       return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
     hidden = forward(module, params, batch, rng, hidden_only=True)
-    logits_fn = lambda h: module.apply({"params": params}, h, method=_decoder_logits)
-    return target_cross_entropy(hidden, logits_fn, batch["labels"], batch["loss_mask"],
-                                loss_chunk, z_loss)
+    head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
+    return target_cross_entropy(_head_params(params), hidden, head_logits, batch["labels"],
+                                batch["loss_mask"], loss_chunk, z_loss)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 

@@ -26,20 +26,26 @@ def test_chunked_target_loss_matches_dense(chunk, targets):
           "none": np.zeros(labels.shape, bool),
           "one_row_full": np.arange(3)[:, None] == np.zeros((1, 37), int)}[targets]
   mask = jnp.asarray(mask, jnp.float32)
-  logits_fn = lambda h, w: jnp.tanh(h) @ w  # a non-linear "norm" before the head
+  logits_fn = lambda p, h: jnp.tanh(h * p["scale"]) @ p["head"]  # a "norm" before the head
+  params = {"scale": jnp.linspace(0.5, 1.5, hidden.shape[-1]), "head": head}
 
-  def dense(h, w):
-    return cross_entropy(logits_fn(h, w), labels, mask, z_loss=1e-3)
+  def dense(h, p):
+    return cross_entropy(logits_fn(p, h), labels, mask, z_loss=1e-3)
 
-  def chunked(h, w):
-    return target_cross_entropy(h, lambda x: logits_fn(x, w), labels, mask, chunk, z_loss=1e-3)
+  def chunked(h, p):
+    return target_cross_entropy(p, h, logits_fn, labels, mask, chunk, z_loss=1e-3)
 
-  (want, want_n), want_g = jax.value_and_grad(dense, argnums=(0, 1), has_aux=True)(hidden, head)
+  (want, want_n), want_g = jax.value_and_grad(dense, argnums=(0, 1), has_aux=True)(hidden, params)
   (got, got_n), got_g = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True))(
-      hidden, head)
+      hidden, params)
   assert float(got_n) == float(want_n) == float(mask.sum())
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  for g, w in zip(got_g, want_g):
+  for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  # Under a scaled cotangent (the train step divides by the target count) as well.
+  scaled = lambda f: lambda h, p: 0.25 * f(h, p)[0]
+  for g, w in zip(jax.tree.leaves(jax.grad(scaled(chunked), argnums=(0, 1))(hidden, params)),
+                  jax.tree.leaves(jax.grad(scaled(dense), argnums=(0, 1))(hidden, params))):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
@@ -48,7 +54,7 @@ def test_weighted_mask_keeps_weights():
   mask = jnp.asarray(np.random.default_rng(3).random(labels.shape) * (np.arange(37) % 3 == 0),
                      jnp.float32)
   want = cross_entropy(hidden @ head, labels, mask)
-  got = target_cross_entropy(hidden, lambda h: h @ head, labels, mask, 4)
+  got = target_cross_entropy(head, hidden, lambda w, h: h @ w, labels, mask, 4)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
