@@ -18,8 +18,9 @@ Images: dynamic tiling into 448-px tiles, 1-6 tiles plus a thumbnail, 256 tokens
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 8192
 tokens with 14 tile slots per row, grad_accum 2, splash attention, `dots` remat): per chip
-arguments 2.91 GiB, temporaries 63.51 GiB, total 66.48 of 95 GiB HBM (in one pass, without
-gradient accumulation, the compiler asks for 101.55 GiB of temporaries and refuses).
+arguments 2.91 GiB, temporaries 52.24 GiB, total 55.21 of 95 GiB HBM (in one pass, without
+gradient accumulation and with dense logits, the compiler asked for 101.55 GiB of temporaries and
+refused).
 """
 
 import ml_collections

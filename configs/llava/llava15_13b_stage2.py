@@ -10,7 +10,7 @@ language model is larger (40 layers of width 5120). Stage 1 is the 7B stage 1 fi
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 2048
 tokens, 128 images, splash attention, `dots` remat): per chip arguments 4.61 GiB, temporaries
-39.97 GiB, total 44.64 of 95 GiB HBM.
+38.78 GiB, total 43.45 of 95 GiB HBM.
 """
 
 import ml_collections

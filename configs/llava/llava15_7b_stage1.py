@@ -17,7 +17,7 @@ uses an out-of-vocabulary -200 the same way).
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 256 x 2048
 tokens, 256 images, splash attention, `dots` remat): per chip arguments 0.85 GiB, temporaries
-48.57 GiB, total 49.46 of 95 GiB HBM (the frozen 7B decoder still runs its backward pass for the
+46.23 GiB, total 47.13 of 95 GiB HBM (the frozen 7B decoder still runs its backward pass for the
 connector's gradients).
 """
 

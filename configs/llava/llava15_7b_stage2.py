@@ -10,7 +10,7 @@ mixture (5200 steps); the vision tower stays frozen.
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 2048
 tokens, 128 images, splash attention, `dots` remat): per chip arguments 2.41 GiB, temporaries
-25.85 GiB, total 28.32 of 95 GiB HBM.
+24.72 GiB, total 27.19 of 95 GiB HBM.
 """
 
 import ml_collections

@@ -13,7 +13,7 @@ The architecture comes from the converted checkpoint (`train.init_from`); `model
 
 Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 4096
 tokens with a 10240-patch budget per row, splash attention in the decoder, `dots` remat): per chip
-arguments 3.03 GiB, temporaries 73.12 GiB, total 76.21 of 95 GiB HBM.
+arguments 3.03 GiB, temporaries 50.08 GiB, total 53.17 of 95 GiB HBM.
 """
 
 import ml_collections
