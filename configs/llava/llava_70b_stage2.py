@@ -10,8 +10,8 @@ weights and AdamW moments (~1.1 TB), sharded over all chips.
 
 Checked with `mmjax aot --topology v5p-256` (128 chips, mesh fsdp=128, global batch 128 x 2048
 tokens, 128 images, splash attention, `dots` remat): per chip arguments 6.04 GiB, temporaries
-32.80 GiB, total 38.91 of 95 GiB HBM (`full` remat in the decoder needed 18.08 GiB in all with dense logits, for
-more recomputation: `--config.model.remat_policy.decoder=full`).
+32.80 GiB, total 38.91 of 95 GiB HBM (`full` remat in the decoder needed 18.08 GiB in all with
+dense logits, for more recomputation: `--config.model.remat_policy.decoder=full`).
 """
 
 import ml_collections
