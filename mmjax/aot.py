@@ -310,7 +310,8 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
       extra["attention kernels"] += f" (compiled / that {compiled_flops / without:.3f})"
   else:
     compiled_flops = _flops(compiled, len(devices))
-    extra["compiled FLOPs"] = "XLA's count: each scanned layer stack's body once"
+    extra["compiled FLOPs"] = ("XLA's count, each loop body once (layer stacks, accumulation, the "
+                              "compiler's windowed matmuls): --count-flops counts them all")
   params = metrics.count_params(merge(state.params, state.frozen))
   trained = metrics.count_params(state.params)
   extra["parameters"] = f"{params / 1e9:.2f} B ({trained / 1e9:.2f} B trained)"
