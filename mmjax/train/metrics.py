@@ -36,7 +36,8 @@ def _flops_per_param(name: str, trainable) -> int:
 
 
 def flops_per_step(config, params: dict, batch_rows: int, seq_len: int, images: int,
-                   trainable=_CHAIN, image_grid_thw=None, attention=("decoder", "encoder")) -> float:
+                   trainable=_CHAIN, image_grid_thw=None,
+                   attention=("decoder", "encoder")) -> float:
   """Model FLOPs of one training step of a LLaVA-style model (forward + backward).
 
   Native-resolution encoders (Qwen-VL) give the batch's `image_grid_thw [M, 3]` (zero rows for
