@@ -272,8 +272,9 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
   """Logits `[B, T, V]` (hidden states `[B, T, D]` with `hidden_only`) for a training batch of
   the data pipeline (`mmjax.data.pipeline`, the `qwen2_vl` image preset with `mrope`): rows of
   flattened patches `pixel_values [B*S, C*T*P*P]` with `image_grid_thw [B*M, 3]`,
-  `mrope_positions [B, T, 3]` restarting per packed sample, `attention_mask` and `segment_ids`. Each row's patches are encoded on their own (frames never
-  attend to each other) and its features fill its placeholders in order."""
+  `mrope_positions [B, T, 3]` restarting per packed sample, `attention_mask` and `segment_ids`.
+  Each row's patches are encoded on their own (frames never attend to each other) and its
+  features fill its placeholders in order."""
   cfg = module.config
   if "mrope_positions" not in batch:
     raise ValueError("Qwen-VL training needs 3-D M-RoPE positions in the batch: set "
