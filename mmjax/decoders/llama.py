@@ -128,7 +128,8 @@ class Decoder(nn.Module):
     return (x if hidden_only else self.logits(x)), cache
 
   def logits(self, x: jax.Array) -> jax.Array:
-    """Final norm and LM head: hidden states `[..., D]` -> float32 logits `[..., V]`."""
+    """Final norm and LM head: hidden states `[..., D]` -> float32 logits `[..., V]`. Reads only
+    the parameters `head_params` picks."""
     cfg = self.config
     x = self.norm(x)
     if cfg.tie_embeddings:
@@ -136,3 +137,10 @@ class Decoder(nn.Module):
     else:
       logits = self.lm_head(x)
     return logits.astype(jnp.float32)
+
+
+def head_params(decoder_params: dict) -> dict:
+  """The subtree of a decoder's parameters that `Decoder.logits` reads: the final norm and the LM
+  head (the embedding when tied), so the head can be differentiated on its own."""
+  names = ("norm", "lm_head") if "lm_head" in decoder_params else ("norm", "embed")
+  return {name: decoder_params[name] for name in names}

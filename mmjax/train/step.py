@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.decoders.llama import head_params
 from mmjax.models import qwen_vl
 from mmjax.train.loss import cross_entropy, target_cross_entropy
 from mmjax.train.state import TrainState, merge
@@ -36,14 +37,6 @@ def forward(module: nn.Module, params: dict, batch: dict,
   return logits
 
 
-def _head_params(params: dict) -> dict:
-  """The parameters `Decoder.logits` reads: the final norm and the LM head (the embedding when
-  tied)."""
-  decoder = params["decoder"]
-  names = ("norm", "lm_head") if "lm_head" in decoder else ("norm", "embed")
-  return {"decoder": {name: decoder[name] for name in names}}
-
-
 def _decoder_logits(module: nn.Module, hidden: jax.Array) -> jax.Array:
   return module.decoder.logits(hidden)
 
@@ -71,7 +64,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
       return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
     hidden = forward(module, params, batch, rng, hidden_only=True)
     head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
-    return target_cross_entropy(_head_params(params), hidden, head_logits, batch["labels"],
+    head = {"decoder": head_params(params["decoder"])}
+    return target_cross_entropy(head, hidden, head_logits, batch["labels"],
                                 batch["loss_mask"], loss_chunk, z_loss)
 
   grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
