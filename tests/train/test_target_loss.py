@@ -60,3 +60,25 @@ def test_weighted_mask_keeps_weights():
 
 def test_cli_default_is_the_library_default():
   assert cli.OPTIONAL_KEYS["train"]["loss_chunk"] == DEFAULT_CHUNK
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_decoder_head_reads_only_head_params(tied):
+  """The train step differentiates the head through `head_params` alone: it must be all that
+  `Decoder.logits` reads, tied or not, and give the full forward's logits."""
+  from mmjax.decoders.config import DecoderConfig
+  from mmjax.decoders.llama import head_params
+  from mmjax.models.standalone import CausalLM
+
+  cfg = DecoderConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=4, tie_embeddings=tied)
+  model = CausalLM(cfg)
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 7)), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
+  params = model.init(jax.random.PRNGKey(0), ids, positions)["params"]
+  want, _ = model.apply({"params": params}, ids, positions)
+  hidden, _ = model.apply({"params": params}, ids, positions, hidden_only=True)
+  head = {"decoder": head_params(params["decoder"])}
+  assert ("embed" in head["decoder"]) == tied and ("lm_head" in head["decoder"]) != tied
+  got = model.apply({"params": head}, hidden, method=lambda m, h: m.decoder.logits(h))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
