@@ -39,9 +39,6 @@ class _NoOcdbtMergeNotice(logging.Filter):
     return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_NoOcdbtMergeNotice())
-
-
 def _orbax_context() -> ocp.Context:
   """How the converter writes: without compression (weights barely compress, and zstd costs 10x
   the read), without Orbax's defensive copy of host arrays (we never touch them again), and one
@@ -115,6 +112,8 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
 
   tmp = f"{out_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
+  notice_filter = _NoOcdbtMergeNotice()
+  logging.getLogger("absl").addFilter(notice_filter)  # for this conversion's writes only
   try:
     params_path = os.path.join(tmp, checkpoint.PARAMS_DIR)
     hf_dtypes: Counter = Counter()
@@ -183,5 +182,7 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  finally:
+    logging.getLogger("absl").removeFilter(notice_filter)
   return {"family": family.name, "layout": plan.layout.name, "params": len(plan.leaves),
           "tensors": len(plan.hf_shapes), "ignored": len(plan.ignored), "dtype": dtype}
