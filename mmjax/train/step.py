@@ -56,6 +56,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
   `loss_chunk > 0` computes logits only for target positions, that many per row at a time
   (`mmjax.train.loss.target_cross_entropy`); 0 computes every position's logits.
   """
+  if loss_chunk < 0:
+    raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
 
   def loss_sum(params, frozen, batch, rng):
     params = merge(params, frozen)

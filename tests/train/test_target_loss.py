@@ -82,3 +82,10 @@ def test_decoder_head_reads_only_head_params(tied):
   assert ("embed" in head["decoder"]) == tied and ("lm_head" in head["decoder"]) != tied
   got = model.apply({"params": head}, hidden, method=lambda m, h: m.decoder.logits(h))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_negative_loss_chunk_is_refused():
+  from mmjax.train.step import make_train_step
+
+  with pytest.raises(ValueError, match="loss_chunk"):
+    make_train_step(None, None, None, loss_chunk=-1)
