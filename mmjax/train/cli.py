@@ -97,7 +97,10 @@ def _run(args, overrides) -> int:
   config = load_config(args.config)
   add_optional_keys(config)
   apply_overrides(config, overrides)
-  from mmjax import distributed
+  from mmjax import distributed, hostmem
+
+  if hostmem.runs_on_cpu_only():
+    hostmem.keep_freed_memory()  # before JAX starts its threads (mmjax/hostmem.py says why)
 
   distributed.initialize_from_env()  # multi-host: before anything touches the devices
   from mmjax.train.loop import train

@@ -4,10 +4,12 @@ Both sides train the same ~125M-parameter LLaVA (CLIP ViT 224/14 + 10-layer Llam
 built and converted by `llava_100m.py`) on the same batch: rows of `bos text <image>*256 text`,
 next-token cross-entropy on the text tokens, AdamW with global-norm clipping, every parameter
 trainable. The first step's losses are compared (same weights, same data, so they must agree)
-before timing; then the median of `--steps` steps after `--warmup` is printed with the ratio.
-Target: mmjax >= 1.5x faster than torch eager.
+before timing; then the sides take turns, step by step, and the median of `--steps` steps each
+after `--warmup` is printed with the ratio. The process keeps freed host memory mapped, as
+`mmjax train` does on the CPU (`mmjax/hostmem.py`; `--glibc-defaults` to compare), which applies
+to torch's allocations as well. Target: mmjax >= 1.5x faster than torch eager.
 
-    python tools/bench/train_step.py [--batch 2] [--text 64] [--steps 5] [--warmup 2]
+    python tools/bench/train_step.py [--batch 2] [--text 64] [--steps 7] [--warmup 2]
 """
 
 import argparse
@@ -55,7 +57,7 @@ def torch_side(hf_dir: str, data: dict):
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
     opt.step()
-    return float(loss)
+    return loss.item()
 
   return step, sum(p.numel() for p in model.parameters())
 
@@ -98,24 +100,36 @@ def mmjax_side(mm_dir: str, data: dict):
   return step
 
 
-def timed(step, steps: int) -> tuple[float, list[float]]:
-  times, losses = [], []
-  for _ in range(steps):
-    start = time.perf_counter()
-    losses.append(step())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), losses
+def timed_interleaved(steps: dict, count: int) -> dict[str, tuple[float, list[float]]]:
+  """Median step time and the losses of each side, the sides taking turns step by step, so a
+  shared machine's drifting speed weighs on both alike."""
+  times = {name: [] for name in steps}
+  losses = {name: [] for name in steps}
+  for _ in range(count):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      losses[name].append(step())
+      times[name].append(time.perf_counter() - start)
+  return {name: (statistics.median(times[name]), losses[name]) for name in steps}
 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch", type=int, default=2, help="rows per step")
   parser.add_argument("--text", type=int, default=64, help="text tokens per row after the image")
-  parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
+  parser.add_argument("--steps", type=int, default=7, help="timed steps per side")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--glibc-defaults", action="store_true",
+                      help="leave glibc's malloc settings alone instead of keeping freed memory "
+                      "mapped as `mmjax train` does on the CPU (mmjax/hostmem.py)")
   args = parser.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from mmjax import hostmem
+
+  # What `mmjax train` does on the CPU, applied to the whole process: torch allocates through
+  # the same malloc, so both sides run with the same allocator settings.
+  kept = not args.glibc_defaults and hostmem.keep_freed_memory()
   import jax
   import torch
 
@@ -126,7 +140,8 @@ def main() -> int:
   mm_step = mmjax_side(mm_dir, data)
   print(f"model: {n_params / 1e6:.0f}M parameters, all trainable; batch {args.batch} x "
         f"{data['input_ids'].shape[1]} tokens; float32, AdamW; torch threads "
-        f"{torch.get_num_threads()}, jax devices {jax.devices()}")
+        f"{torch.get_num_threads()}, jax devices {jax.devices()}; freed host memory "
+        f"{'kept mapped (both sides)' if kept else 'returned (glibc defaults)'}")
 
   # Same weights, same batch, same loss definition: the first losses agree.
   first_torch, first_mm = torch_step(), mm_step()
@@ -134,8 +149,8 @@ def main() -> int:
         f"(|diff| {abs(first_torch - first_mm):.2e})")
   for _ in range(args.warmup - 1):
     torch_step(), mm_step()
-  torch_s, torch_losses = timed(torch_step, args.steps)
-  mm_s, mm_losses = timed(mm_step, args.steps)
+  timings = timed_interleaved({"torch": torch_step, "mmjax": mm_step}, args.steps)
+  (torch_s, torch_losses), (mm_s, mm_losses) = timings["torch"], timings["mmjax"]
   print(f"{'':14}{'step (s)':>10}{'last loss':>12}")
   print(f"{'torch eager':14}{torch_s:10.3f}{torch_losses[-1]:12.4f}")
   print(f"{'mmjax (jit)':14}{mm_s:10.3f}{mm_losses[-1]:12.4f}")
