@@ -107,6 +107,7 @@ def timed_interleaved(steps: dict, count: int) -> dict[str, tuple[float, list[fl
   losses = {name: [] for name in steps}
   for _ in range(count):
     for name, step in steps.items():
+      time.sleep(0.5)  # the other side's thread pools spin a while after their work: let them idle
       start = time.perf_counter()
       losses[name].append(step())
       times[name].append(time.perf_counter() - start)
