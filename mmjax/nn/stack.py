@@ -28,7 +28,8 @@ def unrolled_layers():
   """Stacks traced inside unroll their scan into straight-line layers (same parameters).
 
   For XLA's cost analysis, which counts a while loop's body once whatever its trip count
-  (`mmjax.aot` counts the FLOPs of shallow unrolled copies); never for training.
+  (`mmjax.aot` counts the FLOPs of shallow unrolled copies), and for small models trained on the
+  CPU (`train.unroll_layers`), where the scan's stacked residual buffers cost more than they save.
   """
   token = _UNROLLED.set(True)
   try:

@@ -81,6 +81,10 @@ OPTIONAL_KEYS = {"train": {
     # LM head on target positions only, this many per row at a time; 0: on every position.
     # (Value: mmjax.train.loss.DEFAULT_CHUNK, not imported here to keep `--help` free of jax.)
     "loss_chunk": 64,
+    # Trace the scanned layer stacks as straight-line layers (same parameters). On the CPU a
+    # small model's step is ~5% faster without the scan's stacked residual buffers; keep the
+    # scan for deep models and TPUs (compile time grows with depth).
+    "unroll_layers": False,
 }}
 
 

@@ -1,5 +1,6 @@
 """The training loop: mesh, state, resume, jit step, metrics, checkpoints, preemption, eval."""
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -15,6 +16,7 @@ import numpy as np
 from mmjax import checkpoint as converted
 from mmjax import distributed
 from mmjax import sharding as shd
+from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
 from mmjax.train import loss
 from mmjax.train.checkpoints import Checkpoints, abstract_like
@@ -74,8 +76,12 @@ class Trainer:
                            loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)))
     batch_sharding = shd.batch_sharding(mesh)
 
+    unroll = bool(cfg.train.get("unroll_layers", False))
+
     def sharded_step(state, batch):
-      with nn.logical_axis_rules(list(rules)):
+      # The stacks read `unrolled_layers` while the step is traced (at its first call).
+      with nn.logical_axis_rules(list(rules)), (unrolled_layers() if unroll else
+                                                contextlib.nullcontext()):
         return step(state, batch)
 
     step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),

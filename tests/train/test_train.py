@@ -88,6 +88,25 @@ def test_gradient_accumulation_equals_one_big_batch():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
+def test_unrolled_layers_train_like_the_scan():
+  cfg = tiny_config()
+  host_batches = batches(cfg, Trainer.build(cfg, jax.devices()[:1]), 3)
+  ref_losses, ref_state = run_steps(cfg, jax.devices()[:1], host_batches)
+  cfg.train.unroll_layers = True
+  losses, state = run_steps(cfg, jax.devices()[:1], host_batches)
+  np.testing.assert_allclose(losses, ref_losses, atol=1e-5, rtol=0)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+  def while_loops(unroll):  # the scans over layers are gone, not merely equal
+    cfg.train.unroll_layers = unroll
+    trainer = Trainer.build(cfg, jax.devices()[:1])
+    batch = train_data.to_global(host_batches[0], trainer.mesh)
+    with trainer.mesh:
+      return trainer.step_fn.lower(trainer.init(), batch).as_text().count("stablehlo.while")
+  assert while_loops(True) < while_loops(False)
+
+
 def test_non_finite_batch_is_skipped_and_counted():
   cfg = tiny_config()
   trainer = Trainer.build(cfg, jax.devices()[:1])
