@@ -16,6 +16,7 @@ import numpy as np
 from mmjax import checkpoint as converted
 from mmjax import distributed
 from mmjax import sharding as shd
+from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
 from mmjax.train import loss
@@ -77,11 +78,16 @@ class Trainer:
     batch_sharding = shd.batch_sharding(mesh)
 
     unroll = bool(cfg.train.get("unroll_layers", False))
+    on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
 
     def sharded_step(state, batch):
-      # The stacks read `unrolled_layers` while the step is traced (at its first call).
-      with nn.logical_axis_rules(list(rules)), (unrolled_layers() if unroll else
-                                                contextlib.nullcontext()):
+      # The stacks and einsums read these contexts while the step is traced (its first call).
+      with contextlib.ExitStack() as lowering:
+        lowering.enter_context(nn.logical_axis_rules(list(rules)))
+        if unroll:
+          lowering.enter_context(unrolled_layers())
+        if on_cpu:  # the weight-gradient dots XLA:CPU takes without a transpose
+          lowering.enter_context(flat_token_dots())
         return step(state, batch)
 
     step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),

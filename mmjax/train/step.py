@@ -91,17 +91,17 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
     grads = jax.tree.map(lambda g: g / denom, grads)  # mean over the global batch's targets
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    def update(params, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
 
     # A non-finite loss or gradient skips the update: nothing of it reaches the state.
-    def keep(new, old):
-      return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
+    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
+                                     state.opt_state)
     new_state = state.replace(
         step=state.step + finite.astype(jnp.int32),
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        params=params,
+        opt_state=opt_state,
         rng=jax.random.fold_in(state.rng, state.step),
         skipped=state.skipped + (~finite).astype(jnp.int32),
     )
