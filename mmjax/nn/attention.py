@@ -17,18 +17,25 @@ BACKENDS = ("xla", "splash", "splash_interpret")
 
 
 def _xla_attention(q, k, v, mask, scale):
+  # Heads first, each key/value head's query group flattened with the queries: [B, K, G*T, H].
+  # The dots then read and write plain row-major blocks; with the heads in place
+  # ('BTKGH,BSKH->BKGTS') XLA:CPU transposes the [T, S] logits and their gradients in strided
+  # loop fusions (fwd+bwd of a 321-token, 12/4-head layer: 44 -> 20 ms on two cores).
   b, t, n, h = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, n // kv_heads, h)  # [B, T, K, G, H]: grouped-query heads
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * scale
+  s, kv_heads = k.shape[1], k.shape[2]
+  g = n // kv_heads
+  q = q.reshape(b, t, kv_heads, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, g * t, h)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, H]
+  logits = jnp.einsum("BKQH,BKSH->BKQS", q, k).astype(jnp.float32) * scale  # [B, K, G*T, S]
   if mask is not None:
-    # mask [B, 1|N, T, S] -> [B, 1|K, 1|G, T, S]
-    mask = mask.reshape(mask.shape[0], -1, 1, *mask.shape[-2:]) if mask.shape[1] == 1 else \
-        mask.reshape(mask.shape[0], kv_heads, n // kv_heads, *mask.shape[-2:])
+    # mask [B, 1|N, T, S] -> [B, 1|K, G*T, S]
+    heads = 1 if mask.shape[1] == 1 else kv_heads
+    mask = jnp.broadcast_to(mask.reshape(mask.shape[0], heads, -1, t, s),
+                            (mask.shape[0], heads, g, t, s)).reshape(mask.shape[0], heads, g * t, s)
     logits = jnp.where(mask, logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v)
-  return out.reshape(b, t, n, h)
+  out = jnp.einsum("BKQS,BKSH->BKQH", probs, v)  # [B, K, G*T, H]
+  return out.reshape(b, kv_heads, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def dot_product_attention(

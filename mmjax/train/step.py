@@ -95,7 +95,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
 
-    # A non-finite loss or gradient skips the update: nothing of it reaches the state.
+    # A non-finite loss or gradient skips the update: nothing of it reaches the state. (A cond,
+    # not a select of new or old: that would read and write every parameter and moment again.)
     params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
                                      state.opt_state)
     new_state = state.replace(
