@@ -59,36 +59,40 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
   if loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
 
-  def loss_sum(params, frozen, batch, rng):
+  def mean_loss(params, frozen, batch, rng, denom):
+    """The loss summed over the batch's targets and divided by `denom`, the global batch's
+    target count (so the backward pass's scalar cotangent scales the gradients, rather than a
+    pass of their own), and the batch's target count."""
     params = merge(params, frozen)
     if not loss_chunk:
       logits = forward(module, params, batch, rng)
-      return cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
-    hidden = forward(module, params, batch, rng, hidden_only=True)
-    head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
-    head = {"decoder": head_params(params["decoder"])}
-    return target_cross_entropy(head, hidden, head_logits, batch["labels"],
-                                batch["loss_mask"], loss_chunk, z_loss)
+      total, count = cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
+    else:
+      hidden = forward(module, params, batch, rng, hidden_only=True)
+      head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
+      head = {"decoder": head_params(params["decoder"])}
+      total, count = target_cross_entropy(head, hidden, head_logits, batch["labels"],
+                                          batch["loss_mask"], loss_chunk, z_loss)
+    return total / denom, count
 
-  grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+  grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    # The mean over the global batch's targets: every microbatch divides by the same count.
+    denom = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
     if grad_accum == 1:
-      (total, count), grads = grad_fn(state.params, state.frozen, batch, state.rng)
+      (loss, count), grads = grad_fn(state.params, state.frozen, batch, state.rng, denom)
     else:
       def body(carry, micro):
         index, micro = micro
         rng = jax.random.fold_in(state.rng, index)
-        (loss, n), g = grad_fn(state.params, state.frozen, micro, rng)
+        (loss, n), g = grad_fn(state.params, state.frozen, micro, rng, denom)
         acc_loss, acc_n, acc_g = carry
         return (acc_loss + loss, acc_n + n, jax.tree.map(jnp.add, acc_g, g)), None
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      (total, count, grads), _ = jax.lax.scan(
+      (loss, count, grads), _ = jax.lax.scan(
           body, (jnp.zeros(()), jnp.zeros(()), zeros),
           (jnp.arange(grad_accum), _microbatches(batch, grad_accum)))
-    denom = jnp.maximum(count, 1.0)
-    loss = total / denom
-    grads = jax.tree.map(lambda g: g / denom, grads)  # mean over the global batch's targets
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     def update(params, opt_state):

@@ -10,12 +10,17 @@ import numpy as np
 
 
 def build_llava_100m(workdir: str, seed: int = 0):
-  """Returns `(hf_dir, mm_dir, hf_config)` under `workdir`."""
+  """Returns `(hf_dir, mm_dir, hf_config)` under `workdir`; a finished earlier build there is
+  reused (the benchmarks' `--workdir`), so a rerun skips building and converting."""
   import torch
   import transformers
 
+  from mmjax.checkpoint import METADATA_FILE
   from mmjax.convert.importer import convert_hf
 
+  hf_dir, mm_dir = os.path.join(workdir, "hf"), os.path.join(workdir, "mm")
+  if os.path.exists(os.path.join(mm_dir, METADATA_FILE)):
+    return hf_dir, mm_dir, transformers.LlavaConfig.from_pretrained(hf_dir)
   torch.manual_seed(seed)
   vision = transformers.CLIPVisionConfig(hidden_size=384, intermediate_size=1536,
                                          num_hidden_layers=6, num_attention_heads=6,
@@ -25,7 +30,6 @@ def build_llava_100m(workdir: str, seed: int = 0):
                                   num_key_value_heads=4, max_position_embeddings=2048)
   cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=31999)
   model = transformers.LlavaForConditionalGeneration(cfg)
-  hf_dir, mm_dir = os.path.join(workdir, "hf"), os.path.join(workdir, "mm")
   model.save_pretrained(hf_dir)
   convert_hf(hf_dir, mm_dir, progress=False)
   return hf_dir, mm_dir, cfg
