@@ -33,30 +33,30 @@ def flat_token_dots():
     _FLAT_TOKENS.reset(token)
 
 
-def _token_dims(equation: str, x_ndim: int) -> int:
-  """How many leading dims of the input pass straight to the output (`B, T` of
-  `BTD,DF->BTF`, the `...` of `...I,OI->...O`)."""
+def _merged_tokens(equation: str, x_ndim: int) -> tuple[int, str]:
+  """How many leading dims of the input pass straight to the output (`B, T` of `BTD,DF->BTF`,
+  the `...` of `...I,OI->...O`), and the equation with them merged into one letter."""
   lhs, rest = equation.split(",")
   kernel, out = rest.split("->")
   if lhs.startswith("...") and out.startswith("..."):
-    return x_ndim - (len(lhs) - 3)
-  n = 0
-  while n < min(len(lhs), len(out)) and lhs[n] == out[n] and lhs[n] not in kernel:
-    n += 1
-  return n
+    n, letters = x_ndim - (len(lhs) - 3), 3
+  else:
+    n = 0
+    while n < min(len(lhs), len(out)) and lhs[n] == out[n] and lhs[n] not in kernel:
+      n += 1
+    letters = n
+  token = next(c for c in "MNPQRSUVWXYZ" if c not in equation)
+  return n, f"{token}{lhs[letters:]},{kernel}->{token}{out[letters:]}"
 
 
 def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`jnp.einsum(equation, x, kernel)`, with the token dims merged inside `flat_token_dots`."""
-  n = _token_dims(equation, x.ndim)
-  if not _FLAT_TOKENS.get() or n < 2:
+  if not _FLAT_TOKENS.get():
     return jnp.einsum(equation, x, kernel)
-  lhs, rest = equation.split(",")
-  kernel_letters, out = rest.split("->")
-  skip = 3 if lhs.startswith("...") else n  # letters of the token dims in the equation
-  token = next(c for c in "MNPQRSUVWXYZ" if c not in equation)
-  flat = f"{token}{lhs[skip:]},{kernel_letters}->{token}{out[skip:]}"
-  y = jnp.einsum(flat, x.reshape(-1, *x.shape[n:]), kernel)  # [B*T, ...]
+  n, merged = _merged_tokens(equation, x.ndim)
+  if n < 2:
+    return jnp.einsum(equation, x, kernel)
+  y = jnp.einsum(merged, x.reshape(-1, *x.shape[n:]), kernel)  # [B*T, ...]
   return y.reshape(*x.shape[:n], *y.shape[1:])
 
 
