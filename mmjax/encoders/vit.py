@@ -20,7 +20,7 @@ from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
 from mmjax.nn.mlp import Mlp
 from mmjax.nn.multihead import MultiHeadAttention
 from mmjax.nn.norms import LayerNorm
-from mmjax.nn.stack import scan_layers
+from mmjax.nn.stack import first_layers, scan_layers
 
 _KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 
@@ -134,11 +134,13 @@ class VisionTransformer(nn.Module):
   config: VisionConfig
 
   @nn.compact
-  def __call__(self, pixels: jax.Array) -> dict[str, jax.Array]:
+  def __call__(self, pixels: jax.Array, num_layers: int | None = None) -> dict[str, jax.Array]:
     """Returns `hidden_states [L+1, B, N, D]`, `last_hidden_state [B, N, D]`, `pooled [B, D]`.
 
     `last_hidden_state` is the output of the final layer (CLIP) or its post-layernorm (SigLIP),
     as in transformers; `pooled` is CLIP's post-normed class token or SigLIP's head output.
+    `num_layers < L` runs only the first that many layers (a caller that reads an earlier layer)
+    and returns only `hidden_states [num_layers+1, B, N, D]`.
     """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -163,10 +165,19 @@ class VisionTransformer(nn.Module):
     x = x + pos.astype(dtype)[None]
     if cfg.class_token:  # CLIP's pre-layernorm
       x = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="pre_norm")(x)
-    stack = scan_layers(EncoderBlock, length=cfg.num_layers, remat_policy=cfg.remat_policy,
+    run = cfg.num_layers if num_layers is None or self.is_initializing() else num_layers
+    if not 0 <= run <= cfg.num_layers:
+      raise ValueError(f"num_layers must be in [0, {cfg.num_layers}], got {num_layers}")
+    if run == 0:
+      return dict(hidden_states=x[None])
+    stack = scan_layers(EncoderBlock, length=run, remat_policy=cfg.remat_policy,
                         in_axes=(nn.broadcast,))
+    if run < cfg.num_layers:
+      stack = first_layers(stack, run)
     last, per_layer = stack(cfg, name="layers")(x, None)
-    hidden_states = jnp.concatenate([x[None], per_layer], axis=0)  # [L+1, B, N, D]
+    hidden_states = jnp.concatenate([x[None], per_layer], axis=0)  # [run+1, B, N, D]
+    if run < cfg.num_layers:
+      return dict(hidden_states=hidden_states)
     post_norm = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="post_norm")
     if cfg.class_token:
       return dict(hidden_states=hidden_states, last_hidden_state=last, pooled=post_norm(last[:, 0]))

@@ -76,8 +76,10 @@ class Llava(nn.Module):
   def image_features(self, pixels: jax.Array) -> jax.Array:
     """`pixels [I, H, W, C]` -> `[I, tokens_per_image, D_text]`."""
     cfg = self.config
-    hidden = self.encoder(pixels)["hidden_states"]  # [L+1, I, N, D_v]
-    selected = [hidden[layer] for layer in cfg.feature_layers]
+    # Layers past the deepest one read are neither run nor differentiated.
+    layers = [layer % (cfg.vision.num_layers + 1) for layer in cfg.feature_layers]
+    hidden = self.encoder(pixels, num_layers=max(layers))["hidden_states"]  # [max+1, I, N, D_v]
+    selected = [hidden[layer] for layer in layers]
     if cfg.feature_select == "default":
       selected = [h[:, 1:] for h in selected]
     return self.connector(jnp.concatenate(selected, axis=-1))

@@ -63,3 +63,17 @@ def scan_layers(
       unroll=True if _UNROLLED.get() else 1,
       metadata_params={nn.PARTITION_NAME: "layers"},
   )
+
+
+def first_layers(stack: type[nn.Module], count: int) -> type[nn.Module]:
+  """A view of a `scan_layers` class (built with `length=count`) that runs the first `count`
+  layers of a longer stack's parameters, which keep all their layers.
+
+  For models that read an earlier layer's output (LLaVA's features from the vision tower's
+  second-to-last layer): the layers after it would be computed and, with zero cotangents,
+  differentiated for nothing. Apply only: initialisation builds the whole stack.
+  """
+  def leading(variables):
+    return jax.tree.map(lambda leaf: leaf[:count], variables)
+
+  return nn.map_variables(stack, "params", trans_in_fn=leading)

@@ -96,7 +96,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     def update(params, opt_state):
-      updates, opt_state = tx.update(grads, opt_state, params)
+      updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
       return optax.apply_updates(params, updates), opt_state
 
     # A non-finite loss or gradient skips the update: nothing of it reaches the state. (A cond,
