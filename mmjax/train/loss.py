@@ -45,12 +45,16 @@ def target_cross_entropy(
     mask: jax.Array,
     chunk: int,
     z_loss: float = 0.0,
+    scale: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-  """`cross_entropy(logits_fn(head_params, hidden), labels, mask)` without the logits of positions
-  that have no target; differentiable in `head_params` and `hidden`.
+  """`scale * cross_entropy(logits_fn(head_params, hidden), labels, mask)` without the logits of
+  positions that have no target; differentiable in `head_params` and `hidden` (not `scale`).
 
   `hidden [B, T, D]`, `logits_fn(head_params, [B, C, D]) -> [B, C, V]`, `labels`, `mask [B, T]`,
-  `chunk` positions per row per head call. Returns the summed loss and the number of targets.
+  `chunk` positions per row per head call. Returns the scaled summed loss and the number of
+  targets. The train step passes `1 / targets` as `scale` rather than dividing the result: the
+  chunks' gradients then start from it (a `[B, C, V]` multiply), and the cotangent of the
+  result is the constant 1 that XLA folds, instead of a pass over the head's gradient.
   """
   b, t, _ = hidden.shape
   chunk = max(1, min(chunk, t))
@@ -64,8 +68,11 @@ def target_cross_entropy(
   chunks = -(-jnp.max(jnp.sum(is_target, axis=1)) // chunk)  # chunks that hold a target
 
   def loss_and_grads(head_params, hidden):
-    def body(i, carry):
-      total, d_params, d_hidden = carry
+    rows = jnp.arange(b)[:, None]
+
+    def chunk_grads(i):
+      """Chunk `i`'s scaled loss and gradients: `d_params`, and `d_x [B, C, D]` for the hidden
+      states at `positions [B, C]`."""
       positions = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)  # [B, C]
       ok = jax.lax.dynamic_slice_in_dim(in_row, i * chunk, chunk)  # [C]
       take = lambda x: jnp.take_along_axis(x, positions, axis=1)  # [B, C]
@@ -73,14 +80,20 @@ def target_cross_entropy(
       x = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, C, D]
       chunk_loss = lambda p, x: cross_entropy(logits_fn(p, x), take(labels), slot_mask, z_loss)[0]
       loss, vjp = jax.vjp(chunk_loss, head_params, x)
-      dp, dx = vjp(jnp.ones((), jnp.float32))
-      rows = jnp.arange(b)[:, None]
-      d_hidden = d_hidden.at[rows, positions].add(dx * ok[None, :, None].astype(dx.dtype))
-      return total + loss, jax.tree.map(jnp.add, d_params, dp), d_hidden
+      dp, dx = vjp(jnp.asarray(scale, jnp.float32))
+      return loss * scale, dp, positions, dx * ok[None, :, None].astype(dx.dtype)
 
-    init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, head_params),
-            jnp.zeros_like(hidden))
-    return jax.lax.fori_loop(0, chunks, body, init)
+    def body(i, carry):
+      total, d_params, d_hidden = carry
+      loss, dp, positions, dx = chunk_grads(i)
+      return (total + loss, jax.tree.map(jnp.add, d_params, dp),
+              d_hidden.at[rows, positions].add(dx))
+
+    # The first chunk starts the sums (short answers fit in one): no zero head gradient to write
+    # and add to. With no target at all it is all masked: zero loss and gradients.
+    loss, d_params, positions, dx = chunk_grads(0)
+    init = (loss, d_params, jnp.zeros_like(hidden).at[rows, positions].add(dx))
+    return jax.lax.fori_loop(1, chunks, body, init)
 
   @jax.custom_vjp
   def summed(head_params, hidden):

@@ -61,18 +61,17 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
 
   def mean_loss(params, frozen, batch, rng, denom):
     """The loss summed over the batch's targets and divided by `denom`, the global batch's
-    target count (so the backward pass's scalar cotangent scales the gradients, rather than a
-    pass of their own), and the batch's target count."""
+    target count (inside the differentiated function, so no pass of its own scales the
+    gradients), and the batch's target count."""
     params = merge(params, frozen)
-    if not loss_chunk:
-      logits = forward(module, params, batch, rng)
-      total, count = cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
-    else:
+    if loss_chunk:
       hidden = forward(module, params, batch, rng, hidden_only=True)
       head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
       head = {"decoder": head_params(params["decoder"])}
-      total, count = target_cross_entropy(head, hidden, head_logits, batch["labels"],
-                                          batch["loss_mask"], loss_chunk, z_loss)
+      return target_cross_entropy(head, hidden, head_logits, batch["labels"], batch["loss_mask"],
+                                  loss_chunk, z_loss, scale=1 / denom)
+    logits = forward(module, params, batch, rng)
+    total, count = cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
     return total / denom, count
 
   grad_fn = jax.value_and_grad(mean_loss, has_aux=True)

@@ -47,6 +47,13 @@ def test_chunked_target_loss_matches_dense(chunk, targets):
   for g, w in zip(jax.tree.leaves(jax.grad(scaled(chunked), argnums=(0, 1))(hidden, params)),
                   jax.tree.leaves(jax.grad(scaled(dense), argnums=(0, 1))(hidden, params))):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  # With `scale` (the train step's 1 / targets), value and gradients are scaled.
+  scaled_chunked = lambda h, p: target_cross_entropy(p, h, logits_fn, labels, mask, chunk,
+                                                     z_loss=1e-3, scale=jnp.float32(0.25))[0]
+  got, got_g = jax.jit(jax.value_and_grad(scaled_chunked, argnums=(0, 1)))(hidden, params)
+  np.testing.assert_allclose(got, 0.25 * want, rtol=1e-6, atol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+    np.testing.assert_allclose(g, 0.25 * w, rtol=1e-5, atol=1e-6)
 
 
 def test_weighted_mask_keeps_weights():
