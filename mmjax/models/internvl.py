@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from mmjax.connectors.pixel_shuffle import PixelShuffleConfig, PixelShuffleMlp
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder
+from mmjax.decoders.llama import Decoder, HeadLoss
 from mmjax.encoders.intern_vit import InternVisionTransformer, InternVitConfig
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.nn.multihead import KVCache
@@ -237,16 +237,17 @@ class InternVL(nn.Module):
       image_valid: jax.Array | None = None,
       train: bool = False,
       hidden_only: bool = False,
+      head_loss: HeadLoss | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order);
     `train=True` turns on drop path in the encoder (needs a 'dropout' rng).
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
-    updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
+    result of `head_loss` when given: `Decoder`) and the updated cache.
     """
     embeddings = self.embed(input_ids, pixels, image_valid, train)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        hidden_only=hidden_only)
+                        hidden_only=hidden_only, head_loss=head_loss)
 
 
 def example_inputs(cfg: InternVLConfig):

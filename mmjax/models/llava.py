@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from mmjax.connectors.projector import Projector, ProjectorConfig
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder
+from mmjax.decoders.llama import Decoder, HeadLoss
 from mmjax.encoders.vit import VisionConfig, VisionTransformer
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.nn.multihead import KVCache
@@ -119,12 +119,13 @@ class Llava(nn.Module):
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
       hidden_only: bool = False,
+      head_loss: HeadLoss | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (all images of the batch, in row order).
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
-    updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
+    result of `head_loss` when given: `Decoder`) and the updated cache.
     """
     embeddings = self.embed(input_ids, pixels, image_valid)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        hidden_only=hidden_only)
+                        hidden_only=hidden_only, head_loss=head_loss)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder
+from mmjax.decoders.llama import Decoder, HeadLoss
 from mmjax.encoders.qwen_vit import QwenVisionConfig, QwenVisionTransformer
 from mmjax.encoders.qwen_vit_inputs import (PAD_SEGMENT, num_merged_tokens, packed_vision_inputs,
                                             row_vision_inputs)
@@ -177,16 +177,18 @@ class QwenVL(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
       hidden_only: bool = False,
+      head_loss: HeadLoss | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`; or rows of them, see
     `train_forward`), `positions [3, B, T]`.
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`) and the
-    updated cache.
+    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
+    result of `head_loss` when given: `Decoder`) and the updated cache.
     """
     x, layer_inputs = self.embed(input_ids, images, videos)
     return self.decoder(x, positions, attention_mask, segment_ids, cache, cache_index,
-                        layer_inputs=layer_inputs, hidden_only=hidden_only)
+                        layer_inputs=layer_inputs, hidden_only=hidden_only,
+                        head_loss=head_loss)
 
 
 def example_inputs(cfg: QwenVLConfig):
@@ -268,8 +270,8 @@ def forward_from_hf_inputs(cfg: QwenVLConfig, params,
 
 
 def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
-                  hidden_only: bool = False) -> jax.Array:
-  """Logits `[B, T, V]` (hidden states `[B, T, D]` with `hidden_only`) for a training batch of
+                  head_loss: HeadLoss | None = None) -> Any:
+  """Logits `[B, T, V]` (the result of `head_loss` when given: `Decoder`) for a training batch of
   the data pipeline (`mmjax.data.pipeline`, the `qwen2_vl` image preset with `mrope`): rows of
   flattened patches `pixel_values [B*S, C*T*P*P]` with `image_grid_thw [B*M, 3]`,
   `mrope_positions [B, T, 3]` restarting per packed sample, `attention_mask` and `segment_ids`.
@@ -294,5 +296,5 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
   logits, _ = module.apply({"params": params}, ids, images, None, positions,
                            batch["attention_mask"], batch.get("segment_ids"),
-                           hidden_only=hidden_only)
+                           head_loss=head_loss)
   return logits

@@ -15,11 +15,11 @@ class CausalLM(nn.Module):
     self.decoder = Decoder(self.config)
 
   def __call__(self, input_ids, positions, attention_mask=None, segment_ids=None, cache=None,
-               cache_index=0, hidden_only=False):
-    """`input_ids [B, T]` -> float32 logits `[B, T, V]` (hidden states with `hidden_only`),
-    updated cache."""
+               cache_index=0, hidden_only=False, head_loss=None):
+    """`input_ids [B, T]` -> float32 logits `[B, T, V]` (hidden states with `hidden_only`,
+    `head_loss`'s result when given: `Decoder`), updated cache."""
     return self.decoder(self.decoder.embed(input_ids), positions, attention_mask, segment_ids,
-                        cache, cache_index, hidden_only=hidden_only)
+                        cache, cache_index, hidden_only=hidden_only, head_loss=head_loss)
 
 
 class VisionModel(nn.Module):

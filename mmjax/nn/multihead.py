@@ -15,6 +15,11 @@ from mmjax.nn.rope import apply_rope
 KVCache = dict[str, jax.Array]  # {'k': [B, S, K, H], 'v': [B, S, K, H]}
 
 
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+  """`x [B, T, ...]` at `rows [B, P]` (sequence indices) -> `[B, P, ...]`."""
+  return jnp.take_along_axis(x, rows.reshape(rows.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention with grouped-query heads.
 
@@ -43,28 +48,36 @@ class MultiHeadAttention(nn.Module):
       rope: tuple[jax.Array, jax.Array] | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | None = None,
+      query_rows: jax.Array | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
-    """`x [B, T, D]`, `mask [B, 1, T, S]` -> `[B, T, D]` and the updated cache."""
+    """`x [B, T, D]`, `mask [B, 1, T, S]` -> `[B, T, D]` and the updated cache.
+
+    `query_rows [B, P]`: only these positions query (`mask [B, 1, P, S]`, output `[B, P, D]`);
+    every position is still a key and a value.
+    """
     d = x.shape[-1]
     a = self.axes
     n, k_heads, h = self.num_heads, self.num_kv_heads, self.head_dim
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def proj(name, heads, heads_axis):
+    def proj(name, heads, heads_axis, inputs):
       return Einsum(
           "BTD,NHD->BTNH", (heads, h, d), (heads_axis, a.head_dim, a.embed),
           bias_shape=(heads, h) if self.qkv_bias else None, bias_axes=(heads_axis, a.head_dim),
           name=name, **kw,
-      )(x)
+      )(inputs)
 
-    q = proj("q", n, a.heads)  # [B, T, N, H]
-    k = proj("k", k_heads, a.kv_heads)  # [B, T, K, H]
-    v = proj("v", k_heads, a.kv_heads)  # [B, T, K, H]
+    queries = x if query_rows is None else take_rows(x, query_rows)
+    q = proj("q", n, a.heads, queries)  # [B, T|P, N, H]
+    k = proj("k", k_heads, a.kv_heads, x)  # [B, T, K, H]
+    v = proj("v", k_heads, a.kv_heads, x)  # [B, T, K, H]
     if self.qk_norm:
       q = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="q_norm")(q)
       k = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="k_norm")(k)
     if rope is not None:
-      q = apply_rope(q, *rope)
+      q_rope = rope if query_rows is None else tuple(
+          take_rows(jnp.broadcast_to(r, (len(query_rows), *r.shape[1:])), query_rows) for r in rope)
+      q = apply_rope(q, *q_rope)
       k = apply_rope(k, *rope)
     if cache is not None:
       start = (0, cache_index, 0, 0)

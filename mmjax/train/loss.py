@@ -3,8 +3,8 @@
 In SFT rows most positions (image tokens, prompts, padding) carry no target, yet a dense loss pays
 for their `[T, V]` logits three times (head forward, its two backward matmuls) and keeps them as
 residuals. `target_cross_entropy` sorts each row's target positions to the front and runs the
-final norm + LM head on `chunk` of them per row at a time, only as many chunks as the fullest row
-needs (a while loop). Each chunk's gradient is taken right away (`jax.vjp`), so the backward pass
+final norm + LM head (and the decoder's last layer: `Decoder(head_loss=...)`) on `chunk` of them
+per row at a time, only as many chunks as the fullest row needs (a while loop). Each chunk's gradient is taken right away (`jax.vjp`), so the backward pass
 only scales the accumulated head gradient and hidden-state gradient: no chunk is computed twice
 and the logits of one chunk at a time are ever in memory (the fused linear cross-entropy of
 large-vocabulary trainers such as Liger-Kernel, written here with `jax.custom_vjp`: optax's
@@ -40,60 +40,56 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
 def target_cross_entropy(
     head_params,
     hidden: jax.Array,
-    logits_fn: Callable[[Any, jax.Array], jax.Array],
+    logits_fn: Callable[[Any, jax.Array, jax.Array], jax.Array],
     labels: jax.Array,
     mask: jax.Array,
     chunk: int,
     z_loss: float = 0.0,
     scale: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-  """`scale * cross_entropy(logits_fn(head_params, hidden), labels, mask)` without the logits of
-  positions that have no target; differentiable in `head_params` and `hidden` (not `scale`).
+  """`scale * cross_entropy(logits, labels, mask)` with the logits of target positions alone,
+  `chunk` of them per row at a time; differentiable in `head_params` and `hidden` (not `scale`).
 
-  `hidden [B, T, D]`, `logits_fn(head_params, [B, C, D]) -> [B, C, V]`, `labels`, `mask [B, T]`,
-  `chunk` positions per row per head call. Returns the scaled summed loss and the number of
-  targets. The train step passes `1 / targets` as `scale` rather than dividing the result: the
-  chunks' gradients then start from it (a `[B, C, V]` multiply), and the cotangent of the
-  result is the constant 1 that XLA folds, instead of a pass over the head's gradient.
+  `hidden [B, T, D]`; `logits_fn(head_params, hidden, rows [B, C]) -> [B, C, V]` the logits at
+  the rows' positions (the final norm and LM head on those positions, or the decoder's last
+  layer as well: `Decoder(head_loss=...)`); `labels`, `mask [B, T]`. Returns the scaled summed
+  loss and the number of targets. The train step passes `1 / targets` as `scale` rather than
+  dividing the result: the chunks' gradients then start from it (a `[B, C, V]` multiply), and
+  the cotangent of the result is the constant 1 that XLA folds, instead of a pass over the
+  head's gradient.
   """
   b, t, _ = hidden.shape
   chunk = max(1, min(chunk, t))
   n = -(-t // chunk)
   is_target = mask > 0
   # [B, n*C] positions, each row's targets first (stable: in order); pad slots repeat position 0
-  # and are masked out.
+  # and are masked out (their loss, so their gradients, are zero).
   order = jnp.argsort(~is_target, axis=1, stable=True).astype(jnp.int32)
   order = jnp.pad(order, ((0, 0), (0, n * chunk - t)))
   in_row = (jnp.arange(n * chunk) < t).astype(jnp.float32)  # [n*C]
   chunks = -(-jnp.max(jnp.sum(is_target, axis=1)) // chunk)  # chunks that hold a target
 
   def loss_and_grads(head_params, hidden):
-    rows = jnp.arange(b)[:, None]
-
     def chunk_grads(i):
-      """Chunk `i`'s scaled loss and gradients: `d_params`, and `d_x [B, C, D]` for the hidden
-      states at `positions [B, C]`."""
-      positions = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)  # [B, C]
+      """Chunk `i`'s scaled loss and its gradients for `head_params` and `hidden`."""
+      rows = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)  # [B, C]
       ok = jax.lax.dynamic_slice_in_dim(in_row, i * chunk, chunk)  # [C]
-      take = lambda x: jnp.take_along_axis(x, positions, axis=1)  # [B, C]
+      take = lambda x: jnp.take_along_axis(x, rows, axis=1)  # [B, C]
       slot_mask = take(mask).astype(jnp.float32) * ok
-      x = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, C, D]
-      chunk_loss = lambda p, x: cross_entropy(logits_fn(p, x), take(labels), slot_mask, z_loss)[0]
-      loss, vjp = jax.vjp(chunk_loss, head_params, x)
-      dp, dx = vjp(jnp.asarray(scale, jnp.float32))
-      return loss * scale, dp, positions, dx * ok[None, :, None].astype(dx.dtype)
+      chunk_loss = lambda p, h: cross_entropy(logits_fn(p, h, rows), take(labels), slot_mask,
+                                              z_loss)[0]
+      loss, vjp = jax.vjp(chunk_loss, head_params, hidden)
+      dp, dh = vjp(jnp.asarray(scale, jnp.float32))
+      return loss * scale, dp, dh
 
     def body(i, carry):
       total, d_params, d_hidden = carry
-      loss, dp, positions, dx = chunk_grads(i)
-      return (total + loss, jax.tree.map(jnp.add, d_params, dp),
-              d_hidden.at[rows, positions].add(dx))
+      loss, dp, dh = chunk_grads(i)
+      return total + loss, jax.tree.map(jnp.add, d_params, dp), d_hidden + dh
 
     # The first chunk starts the sums (short answers fit in one): no zero head gradient to write
     # and add to. With no target at all it is all masked: zero loss and gradients.
-    loss, d_params, positions, dx = chunk_grads(0)
-    init = (loss, d_params, jnp.zeros_like(hidden).at[rows, positions].add(dx))
-    return jax.lax.fori_loop(1, chunks, body, init)
+    return jax.lax.fori_loop(1, chunks, body, chunk_grads(0))
 
   @jax.custom_vjp
   def summed(head_params, hidden):

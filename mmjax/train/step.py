@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mmjax.decoders.llama import head_params
+from mmjax.decoders.llama import HeadLoss
 from mmjax.models import qwen_vl
 from mmjax.train.loss import cross_entropy, target_cross_entropy
 from mmjax.train.state import TrainState, merge
@@ -20,25 +20,21 @@ def uses_drop_path(module: nn.Module) -> bool:
   return getattr(vision, "drop_path_rate", 0.0) > 0
 
 
-def forward(module: nn.Module, params: dict, batch: dict,
-            rng: jax.Array | None = None, hidden_only: bool = False) -> jax.Array:
-  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`), or the decoder's
-  last hidden states `[B, T, D]` with `hidden_only`; families whose inputs are not LLaVA's map
-  the batch themselves (`qwen_vl.train_forward`). `rng` drives drop path where the model has it."""
+def forward(module: nn.Module, params: dict, batch: dict, rng: jax.Array | None = None,
+            head_loss: HeadLoss | None = None) -> Any:
+  """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`), or the result of
+  `head_loss` (`Decoder`); families whose inputs are not LLaVA's map the batch themselves
+  (`qwen_vl.train_forward`). `rng` drives drop path where the model has it."""
   if isinstance(module, qwen_vl.QwenVL):
-    return qwen_vl.train_forward(module, params, batch, hidden_only)
+    return qwen_vl.train_forward(module, params, batch, head_loss)
   stochastic = {}
   if rng is not None and uses_drop_path(module):
     stochastic = dict(train=True, rngs={"dropout": rng})
-  logits, _ = module.apply(
+  out, _ = module.apply(
       {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
       batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"),
-      hidden_only=hidden_only, **stochastic)
-  return logits
-
-
-def _decoder_logits(module: nn.Module, hidden: jax.Array) -> jax.Array:
-  return module.decoder.logits(hidden)
+      head_loss=head_loss, **stochastic)
+  return out
 
 
 def _microbatches(batch: dict, steps: int) -> dict:
@@ -54,7 +50,8 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
   """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation).
 
   `loss_chunk > 0` computes logits only for target positions, that many per row at a time
-  (`mmjax.train.loss.target_cross_entropy`); 0 computes every position's logits.
+  (`mmjax.train.loss.target_cross_entropy`), and runs the decoder's last layer only there
+  (`Decoder(head_loss=...)`); 0 computes every position's logits.
   """
   if loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
@@ -65,11 +62,10 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
     gradients), and the batch's target count."""
     params = merge(params, frozen)
     if loss_chunk:
-      hidden = forward(module, params, batch, rng, hidden_only=True)
-      head_logits = lambda p, h: module.apply({"params": p}, h, method=_decoder_logits)
-      head = {"decoder": head_params(params["decoder"])}
-      return target_cross_entropy(head, hidden, head_logits, batch["labels"], batch["loss_mask"],
-                                  loss_chunk, z_loss, scale=1 / denom)
+      def head_loss(logits_fn, head, hidden):
+        return target_cross_entropy(head, hidden, logits_fn, batch["labels"],
+                                    batch["loss_mask"], loss_chunk, z_loss, scale=1 / denom)
+      return forward(module, params, batch, rng, head_loss)
     logits = forward(module, params, batch, rng)
     total, count = cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
     return total / denom, count

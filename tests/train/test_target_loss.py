@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmjax.nn.multihead import take_rows
 from mmjax.train import cli
 from mmjax.train.loss import DEFAULT_CHUNK, cross_entropy, target_cross_entropy
 
@@ -26,11 +27,12 @@ def test_chunked_target_loss_matches_dense(chunk, targets):
           "none": np.zeros(labels.shape, bool),
           "one_row_full": np.arange(3)[:, None] == np.zeros((1, 37), int)}[targets]
   mask = jnp.asarray(mask, jnp.float32)
-  logits_fn = lambda p, h: jnp.tanh(h * p["scale"]) @ p["head"]  # a "norm" before the head
+  logits = lambda p, h: jnp.tanh(h * p["scale"]) @ p["head"]  # a "norm" before the head
+  logits_fn = lambda p, h, rows: logits(p, take_rows(h, rows))
   params = {"scale": jnp.linspace(0.5, 1.5, hidden.shape[-1]), "head": head}
 
   def dense(h, p):
-    return cross_entropy(logits_fn(p, h), labels, mask, z_loss=1e-3)
+    return cross_entropy(logits(p, h), labels, mask, z_loss=1e-3)
 
   def chunked(h, p):
     return target_cross_entropy(p, h, logits_fn, labels, mask, chunk, z_loss=1e-3)
@@ -61,7 +63,8 @@ def test_weighted_mask_keeps_weights():
   mask = jnp.asarray(np.random.default_rng(3).random(labels.shape) * (np.arange(37) % 3 == 0),
                      jnp.float32)
   want = cross_entropy(hidden @ head, labels, mask)
-  got = target_cross_entropy(head, hidden, lambda w, h: h @ w, labels, mask, 4)
+  got = target_cross_entropy(head, hidden, lambda w, h, rows: take_rows(h, rows) @ w, labels,
+                             mask, 4)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

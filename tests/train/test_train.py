@@ -90,6 +90,8 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_unrolled_layers_train_like_the_scan():
   cfg = tiny_config()
+  # Three layers: the loss runs the last one itself, and a stack of one is no loop either way.
+  cfg.model.decoder.num_layers = 3
   host_batches = batches(cfg, Trainer.build(cfg, jax.devices()[:1]), 3)
   ref_losses, ref_state = run_steps(cfg, jax.devices()[:1], host_batches)
   cfg.train.unroll_layers = True
