@@ -294,7 +294,6 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
       grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
       pos_embed_side=v.pos_embed_side)}
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
-  logits, _ = module.apply({"params": params}, ids, images, None, positions,
-                           batch["attention_mask"], batch.get("segment_ids"),
-                           head_loss=head_loss)
-  return logits
+  out, _ = module.apply({"params": params}, ids, images, None, positions,
+                        batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
+  return out

@@ -75,8 +75,11 @@ class MultiHeadAttention(nn.Module):
       q = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="q_norm")(q)
       k = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="k_norm")(k)
     if rope is not None:
-      q_rope = rope if query_rows is None else tuple(
-          take_rows(jnp.broadcast_to(r, (len(query_rows), *r.shape[1:])), query_rows) for r in rope)
+      q_rope = rope
+      if query_rows is not None:  # cos, sin [B|1, T, R] -> [B, P, R]
+        rows = len(query_rows)
+        q_rope = tuple(take_rows(jnp.broadcast_to(r, (rows, *r.shape[1:])), query_rows)
+                       for r in rope)
       q = apply_rope(q, *q_rope)
       k = apply_rope(k, *rope)
     if cache is not None:

@@ -4,12 +4,12 @@ In SFT rows most positions (image tokens, prompts, padding) carry no target, yet
 for their `[T, V]` logits three times (head forward, its two backward matmuls) and keeps them as
 residuals. `target_cross_entropy` sorts each row's target positions to the front and runs the
 final norm + LM head (and the decoder's last layer: `Decoder(head_loss=...)`) on `chunk` of them
-per row at a time, only as many chunks as the fullest row needs (a while loop). Each chunk's gradient is taken right away (`jax.vjp`), so the backward pass
-only scales the accumulated head gradient and hidden-state gradient: no chunk is computed twice
-and the logits of one chunk at a time are ever in memory (the fused linear cross-entropy of
-large-vocabulary trainers such as Liger-Kernel, written here with `jax.custom_vjp`: optax's
-cross-entropy takes logits, so it cannot avoid them). The sum is the dense loss's, added in
-another order (float32 rounding).
+per row at a time, only as many chunks as the fullest row needs (a while loop). Each chunk's
+gradient is taken right away (`jax.vjp`), so the backward pass only scales the accumulated head
+gradient and hidden-state gradient: no chunk is computed twice and the logits of one chunk at a
+time are ever in memory (the fused linear cross-entropy of large-vocabulary trainers such as
+Liger-Kernel, written here with `jax.custom_vjp`: optax's cross-entropy takes logits, so it
+cannot avoid them). The sum is the dense loss's, added in another order (float32 rounding).
 """
 
 from typing import Any, Callable
@@ -58,7 +58,7 @@ def target_cross_entropy(
   the cotangent of the result is the constant 1 that XLA folds, instead of a pass over the
   head's gradient.
   """
-  b, t, _ = hidden.shape
+  t = hidden.shape[1]
   chunk = max(1, min(chunk, t))
   n = -(-t // chunk)
   is_target = mask > 0
