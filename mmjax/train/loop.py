@@ -65,7 +65,7 @@ class Trainer:
     example = family.example_inputs(model_config)
     components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
     tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps),
-                                  {k: None for k in components if k in trainable})
+                                  {k: v for k, v in components.items() if k in trainable})
     boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r),
                            jax.random.PRNGKey(0))
     with mesh, nn.logical_axis_rules(list(rules)):

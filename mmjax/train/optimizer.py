@@ -2,6 +2,7 @@
 
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,9 +16,30 @@ def learning_rate_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.
       decay_steps=decay_steps, end_value=float(optim["lr"]) * float(optim.get("end_lr_ratio", 0.0)))
 
 
-def _decay_mask(params):
-  # Weight decay on matrices only: norms, biases and 1-D tables are left alone.
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+def _dict_path(path) -> tuple[str, ...]:
+  # A leaf's place by its dict keys alone: the same for boxed (`nn.Partitioned`) and bare trees.
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _matrices(params: Mapping[str, Any]) -> dict[tuple[str, ...], bool]:
+  """Which leaves are matrices, per layer: a stacked layer's `[L, D]` norm scale is a vector.
+  `params` carry their logical axes (`nn.Partitioned`, abstract is enough); the `layers` axes of
+  scanned stacks (and stacked DeepStack mergers) do not count."""
+  def rank(leaf) -> int:
+    if isinstance(leaf, nn.Partitioned):
+      return leaf.value.ndim - sum(name == "layers" for name in leaf.names)
+    return leaf.ndim
+
+  boxed = lambda x: isinstance(x, nn.Partitioned)
+  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=boxed)
+  return {_dict_path(path): rank(leaf) >= 2 for path, leaf in leaves}
+
+
+def _decay_mask(matrices: dict[tuple[str, ...], bool]):
+  """Weight decay on matrices only: norms, biases and 1-D tables are left alone."""
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(lambda path, _: matrices[_dict_path(path)], params)
+  return mask
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
@@ -49,6 +71,9 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int,
   """The optimizer over the trainable subtree, and its base learning-rate schedule. Its `update`
   takes the gradients' global norm as `grad_norm=` (computed when not given).
 
+  `trainable` maps the trainable components to their parameters, boxed with their logical axes
+  (abstract is enough): weight decay goes to the matrices of each layer.
+
   `optim.lr_multipliers` maps top-level components (`encoder`, `connector`, `decoder`) to a
   factor of the base learning rate, e.g. `{'encoder': 0.1}`.
   """
@@ -59,11 +84,13 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int,
     raise ValueError(f"optim.lr_multipliers names {unknown}, which are not trainable components "
                      f"({sorted(trainable)})")
 
+  decay = _decay_mask(_matrices(trainable))
+
   def adamw(factor: float) -> optax.GradientTransformation:
     return optax.adamw(
         lambda step: schedule(step) * factor, b1=float(optim.get("b1", 0.9)),
         b2=float(optim.get("b2", 0.999)), eps=float(optim.get("eps", 1e-8)),
-        weight_decay=float(optim.get("weight_decay", 0.0)), mask=_decay_mask)
+        weight_decay=float(optim.get("weight_decay", 0.0)), mask=decay)
 
   if multipliers:
     labels = {name: name for name in trainable}

@@ -1,5 +1,5 @@
 """Trainer: sharded meshes equal one device, frozen parts stay put, resume is exact, SIGTERM
-checkpoints, non-finite steps are skipped."""
+checkpoints, non-finite steps are skipped, weight decay reaches matrices only."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -243,3 +244,33 @@ def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error():
   cfg.data.batch_size = 12
   with pytest.raises(ValueError, match="batch_size 12 does not split over the 8 batch shards"):
     Trainer.build(cfg, jax.devices())
+
+
+def _decayed(trainer: Trainer, state) -> dict[str, bool]:
+  """Which trainable leaves one update with zero gradients moves: with nothing to follow,
+  AdamW moves only what it decays."""
+  params = state.params
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = trainer.tx.update(zeros, state.opt_state, params, grad_norm=jnp.float32(0.0))
+  flat = jax.tree_util.tree_leaves_with_path(updates)
+  return {jax.tree_util.keystr(path): bool(jnp.any(u != 0)) for path, u in flat}
+
+
+@pytest.mark.parametrize("multipliers", [{}, {"encoder": 0.1}])
+def test_weight_decay_goes_to_matrices_of_each_layer(multipliers):
+  cfg = tiny_config()
+  cfg.optim.update(weight_decay=0.1, warmup_steps=0, lr_multipliers=multipliers)
+  trainer = Trainer.build(cfg, jax.devices()[:1])
+  decayed = _decayed(trainer, trainer.init())
+
+  # Stacked layers: the [L, D] norm scales and [L, ...] biases are vectors per layer.
+  stacked_vectors = [p for p in decayed if "['layers']" in p and ("scale" in p or "bias" in p)]
+  stacked_matrices = [p for p in decayed if "['layers']" in p and "kernel" in p]
+  assert stacked_vectors and stacked_matrices
+  assert not any(decayed[p] for p in stacked_vectors), stacked_vectors
+  assert all(decayed[p] for p in stacked_matrices), stacked_matrices
+  # Outside the stacks: the embedding table and projections decay, the final norm does not.
+  assert decayed["['decoder']['embed']['embedding']"]
+  assert decayed["['connector']['linear_1']['kernel']"]
+  assert not decayed["['decoder']['norm']['scale']"]
+  assert not decayed["['connector']['linear_1']['bias']"]
