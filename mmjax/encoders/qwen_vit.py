@@ -177,7 +177,7 @@ class DeepStackMergers(nn.Module):
     """`hidden [K, ..., N, D]` -> `[K, ..., N/4, out]`."""
     mergers = nn.vmap(
         PatchMerger, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0,
-        metadata_params={nn.PARTITION_NAME: "layers"})
+        metadata_params={nn.PARTITION_NAME: ax.LAYERS})
     return mergers(self.config.merger(postshuffle=True), name="mergers")(hidden)
 
 

@@ -24,6 +24,9 @@ VISION_AXES = Axes(
     embed="vit_embed", heads="vit_heads", kv_heads="vit_heads", head_dim="vit_head_dim", mlp="vit_mlp"
 )
 
+# The leading axis of stacked layers' parameters (scanned stacks, stacked DeepStack mergers).
+LAYERS = "layers"
+
 # Activation axes, constrained at block boundaries.
 BATCH = "activation_batch"
 LENGTH = "activation_length"

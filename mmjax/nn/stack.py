@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from mmjax.nn.axes import LAYERS
+
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,  # keep every activation (no remat)
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -61,7 +63,7 @@ def scan_layers(
       in_axes=in_axes,
       length=length,
       unroll=True if _UNROLLED.get() else 1,
-      metadata_params={nn.PARTITION_NAME: "layers"},
+      metadata_params={nn.PARTITION_NAME: LAYERS},
   )
 
 

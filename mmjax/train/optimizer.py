@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.nn.axes import LAYERS
+
 
 def learning_rate_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
   warmup = int(optim.get("warmup_steps", 0))
@@ -27,7 +29,7 @@ def _matrices(params: Mapping[str, Any]) -> dict[tuple[str, ...], bool]:
   scanned stacks (and stacked DeepStack mergers) do not count."""
   def rank(leaf) -> int:
     if isinstance(leaf, nn.Partitioned):
-      return leaf.value.ndim - sum(name == "layers" for name in leaf.names)
+      return leaf.value.ndim - sum(name == LAYERS for name in leaf.names)
     return leaf.ndim
 
   boxed = lambda x: isinstance(x, nn.Partitioned)
