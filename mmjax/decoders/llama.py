@@ -132,7 +132,7 @@ class Decoder(nn.Module):
     x = nn.with_logical_constraint(embeddings, (ax.BATCH, ax.LENGTH, ax.EMBED))
     q_index = jnp.arange(t)[None] + cache_index  # [1, T]
     k_len = cache["k"].shape[2] if cache is not None else t
-    if cache is None and cfg.attention_backend != "xla":  # fused kernels read the structure
+    if cache is None:  # every backend reads the structure (the einsum path skips causal blocks)
       mask = MaskSpec(segment_ids, attention_mask_, causal=True, sliding_window=cfg.sliding_window)
     else:
       mask = attention_mask(

@@ -3,7 +3,8 @@
 `xla` is the einsum reference used on CPU and in parity tests; `splash` is the Pallas TPU kernel
 (`mmjax.nn.splash`; `splash_interpret` runs it through the Pallas interpreter, for CPU tests).
 The mask is a dense boolean array or a `MaskSpec` (its structure): the kernel needs the latter,
-the einsum path densifies it. A dense mask (cached decoding) and cross-attention take the einsum path.
+the einsum path densifies it (and skips the blocks a causal one rules out). A dense mask (cached
+decoding) and cross-attention take the einsum path.
 """
 
 import jax
@@ -14,6 +15,12 @@ from mmjax.nn.mask_spec import MaskSpec
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
 BACKENDS = ("xla", "splash", "splash_interpret")
+
+# Causal self-attention on the einsum path runs its queries in blocks of about this many rows,
+# each against the keys up to its own end, so the logits above the diagonal blocks (masked
+# anyway) are neither computed nor differentiated: on XLA:CPU fwd+bwd of a 321-token 12/4-head
+# layer 30 -> 14 ms, a 1024-token one 250 -> 95 ms. Shorter sequences run as one block.
+CAUSAL_QUERY_BLOCK = 128
 
 
 def _xla_attention(q, k, v, mask, scale):
@@ -36,6 +43,23 @@ def _xla_attention(q, k, v, mask, scale):
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("BKQS,BKSH->BKQH", probs, v)  # [B, K, G*T, H]
   return out.reshape(b, kv_heads, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _causal_blocks_attention(q, k, v, mask, scale, block):
+  """`_xla_attention` of causal self-attention, query block by query block, each over the keys
+  up to the block's end. `mask [B|1, 1, T, T]` allows nothing above the diagonal."""
+  t = q.shape[1]
+  count = max(1, round(t / block))
+  edges = [t * i // count for i in range(count + 1)]
+  out = jnp.concatenate([
+      _xla_attention(q[:, a:e], k[:, :e], v[:, :e], mask[:, :, a:e, :e], scale)
+      for a, e in zip(edges[:-1], edges[1:])], axis=1)  # [B, T, N, H]
+  # A query that may attend no key at all (left padding) gets uniform weights over all T keys
+  # from the dense softmax (every logit masked alike), not over its block's: give it the mean
+  # of every value, as the dense path does.
+  anything = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [B|1, T, 1, 1]
+  every_value = jnp.repeat(jnp.mean(v, axis=1), q.shape[2] // k.shape[2], axis=1)  # [B, N, H]
+  return jnp.where(anything, out, every_value[:, None].astype(out.dtype))
 
 
 def dot_product_attention(
@@ -67,6 +91,9 @@ def dot_product_attention(
     return splash_attention(q, k, v, mask, scale=scale, interpret=backend == "splash_interpret")
   if backend in BACKENDS:
     if isinstance(mask, MaskSpec):
-      mask = mask.dense(q.shape[1])
+      dense = mask.dense(q.shape[1])
+      if mask.causal and q.shape[1] > CAUSAL_QUERY_BLOCK:
+        return _causal_blocks_attention(q, k, v, dense, scale, CAUSAL_QUERY_BLOCK)
+      mask = dense
     return _xla_attention(q, k, v, mask, scale)
   raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
