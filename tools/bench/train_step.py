@@ -1,15 +1,18 @@
-"""Benchmark: steady-state train step time, mmjax vs transformers + torch eager (CPU, float32).
+"""Benchmark: steady-state train step time, mmjax vs transformers + torch eager (no torch.compile;
+CPU, float32).
 
 Both sides train the same ~125M-parameter LLaVA (CLIP ViT 224/14 + 10-layer Llama, vocab 32000,
 built and converted by `llava_100m.py`) on the same batch: rows of `bos text <image>*256 text`,
 next-token cross-entropy on the text tokens, AdamW with global-norm clipping, every parameter
-trainable. The first step's losses are compared (same weights, same data, so they must agree)
+trainable; transformers runs its default attention (sdpa; `--torch-attention eager` for the
+matmul one). The first step's losses are compared (same weights, same data, so they must agree)
 before timing; then the sides take turns, step by step, and the median of `--steps` steps each
 after `--warmup` is printed with the ratio. The process keeps freed host memory mapped, as
 `mmjax train` does on the CPU (`mmjax/hostmem.py`; `--glibc-defaults` to compare), which applies
 to torch's allocations as well. Target: mmjax >= 1.5x faster than torch eager.
 
     python tools/bench/train_step.py [--batch 2] [--text 64] [--steps 7] [--warmup 2]
+        [--torch-attention sdpa|eager]
 """
 
 import argparse
@@ -38,12 +41,12 @@ def make_batch(cfg, batch: int, text: int, seed: int = 0) -> dict[str, np.ndarra
   return {"input_ids": ids, "target": target, "pixel_values": random_pixels(batch, cfg, seed)}
 
 
-def torch_side(hf_dir: str, data: dict):
+def torch_side(hf_dir: str, data: dict, attention: str):
   import torch
   import transformers
 
   model = transformers.LlavaForConditionalGeneration.from_pretrained(
-      hf_dir, attn_implementation="eager", dtype=torch.float32)
+      hf_dir, attn_implementation=attention, dtype=torch.float32)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=WEIGHT_DECAY)
@@ -121,6 +124,9 @@ def main() -> int:
   parser.add_argument("--text", type=int, default=64, help="text tokens per row after the image")
   parser.add_argument("--steps", type=int, default=7, help="timed steps per side")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
+  parser.add_argument("--torch-attention", default="sdpa", choices=("sdpa", "eager"),
+                      help="transformers' attention implementation (its default: sdpa, torch's "
+                      "fused kernel; eager: the matmul-softmax-matmul one)")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--glibc-defaults", action="store_true",
                       help="leave glibc's malloc settings alone instead of keeping freed memory "
@@ -138,10 +144,11 @@ def main() -> int:
   work = args.workdir or tempfile.mkdtemp(prefix="mmjax-bench-train-")
   hf_dir, mm_dir, cfg = build_llava_100m(work)
   data = make_batch(cfg, args.batch, args.text)
-  torch_step, n_params = torch_side(hf_dir, data)
+  torch_step, n_params = torch_side(hf_dir, data, args.torch_attention)
   mm_step = mmjax_side(mm_dir, data)
   print(f"model: {n_params / 1e6:.0f}M parameters, all trainable; batch {args.batch} x "
-        f"{data['input_ids'].shape[1]} tokens; float32, AdamW; torch threads "
+        f"{data['input_ids'].shape[1]} tokens; float32, AdamW; torch attention "
+        f"{args.torch_attention}, threads "
         f"{torch.get_num_threads()}, jax devices {jax.devices()}; freed host memory "
         f"{'kept mapped (both sides)' if kept else 'returned (glibc defaults)'}")
 
