@@ -18,9 +18,14 @@ BACKENDS = ("xla", "splash", "splash_interpret")
 
 # Causal self-attention on the einsum path runs its queries in blocks of about this many rows,
 # each against the keys up to its own end, so the logits above the diagonal blocks (masked
-# anyway) are neither computed nor differentiated: on XLA:CPU fwd+bwd of a 321-token 12/4-head
-# layer 30 -> 14 ms, a 1024-token one 250 -> 95 ms. Shorter sequences run as one block.
+# anyway) are neither computed nor differentiated: on XLA:CPU fwd+bwd of a 12/4-head layer about
+# 2x faster at 1024 and 2048 tokens, the same at 321 (tools/bench/attention.py). Sequences too
+# short for two blocks take the dense path.
 CAUSAL_QUERY_BLOCK = 128
+
+
+def _causal_block_count(length: int) -> int:
+  return max(1, round(length / CAUSAL_QUERY_BLOCK))
 
 
 def _xla_attention(q, k, v, mask, scale):
@@ -45,16 +50,16 @@ def _xla_attention(q, k, v, mask, scale):
   return out.reshape(b, kv_heads, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def _causal_blocks_attention(q, k, v, mask, scale, block):
+def _causal_blocks_attention(q, k, v, mask, scale):
   """`_xla_attention` of causal self-attention, query block by query block, each over the keys
   up to the block's end. `mask [B|1, 1, T, T]` allows nothing above the diagonal."""
   t = q.shape[1]
-  count = max(1, round(t / block))
+  count = _causal_block_count(t)
   edges = [t * i // count for i in range(count + 1)]
   out = jnp.concatenate([
       _xla_attention(q[:, a:e], k[:, :e], v[:, :e], mask[:, :, a:e, :e], scale)
       for a, e in zip(edges[:-1], edges[1:])], axis=1)  # [B, T, N, H]
-  # A query that may attend no key at all (left padding) gets uniform weights over all T keys
+  # A query that may attend no key at all (a padding token) gets uniform weights over all T keys
   # from the dense softmax (every logit masked alike), not over its block's: give it the mean
   # of every value, as the dense path does.
   anything = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [B|1, T, 1, 1]
@@ -92,8 +97,8 @@ def dot_product_attention(
   if backend in BACKENDS:
     if isinstance(mask, MaskSpec):
       dense = mask.dense(q.shape[1])
-      if mask.causal and q.shape[1] > CAUSAL_QUERY_BLOCK:
-        return _causal_blocks_attention(q, k, v, dense, scale, CAUSAL_QUERY_BLOCK)
+      if mask.causal and _causal_block_count(q.shape[1]) > 1:
+        return _causal_blocks_attention(q, k, v, dense, scale)
       mask = dense
     return _xla_attention(q, k, v, mask, scale)
   raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
