@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 
 from mmjax import distributed
+from mmjax.paths import absolute
 from mmjax.models.registry import FAMILIES, Family
 from mmjax.models.serialization import config_from_dict, config_to_dict
 
@@ -50,7 +51,7 @@ def read_metadata(ckpt_dir: str) -> tuple[Family, Any, dict[str, Any]]:
 
 def params_metadata(ckpt_dir: str) -> dict:
   """`{nested path: metadata with .shape and .dtype}` without reading any array."""
-  return ocp.metadata(os.path.join(ckpt_dir, PARAMS_DIR)).metadata
+  return ocp.metadata(os.path.join(absolute(ckpt_dir), PARAMS_DIR)).metadata
 
 
 def load_params(ckpt_dir: str, paths: list[tuple[str, ...]] | None = None) -> dict:
@@ -65,7 +66,7 @@ def load_params(ckpt_dir: str, paths: list[tuple[str, ...]] | None = None) -> di
     return np.empty(m.shape, m.dtype)
 
   abstract = jax.tree_util.tree_map_with_path(leaf, meta)
-  return ocp.load(os.path.join(ckpt_dir, PARAMS_DIR), abstract)
+  return ocp.load(os.path.join(absolute(ckpt_dir), PARAMS_DIR), abstract)
 
 
 def load_checkpoint(ckpt_dir: str) -> tuple[Family, Any, dict]:
@@ -82,6 +83,7 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
   new one keeps, so `mmjax export` can write it back as a transformers model. Written to a
   temporary directory and renamed, so a failure leaves nothing at `ckpt_dir`.
   """
+  ckpt_dir = absolute(ckpt_dir)
   if os.path.exists(ckpt_dir):
     raise FileExistsError(f"{ckpt_dir} exists; choose a new directory")
   # Every process of a multi-host job writes its shards into the same temporary directory.

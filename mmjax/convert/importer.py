@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from tqdm import tqdm
 
-from mmjax import checkpoint
+from mmjax import checkpoint, paths
 from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
 from mmjax.convert.safetensors_io import DTYPE_NAMES
 from mmjax.convert.sources import TensorSource
@@ -93,6 +93,7 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
   """
   if dtype not in PARAM_DTYPES:
     raise ValueError(f"--dtype must be one of {sorted(PARAM_DTYPES)}, got {dtype!r}")
+  out_dir = paths.absolute(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
   hf_config = read_hf_config(hf_dir)

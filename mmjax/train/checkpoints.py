@@ -12,14 +12,14 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mmjax import distributed
+from mmjax import distributed, paths
 
 log = logging.getLogger("mmjax.train")
 
 
 class Checkpoints:
   def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = os.path.join(paths.absolute(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(1, every_steps),
         enable_async_checkpointing=async_save, create=True)

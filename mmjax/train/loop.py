@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import checkpoint as converted
-from mmjax import distributed
+from mmjax import distributed, paths
 from mmjax import sharding as shd
 from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
@@ -172,7 +172,7 @@ def _host_copy(tree: Any) -> Any:
 def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str:
   """The trained parameters as a converted-style checkpoint at `DIR/model`: the next stage's
   `train.init_from`, and what `generate`, `logits` and (given HF details) `export` read."""
-  path = os.path.join(os.path.abspath(workdir), "model")
+  path = os.path.join(paths.absolute(workdir), "model")
   if os.path.exists(path):  # a finished run re-launched: the model is already there
     return path
   sources = _init_sources(trainer.cfg.train.get("init_from", ""))
