@@ -18,6 +18,7 @@ from mmjax import checkpoint, paths
 from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
 from mmjax.convert.safetensors_io import DTYPE_NAMES
 from mmjax.convert.sources import TensorSource
+from mmjax.convert.tables import table_for
 from mmjax.models.registry import FAMILIES, abstract_params, family_for_hf
 
 PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -98,16 +99,16 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
   hf_config = read_hf_config(hf_dir)
   family = family_for_hf(hf_config)
-  if family.read_hf_dir is not None:
-    hf_config = family.read_hf_dir(hf_dir, hf_config)
+  table = table_for(family)
+  if table.read_hf_dir is not None:
+    hf_config = table.read_hf_dir(hf_dir, hf_config)
   config = family.config_from_hf(hf_config, param_dtype=dtype)
   leaf_shapes = {p: tuple(s.shape) for p, s in flatten(abstract_params(family, config)).items()}
   source = TensorSource(hf_dir)
-  ignores = list(family.ignores)
-  if family.lm_head_key and family.tied(config):
-    ignores.append(r"(.*\.)?" + family.lm_head_key.replace(".", r"\."))  # tied: the embedding
-  plan = make_plan(family.conversion_rules(config), leaf_shapes, source.keys(), family.layouts,
-                   ignores)
+  ignores = list(table.ignores)
+  if table.lm_head_key and family.tied(config):
+    ignores.append(r"(.*\.)?" + table.lm_head_key.replace(".", r"\."))  # tied: the embedding
+  plan = make_plan(table.rules(config), leaf_shapes, source.keys(), table.layouts, ignores)
   check_shapes(plan, source.shape)
   out_dtype = PARAM_DTYPES[dtype]
 
@@ -164,11 +165,11 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
         "ignored_keys": plan.ignored,
     }
     stored_family, stored_config = family, hf_config
-    if family.stored_as is not None:  # exported as another family's layout (see Family)
-      stored_family = FAMILIES[family.stored_as]
-      stored_config = family.native_hf_config(config)
-      hf_meta.update(source_layout=plan.layout.name, layout=stored_family.layouts[0].name,
-                     dtype_exceptions={})
+    if table.stored_as is not None:  # exported as another family's layout (see the table)
+      stored_family = FAMILIES[table.stored_as]
+      stored_config = table.native_hf_config(config)
+      hf_meta.update(source_layout=plan.layout.name,
+                     layout=table_for(stored_family).layouts[0].name, dtype_exceptions={})
     checkpoint.write_metadata(tmp, stored_family, config, hf_meta)
     with open(os.path.join(tmp, checkpoint.HF_CONFIG_FILE), "w") as f:
       json.dump(stored_config, f, indent=2)

@@ -26,6 +26,16 @@ class MaskSpec:
   causal: bool = flax.struct.field(pytree_node=False, default=True)
   sliding_window: int | None = flax.struct.field(pytree_node=False, default=None)
 
+  def rows(self, rows: jax.Array, length: int) -> jax.Array:
+    """The mask of some queries only, `rows [B, P]` (positions), against every key: a boolean
+    `[B, 1, P, T]`."""
+    q_segment = None
+    if self.segment_ids is not None:
+      q_segment = jax.numpy.take_along_axis(self.segment_ids, rows, axis=1)
+    return attention_mask(rows, jax.numpy.arange(length)[None], causal=self.causal,
+                          k_valid=self.valid, q_segment=q_segment, k_segment=self.segment_ids,
+                          sliding_window=self.sliding_window)
+
   def dense(self, length: int) -> jax.Array:
     """The same mask as a boolean `[B|1, 1, T, T]` (True = may attend)."""
     index = jax.numpy.arange(length)[None]

@@ -26,7 +26,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
   @jax.jit
   def next_tokens(params, ids, mask, pixels):
     positions = positions_from_attention_mask(mask)
-    logits, _ = module.apply({"params": params}, ids, pixels, positions, mask)
+    logits = module.apply({"params": params}, ids, pixels, positions, mask).logits
     return jnp.argmax(logits[:, -1], axis=-1)
 
   correct, by_kind = 0, {}

@@ -19,9 +19,9 @@ from mmjax import sharding as shd
 from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
-from mmjax.train import loss
+from mmjax.train import loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
-from mmjax.train.metrics import MetricsWriter, NullMetricsWriter, flops_per_step
+from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.state import TrainState, init_state
@@ -64,9 +64,10 @@ class Trainer:
     trainable = tuple(cfg.train.trainable)
     example = family.example_inputs(model_config)
     components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
-    tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps),
-                                  {k: v for k, v in components.items() if k in trainable})
-    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r),
+    trained, _ = parts.split(components, trainable, family.parts)
+    tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps), trained,
+                                  parts.label_tree(trained, trainable, family.parts))
+    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, family.parts),
                            jax.random.PRNGKey(0))
     with mesh, nn.logical_axis_rules(list(rules)):
       specs = nn.get_partition_spec(boxed)
@@ -100,7 +101,8 @@ class Trainer:
     example = self.family.example_inputs(self.model_config)
     trainable = tuple(self.cfg.train.trainable)
     seed = int(self.cfg.get("seed", 0))
-    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r)),
+    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r,
+                                                 self.family.parts)),
                    out_shardings=self.state_shardings)
     with self.mesh:
       state = init(jax.random.PRNGKey(seed))
@@ -125,7 +127,7 @@ class Trainer:
     fresh = sorted(set(params) - set(owner))
     print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
     log.info("init_from loaded %s, random %s", owner, fresh)
-    shardings = {**self.state_shardings.params, **self.state_shardings.frozen}
+    shardings = parts.merge(self.state_shardings.params, self.state_shardings.frozen)
     loaded = {}
     for path in sources:
       for name, subtree in converted.load_params(path).items():
@@ -133,8 +135,9 @@ class Trainer:
         loaded[name] = jax.tree.map(
             lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
             subtree, shardings[name], params[name])
-    return state.replace(params={k: loaded.get(k, v) for k, v in state.params.items()},
-                         frozen={k: loaded.get(k, v) for k, v in state.frozen.items()})
+    train, frozen = parts.split({**params, **loaded}, tuple(self.cfg.train.trainable),
+                                self.family.parts)
+    return state.replace(params=train, frozen=frozen)
 
 
 def _check_shapes(path: str, name: str, stored, expected) -> None:
@@ -150,14 +153,15 @@ def _check_shapes(path: str, name: str, stored, expected) -> None:
 
 
 def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> float:
-  """Model FLOPs of one step, from a host-local batch and the other hosts' image counts."""
-  images = distributed.sum_over_processes(
-      int(np.sum(local["image_mask"])) if "image_mask" in local else 0)
-  grid = local.get("image_grid_thw")  # native-resolution families: patches per image
-  rows = int(cfg.data.batch_size)
-  return flops_per_step(trainer.model_config, trainer.abstract_state.all_params(), rows,
-                        local["input_ids"].shape[1], images, tuple(cfg.train.trainable),
-                        None if grid is None else distributed.concat_over_processes(grid))
+  """Model FLOPs of one step, from a host-local batch and the other hosts' image arrays (the
+  family's `flops_batch_keys`)."""
+  family = trainer.family
+  batch = {k: distributed.concat_over_processes(local[k])
+           for k in family.flops_batch_keys if k in local}
+  batch["input_ids"] = jax.ShapeDtypeStruct((int(cfg.data.batch_size), local["input_ids"].shape[1]),
+                                            np.int32)
+  return family.train_flops(trainer.model_config, trainer.abstract_state.all_params(), batch,
+                            tuple(cfg.train.trainable))
 
 
 def _host_copy(tree: Any) -> Any:
