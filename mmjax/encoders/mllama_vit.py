@@ -35,7 +35,8 @@ Parameters (HF keys relative to `model.vision_model.`; `mmjax.convert.tables_mll
   pos_embed/tile_embedding [R+1, T, S, D]       gated_positional_embedding.tile_embedding.weight
   pre_norm/{scale,bias}                         layernorm_pre.{weight,bias}
   post_norm/{scale,bias}                        layernorm_post.{weight,bias}
-  post_tile_embed/{embedding,gate}              post_tile_positional_embedding.{embedding.weight,gate}
+  post_tile_embed/embedding [R+1, T, D]         post_tile_positional_embedding.embedding.weight
+  post_tile_embed/gate [1]                      post_tile_positional_embedding.gate
   layers/attn/{q,k,v}/kernel [L, N, H, D]       transformer.layers.{i}.self_attn.{q,k,v}_proj.weight
   layers/attn/o/kernel [L, D, N, H]             transformer.layers.{i}.self_attn.o_proj.weight
   layers/mlp/fc{1,2}/{kernel,bias}              transformer.layers.{i}.mlp.fc{1,2}.{weight,bias}
@@ -94,8 +95,9 @@ class MllamaVisionConfig:
                        f"patch_size {self.patch_size}")
     for i in self.intermediate_layers_indices:
       if not -self.num_layers <= i < self.num_layers:
-        raise ValueError(f"Mllama vision intermediate_layers_indices {self.intermediate_layers_indices}"
-                         f" must index the {self.num_layers} local layers")
+        raise ValueError(f"Mllama vision intermediate_layers_indices "
+                         f"{self.intermediate_layers_indices} must index the {self.num_layers} "
+                         "local layers")
 
   @property
   def grid(self) -> int:
