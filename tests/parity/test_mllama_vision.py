@@ -48,6 +48,7 @@ def _hf_model(overrides) -> transformers.MllamaVisionModel:
               supported_aspect_ratios=FOUR_TILE_RATIOS)
   cfg = transformers.MllamaVisionConfig(**{**base, **overrides})
   cfg.vision_output_dim = cfg.hidden_size * (1 + len(cfg.intermediate_layers_indices))
+  torch.manual_seed(0)
   # Fresh HF init leaves every embedding gate at 0: the noise makes each branch count.
   return add_noise(transformers.MllamaVisionModel(cfg), scale=0.3).eval()
 
