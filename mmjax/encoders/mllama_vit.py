@@ -24,7 +24,7 @@ Reference behaviour kept on purpose (transformers 5.24):
   reference's `mask[:, :, -pad:] = 0`, which would mark every token at `pad = 0`, cannot misfire.)
 * `pre_norm`/`post_norm` use LayerNorm's default eps 1e-5, the layers `norm_eps`.
 
-Parameters (HF keys relative to `model.vision_model.`; `mmjax.convert.tables_mllama_vision`):
+Parameters (HF keys relative to `model.vision_model.`; `mmjax.convert.tables.mllama_vision`):
 
   patch_embed/kernel [D, C, P, P]               patch_embedding.weight
   class_embed [D]                               class_embedding

@@ -15,7 +15,7 @@ import transformers
 from hf_models import TOLERANCE, add_noise, max_diff, record
 from mmjax.convert.plan import chunk_of, flatten, make_plan
 from mmjax.convert.rules import Layout
-from mmjax.convert.tables_mllama_vision import mllama_vision_rules
+from mmjax.convert.tables.mllama_vision import mllama_vision_rules
 from mmjax.encoders.mllama_vit import MllamaVisionConfig, MllamaVisionTransformer
 
 FOUR_TILE_RATIOS = [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]

@@ -7,7 +7,7 @@ that keeps the leading axis.
 """
 
 from mmjax.convert.rules import HEADS_MATRIX, MATRIX, Rule
-from mmjax.convert.tables import _layer
+from mmjax.convert.tables.common import prefixed
 
 
 def _encoder_layer(gated: bool) -> list[Rule]:
@@ -40,6 +40,6 @@ def mllama_vision_rules() -> list[Rule]:
       Rule("layernorm_post.bias", "post_norm/bias"),
       Rule("post_tile_positional_embedding.embedding.weight", "post_tile_embed/embedding", MATRIX),
       Rule("post_tile_positional_embedding.gate", "post_tile_embed/gate"),
-      *_layer(_encoder_layer(gated=False), "transformer.layers.{i}.", "layers/"),
-      *_layer(_encoder_layer(gated=True), "global_transformer.layers.{i}.", "global_layers/"),
+      *prefixed(_encoder_layer(gated=False), "transformer.layers.{i}.", "layers/"),
+      *prefixed(_encoder_layer(gated=True), "global_transformer.layers.{i}.", "global_layers/"),
   ]
