@@ -9,7 +9,8 @@ fully masked.
 Inside a mesh (`with mesh:` or `jax.set_mesh`), the kernel runs under `shard_map`: batch split
 as the `activation_batch` logical rule says, heads over the `heads` rule's axis when both query
 and key/value heads divide it. `backend='splash_interpret'` runs the same kernel through the
-Pallas interpreter, which is how CPU tests check it against the einsum reference.
+Pallas interpreter, which is how CPU tests check it against the einsum reference. Cross-attention
+(queries and keys of different lengths) builds on these pieces in `mmjax.nn.splash_cross`.
 """
 
 import functools

@@ -76,6 +76,9 @@ def test_spec_rule_by_hand():
   np.testing.assert_array_equal(spec.sees_keys()[0], [False, True, True, False])
   with pytest.raises(ValueError, match="4 queries x 5 keys"):
     spec.dense(4, 6)
+  q, k, v = _qkv(1, 4, 6, 2, 2, 8)
+  with pytest.raises(ValueError, match="CrossMaskSpec groups"):
+    dot_product_attention(q, k, v, spec, scale=1.0, backend="splash_interpret")
 
 
 def test_tile_mask_matches_mllama():
@@ -228,6 +231,7 @@ def test_layer_biases_and_state_width():
   out = _attention_np(q, k, v, np.ones((1, 1, 5, 7), bool), 8**-0.5)
   want = np.einsum("btnh,dnh->btd", out, p["o"]["kernel"]) + p["o"]["bias"]
   diff = max_diff(module.apply(params, x, None, states=states), want)
+  record("nn/cross_attention_layer_biases", diff)
   assert diff <= TOLERANCE
   with pytest.raises(ValueError, match="exactly one of"):
     module.apply(params, x, None)
