@@ -6,8 +6,8 @@ from mmjax.nn.axes import TEXT_AXES, VISION_AXES, Axes
 from mmjax.nn.cross_attention import CrossAttention
 from mmjax.nn.linear import Einsum
 from mmjax.nn.mask_spec import CrossMaskSpec, MaskSpec
-from mmjax.nn.masks import (attention_mask, positions_from_attention_mask, tile_cross_attention_mask,
-                             unmask_empty_rows)
+from mmjax.nn.masks import (attention_mask, positions_from_attention_mask,
+                             tile_cross_attention_mask, unmask_empty_rows)
 from mmjax.nn.mlp import GatedMlp, Mlp
 from mmjax.nn.multihead import MultiHeadAttention
 from mmjax.nn.norms import LayerNorm, RMSNorm
