@@ -20,6 +20,7 @@ FAMILY_MODULES = (
     "standalone",
     "qwen_vl",
     "internvl",
+    "mllama",
 )
 
 
