@@ -36,7 +36,7 @@ class DecoderConfig:
   sliding_window: int | None = None
   model_type: str = "llama"
   # Indices of cross-attention layers among the `num_layers` (Llama 3.2 Vision); their kind is
-  # `cross_attention_kind` (a block registered in `mmjax.decoders.llama.BLOCKS`).
+  # `cross_attention_kind`, the module `mmjax.decoders.<kind>` that defines its `BLOCK`.
   cross_attention_layers: tuple[int, ...] = ()
   cross_attention_kind: str = "cross"
   # Embedding rows beyond the vocabulary, which the LM head does not predict (Llama 3.2

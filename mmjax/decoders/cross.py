@@ -87,3 +87,5 @@ class CrossDecoderBlock(nn.Module):
     x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, ax.EMBED))
     return x, (kv if ctx.generating else None)
 
+
+BLOCK = CrossDecoderBlock  # the `cross` layer kind (`mmjax.decoders.llama.block_class`)

@@ -106,21 +106,16 @@ class DecoderBlock(nn.Module):
     return x, cache
 
 
-# Layer kinds -> their block, or "module:Class" for blocks defined in their own file.
-BLOCKS: dict[str, type[nn.Module] | str] = {
-    SELF: DecoderBlock,
-    "cross": "mmjax.decoders.cross:CrossDecoderBlock",  # Llama 3.2 Vision
-}
-
-
 def block_class(kind: str) -> type[nn.Module]:
-  if kind not in BLOCKS:
-    raise ValueError(f"unknown decoder layer kind {kind!r}; known: {sorted(BLOCKS)}")
-  block = BLOCKS[kind]
-  if isinstance(block, str):
-    module, name = block.split(":")
-    block = BLOCKS[kind] = getattr(importlib.import_module(module), name)
-  return block
+  """The block of a layer kind: `self` here, any other kind the `BLOCK` of its own module
+  `mmjax.decoders.<kind>` (e.g. `cross`, Llama 3.2 Vision's cross-attention layer)."""
+  if kind == SELF:
+    return DecoderBlock
+  try:
+    return importlib.import_module(f"mmjax.decoders.{kind}").BLOCK
+  except (ModuleNotFoundError, AttributeError) as e:
+    raise ValueError(f"unknown decoder layer kind {kind!r}: no BLOCK in mmjax.decoders.{kind}") \
+        from e
 
 
 class Group(nn.Module):
