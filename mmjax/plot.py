@@ -78,7 +78,12 @@ def _loss_panel(ax, runs, labels, colours) -> None:
       ax.plot(steps, values, linewidth=1.2, color=colours[i % len(colours)], label=label)
       low, high = min(low, min(values)), max(high, max(values))
   if low > 0 and high / low > 10:
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 2, 4 rather than 5 x 10^-1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
   ax.set_title("loss")
   ax.set_xlabel("step")
   ax.set_xlim(left=0)
