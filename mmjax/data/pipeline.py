@@ -62,7 +62,7 @@ FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'image_gri
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-  path: str  # .json / .jsonl, ArrayRecord shards (glob or dir), or 'tfds:NAME[:SPLIT]'
+  path: str  # .json / .jsonl, Parquet / tar / ArrayRecord shards (glob, {a..b}, dir), 'tfds:NAME[:SPLIT]'
   image_root: str | None = None
   weight: float = 1.0
 
@@ -235,9 +235,14 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
     ds = grain.MapDataset.source(source)
     if len(ds) < process_count:
       raise ValueError(f'source {source!r} has {len(ds)} samples, fewer than {process_count} processes')
-    ds = ds[process_index::process_count]
-    if cfg.shuffle:
-      ds = ds.shuffle(seed=cfg.seed + 1000 * i)
+    if hasattr(source, 'blocks'):  # Parquet row groups, tar shards: split and mixed by block
+      from mmjax.data.blocks import block_dataset  # pylint: disable=g-import-not-at-top
+      ds = block_dataset(source, process_index=process_index, process_count=process_count,
+                         seed=cfg.seed + 1000 * i, shuffle=cfg.shuffle)
+    else:
+      ds = ds[process_index::process_count]
+      if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed + 1000 * i)
     ds = ds.repeat(cfg.num_epochs) if cfg.num_epochs != 1 else ds
     datasets.append(ds)
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)

@@ -72,3 +72,35 @@ def caption_of(record: dict) -> str | None:
     if isinstance(value, str):
       return value
   return None
+
+
+def to_raw_sample(record: dict, sample_id: str, image_root: str | None = None) -> dict:
+  """A row of a Parquet shard / a WebDataset sample's fields -> a raw sample (see `sources`).
+
+  `conversations` or `messages` (a list, or JSON text) make a conversation with the row's
+  `image` / `images`; otherwise a caption (`caption`, `txt`, `text`) makes a pre-training pair
+  (user: the image, assistant: the caption). Never raises: a row that fits neither is a raw
+  sample with an 'error' (counted and skipped as ``bad_record``).
+  """
+  from mmjax.data.sources import IMAGE, _bad, normalize_record  # pylint: disable=g-import-not-at-top
+
+  try:
+    images = image_refs(record.get('images', record.get('image')), image_root)
+  except ValueError as e:
+    return _bad(sample_id, 'bad_record', str(e))
+  for key in ('conversations', 'messages'):
+    if record.get(key) is not None:
+      try:
+        turns = jsonish(record[key])
+      except (ValueError, UnicodeDecodeError) as e:
+        return _bad(sample_id, 'bad_record', f'{key} is not valid JSON: {e}')
+      return normalize_record({'id': sample_id, 'images': images, key: turns}, 0)
+  caption = caption_of(record)
+  if caption is None:
+    return _bad(sample_id, 'bad_record', 'no conversations, messages or caption '
+                f'({", ".join(CAPTION_KEYS)}) column; columns: {sorted(record)}')
+  if len(images) != 1:
+    return _bad(sample_id, 'bad_record', f'a caption with {len(images)} images (expected one)')
+  return {'id': sample_id, 'images': images,
+          'messages': [{'role': 'user', 'content': IMAGE},
+                       {'role': 'assistant', 'content': caption}]}
