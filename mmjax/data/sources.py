@@ -96,7 +96,13 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
       if image_root and not os.path.isabs(ref):
         ref = os.path.join(image_root, ref)
     resolved.append(ref)
-  return {'id': sample_id, 'messages': messages, 'images': resolved}
+  sample = {'id': sample_id, 'messages': messages, 'images': resolved}
+  videos = record.get('videos', record.get('video'))  # '<video>' placeholders (Qwen-VL)
+  if videos is not None:
+    videos = [videos] if isinstance(videos, (str, bytes)) else list(videos)
+    sample['videos'] = [os.path.join(image_root, v) if image_root and isinstance(v, str)
+                        and not os.path.isabs(v) else v for v in videos]
+  return sample
 
 
 class JsonSource:

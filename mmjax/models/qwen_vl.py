@@ -289,11 +289,18 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
     raise ValueError(f"data.max_tiles {patches.shape[1]} (patch slots per row) must be a multiple "
                      f"of {cfg.merge_size**2}, the patches one merged token takes")
   v = cfg.vision
-  grid = batch["image_grid_thw"].reshape(rows, -1, 3)  # [B, M, 3]
-  images = {"patches": patches, **row_vision_inputs(
-      grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
-      pos_embed_side=v.pos_embed_side)}
+
+  def vision_rows(patches, grid):  # [B, S, C*T*P*P], [B, M, 3]
+    return {"patches": patches, **row_vision_inputs(
+        grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
+        pos_embed_side=v.pos_embed_side)}
+
+  images = vision_rows(patches, batch["image_grid_thw"].reshape(rows, -1, 3))
+  videos = None
+  if "pixel_values_videos" in batch:  # data.video: rows of video patches beside the images'
+    video_patches = batch["pixel_values_videos"].reshape(rows, -1, pixels.shape[-1])
+    videos = vision_rows(video_patches, batch["video_grid_thw"].reshape(rows, -1, 3))
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
-  out, _ = module.apply({"params": params}, ids, images, None, positions,
+  out, _ = module.apply({"params": params}, ids, images, videos, positions,
                         batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
   return out

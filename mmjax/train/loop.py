@@ -154,6 +154,8 @@ def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> f
   images = distributed.sum_over_processes(
       int(np.sum(local["image_mask"])) if "image_mask" in local else 0)
   grid = local.get("image_grid_thw")  # native-resolution families: patches per image
+  if "video_grid_thw" in local:  # and per video (mmjax.data.media_sample)
+    grid = np.concatenate([grid, local["video_grid_thw"]])
   rows = int(cfg.data.batch_size)
   return flops_per_step(trainer.model_config, trainer.abstract_state.all_params(), rows,
                         local["input_ids"].shape[1], images, tuple(cfg.train.trainable),
