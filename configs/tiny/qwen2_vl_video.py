@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokenizer=os.path.join(directory, "tokenizer") if directory else "",
       sources=[dict(path=os.path.join(directory, "train.jsonl"), image_root=directory)]
       if directory else [],
-      max_length=64, batch_size=8, max_tiles=4, max_images=1,
+      max_length=96 if kind == "qwen3_vl" else 64,  # Qwen3-VL: '<t seconds>' text per frame
+      batch_size=8, max_tiles=4, max_images=1,
       video=dict(fps=2.0, min_frames=4, max_frames=16, min_pixels=32 * 32, max_pixels=64 * 64,
                  max_patches=64, max_videos=2, model_type=kind,
                  tokens_per_second=c.model.vision.tokens_per_second))

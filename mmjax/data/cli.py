@@ -117,6 +117,7 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
   """Runs every sample through ``processor`` (a SampleProcessor) or the structural + image checks."""
   from mmjax.data.sample import load_image  # pylint: disable=g-import-not-at-top
   from mmjax.data.sample import SampleProcessor  # pylint: disable=g-import-not-at-top
+  from mmjax.data.media_sample import check_video  # pylint: disable=g-import-not-at-top
   counter, usable = SkipCounter(), 0
   total = len(source) if limit is None else min(limit, len(source))
   for index in range(total):
@@ -128,6 +129,8 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
         SampleProcessor.check_structure(raw)
         for ref in raw['images']:
           load_image(ref, raw['id'])
+        for ref in raw.get('videos', ()):  # decodes the frames a 2 fps sampling would keep
+          check_video(ref, raw['id'])
       usable += 1
     except SampleError as e:
       counter.add(e)

@@ -23,9 +23,22 @@ import numpy as np
 from mmjax.data.sample import SampleProcessor, load_image
 from mmjax.data.sources import IMAGE
 from mmjax.data.validation import SampleError
-from mmjax.data.video import VideoError, load_frames, process_video
+from mmjax.data.video import VideoConfig, VideoError, load_frames, process_video
 
 VIDEO = '<video>'
+
+
+def frames_or_skip(ref, sample_id: str, cfg: VideoConfig, temporal: int):
+  """`load_frames`, its errors as SampleError(missing_video | corrupt_video)."""
+  try:
+    return load_frames(ref, cfg, temporal)
+  except VideoError as e:
+    raise SampleError('missing_video' if e.missing else 'corrupt_video', sample_id, str(e)) from e
+
+
+def check_video(ref, sample_id: str) -> None:
+  """What `mmjax data check` asks of a video: its frames (2 fps sampling) decode."""
+  frames_or_skip(ref, sample_id, VideoConfig(), temporal=2)
 
 
 class MediaSampleProcessor(SampleProcessor):
@@ -60,10 +73,8 @@ class MediaSampleProcessor(SampleProcessor):
   def _load(self, raw: dict, videos: list):
     out = []
     for ref in videos:
-      try:
-        frames, fps, indices, total = load_frames(ref, self.video, self.cfg.image.temporal_patch_size)
-      except VideoError as e:
-        raise SampleError('missing_video' if e.missing else 'corrupt_video', raw['id'], str(e)) from e
+      frames, fps, indices, total = frames_or_skip(ref, raw['id'], self.video,
+                                                   self.cfg.image.temporal_patch_size)
       out.append(process_video(frames, fps, indices, total, self.cfg.image, self.video))
     return out
 

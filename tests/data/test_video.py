@@ -206,3 +206,20 @@ def test_pipeline_packs_video_rows(tokenizer, tmp_path):
   grids = batch["video_grid_thw"].reshape(2, 2, 3)
   assert (grids[:, 0] == [2, 4, 4]).all()  # each row packs two 32-patch videos
   assert (batch["segment_ids"].max(axis=1) == 2).all()
+
+
+def test_data_check_decodes_videos(tmp_path, capsys):
+  from mmjax import cli
+
+  clip, _, _ = render_clip(np.random.default_rng(0))
+  write_mp4(str(tmp_path / "ok.mp4"), clip, fps=4)
+  (tmp_path / "bad.mp4").write_bytes(b"garbage" * 20)
+  conv = [{"from": "human", "value": "<video>\nWhich way?"}, {"from": "gpt", "value": "left"}]
+  records = [{"id": name, "video": f"{name}.mp4", "conversations": conv}
+             for name in ("ok", "bad", "none")]
+  (tmp_path / "v.json").write_text(json.dumps(records))
+  report = tmp_path / "r.json"
+  assert cli.main(["data", "check", str(tmp_path / "v.json"), "--image-root", str(tmp_path),
+                   "--report", str(report)]) == 0
+  assert json.loads(report.read_text()) == {
+      "total": 3, "usable": 1, "skipped": {"missing_video": 1, "corrupt_video": 1}}
