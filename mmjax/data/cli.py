@@ -44,7 +44,8 @@ def add_subcommands(subparsers) -> None:
                   '<image> placeholders vs images) and that every image exists and decodes; with '
                   '--tokenizer it also templates, tokenizes and preprocesses images, so over-length '
                   'samples are found too. Exit code 0 even when samples are skipped (1 if none is usable).')
-  check.add_argument('file', help='.json / .jsonl, ArrayRecord shards (dir or glob), or tfds:NAME[:SPLIT]')
+  check.add_argument('file', help='.json / .jsonl, Parquet / WebDataset tar / ArrayRecord shards (dir, glob '
+                     'or {00000..00099} range), or tfds:NAME[:SPLIT]')
   check.add_argument('--image-root', default=None, help='directory that relative image paths are resolved against')
   check.add_argument('--report', default=None, metavar='OUT.json',
                      help='write {"total": N, "usable": M, "skipped": {"<reason>": count}} to this file')
