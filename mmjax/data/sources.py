@@ -249,11 +249,12 @@ def open_source(spec: str, image_root: str | None = None) -> Any:
   """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, Parquet or WebDataset
   tar shards (``mmjax.data.shards``), or ArrayRecord shards."""
   from mmjax.data.shards import open_sharded_source  # pylint: disable=g-import-not-at-top
-  if not spec.startswith('tfds:') and (sharded := open_sharded_source(spec, image_root)) is not None:
-    return sharded
   if spec.startswith('tfds:'):
     parts = spec.split(':')
     return TfdsSource(parts[1], split=parts[2] if len(parts) > 2 else 'train')
+  sharded = open_sharded_source(spec, image_root)
+  if sharded is not None:
+    return sharded
   if spec.endswith(('.json', '.jsonl')):
     return JsonSource(spec, image_root)
   return ArrayRecordSource(spec)
