@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that live beside their subsystem; each module has `add_subcommand(subparsers)`.
-_OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot")
+_OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot",
+                             "mmjax.eval.cli",
+                             "mmjax.plot")
 
 
 def _add_optional_commands(sub) -> None:

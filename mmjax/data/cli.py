@@ -44,7 +44,8 @@ def add_subcommands(subparsers) -> None:
                   '<image> placeholders vs images) and that every image exists and decodes; with '
                   '--tokenizer it also templates, tokenizes and preprocesses images, so over-length '
                   'samples are found too. Exit code 0 even when samples are skipped (1 if none is usable).')
-  check.add_argument('file', help='.json / .jsonl, ArrayRecord shards (dir or glob), or tfds:NAME[:SPLIT]')
+  check.add_argument('file', help='.json / .jsonl, Parquet / WebDataset tar / ArrayRecord shards (dir, glob '
+                     'or {00000..00099} range), or tfds:NAME[:SPLIT]')
   check.add_argument('--image-root', default=None, help='directory that relative image paths are resolved against')
   check.add_argument('--report', default=None, metavar='OUT.json',
                      help='write {"total": N, "usable": M, "skipped": {"<reason>": count}} to this file')
@@ -117,6 +118,7 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
   """Runs every sample through ``processor`` (a SampleProcessor) or the structural + image checks."""
   from mmjax.data.sample import load_image  # pylint: disable=g-import-not-at-top
   from mmjax.data.sample import SampleProcessor  # pylint: disable=g-import-not-at-top
+  from mmjax.data.media_sample import check_video  # pylint: disable=g-import-not-at-top
   counter, usable = SkipCounter(), 0
   total = len(source) if limit is None else min(limit, len(source))
   for index in range(total):
@@ -128,6 +130,8 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
         SampleProcessor.check_structure(raw)
         for ref in raw['images']:
           load_image(ref, raw['id'])
+        for ref in raw.get('videos', ()):  # decodes the frames a 2 fps sampling would keep
+          check_video(ref, raw['id'])
       usable += 1
     except SampleError as e:
       counter.add(e)

@@ -96,7 +96,13 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
       if image_root and not os.path.isabs(ref):
         ref = os.path.join(image_root, ref)
     resolved.append(ref)
-  return {'id': sample_id, 'messages': messages, 'images': resolved}
+  sample = {'id': sample_id, 'messages': messages, 'images': resolved}
+  videos = record.get('videos', record.get('video'))  # '<video>' placeholders (Qwen-VL)
+  if videos is not None:
+    videos = [videos] if isinstance(videos, (str, bytes)) else list(videos)
+    sample['videos'] = [os.path.join(image_root, v) if image_root and isinstance(v, str)
+                        and not os.path.isabs(v) else v for v in videos]
+  return sample
 
 
 class JsonSource:
@@ -240,10 +246,15 @@ class TfdsSource:
 
 
 def open_source(spec: str, image_root: str | None = None) -> Any:
-  """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, or ArrayRecord shards."""
+  """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, Parquet or WebDataset
+  tar shards (``mmjax.data.shards``), or ArrayRecord shards."""
+  from mmjax.data.shards import open_sharded_source  # pylint: disable=g-import-not-at-top
   if spec.startswith('tfds:'):
     parts = spec.split(':')
     return TfdsSource(parts[1], split=parts[2] if len(parts) > 2 else 'train')
+  sharded = open_sharded_source(spec, image_root)
+  if sharded is not None:
+    return sharded
   if spec.endswith(('.json', '.jsonl')):
     return JsonSource(spec, image_root)
   return ArrayRecordSource(spec)

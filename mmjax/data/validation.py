@@ -19,6 +19,8 @@ REASONS = (
     'image_count_mismatch',   # number of <image> placeholders != number of images
     'too_long',               # over max_length and cannot be truncated without losing every target
     'too_many_images',        # more image tiles than a packed row can hold
+    'missing_video',          # video file / frame directory not found
+    'corrupt_video',          # a video PyAV cannot decode, or unreadable frames
 )
 
 

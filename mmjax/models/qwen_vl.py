@@ -289,13 +289,20 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
     raise ValueError(f"data.max_tiles {patches.shape[1]} (patch slots per row) must be a multiple "
                      f"of {cfg.merge_size**2}, the patches one merged token takes")
   v = cfg.vision
-  grid = batch["image_grid_thw"].reshape(rows, -1, 3)  # [B, M, 3]
-  images = {"patches": patches, **row_vision_inputs(
-      grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
-      pos_embed_side=v.pos_embed_side)}
+
+  def vision_rows(patches, grid):  # [B, S, C*T*P*P], [B, M, 3]
+    return {"patches": patches, **row_vision_inputs(
+        grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
+        pos_embed_side=v.pos_embed_side)}
+
+  images = vision_rows(patches, batch["image_grid_thw"].reshape(rows, -1, 3))
+  videos = None
+  if "pixel_values_videos" in batch:  # data.video: rows of video patches beside the images'
+    video_patches = batch["pixel_values_videos"].reshape(rows, -1, pixels.shape[-1])
+    videos = vision_rows(video_patches, batch["video_grid_thw"].reshape(rows, -1, 3))
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
-  out = module.apply({"params": params}, ids, images, None, positions, batch["attention_mask"],
-                     batch.get("segment_ids"), head_loss=head_loss)
+  out = module.apply({"params": params}, ids, images, videos, positions,
+                     batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
   return out.logits if head_loss is None else out.loss
 
 
@@ -306,7 +313,7 @@ class QwenVLFamily(Family):
   module_cls = QwenVL
   table = "qwen_vl"
   processor_keys = PROCESSOR_KEYS
-  flops_batch_keys = ("image_grid_thw",)
+  flops_batch_keys = ("image_grid_thw", "video_grid_thw")
 
   def __init__(self, kind: str):
     self.name = kind
@@ -357,8 +364,9 @@ class QwenVLFamily(Family):
     per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
     text = fl.decoder_flops(config.decoder, params["decoder"], rows, length, per["decoder"],
                             "decoder" in attention)
-    grid = batch.get("image_grid_thw")
-    grid = np.zeros((0, 3), np.int64) if grid is None else np.asarray(grid, np.int64).reshape(-1, 3)
+    grids = [np.asarray(batch[k], np.int64).reshape(-1, 3)  # images and videos alike
+             for k in ("image_grid_thw", "video_grid_thw") if batch.get(k) is not None]
+    grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
     frames, per_frame = grid[:, 0], grid[:, 1] * grid[:, 2]
     patches = int(np.sum(frames * per_frame))
     if "encoder" not in params or not patches:

@@ -188,6 +188,19 @@ def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str
   return path
 
 
+def _write_plot(workdir: str) -> str | None:
+  """`DIR/plot.png` of the finished run's metrics (what `mmjax plot DIR` draws, ~1 s)."""
+  from mmjax import plot
+
+  try:
+    path = plot.plot_runs([workdir], os.path.join(workdir, plot.PLOT_FILE))
+  except Exception as e:  # pylint: disable=broad-except  # a plot never fails a finished run
+    log.warning("could not plot %s: %s", workdir, e)
+    return None
+  print(f"loss plot: {path}")
+  return path
+
+
 def _init_sources(init_from) -> list[str]:
   if not init_from:
     return []
@@ -285,6 +298,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
           summary.update(result)
           print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
                 "held-out images")
+      if distributed.is_main_process():
+        summary["plot"] = _write_plot(workdir)
   finally:
     preemption.restore()
     writer.close()

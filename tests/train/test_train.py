@@ -139,8 +139,12 @@ def test_resume_logs_the_same_losses_bit_for_bit(tmp_path):
   cfg = tiny_config(steps=12)
   cfg.checkpoint.every_steps = 4
   cfg.checkpoint.keep = 2
-  assert train(cfg, str(tmp_path / "straight"))["final_step"] == 12
-  assert train(cfg, str(tmp_path / "resumed"), stop_after=8)["final_step"] == 8
+  straight = train(cfg, str(tmp_path / "straight"))
+  assert straight["final_step"] == 12
+  assert straight["plot"] == os.path.join(tmp_path / "straight", "plot.png")  # a finished run's
+  assert os.path.getsize(straight["plot"]) > 1000
+  stopped = train(cfg, str(tmp_path / "resumed"), stop_after=8)
+  assert stopped["final_step"] == 8 and "plot" not in stopped
   summary = train(cfg, str(tmp_path / "resumed"))
   assert summary["start_step"] == 8
   straight, resumed = losses_of(tmp_path / "straight"), losses_of(tmp_path / "resumed")
