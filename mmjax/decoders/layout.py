@@ -84,10 +84,11 @@ def plan_layers(num_layers: int, cross_layers: tuple[int, ...] = (),
   segments: list[Segment] = []
   start = 0
   for chunk in chunks:
+    kinds, repeats = (chunk, 1) if set(chunk) != {SELF} else ((SELF,), len(chunk))
     last = segments[-1] if segments else None
-    if last is not None and last.kinds == chunk:
-      segments[-1] = dataclasses.replace(last, repeats=last.repeats + 1)
+    if last is not None and last.kinds == kinds:
+      segments[-1] = dataclasses.replace(last, repeats=last.repeats + repeats)
     else:
-      segments.append(Segment(_segment_name(len(segments)), chunk, 1, start))
+      segments.append(Segment(_segment_name(len(segments)), kinds, repeats, start))
     start += len(chunk)
   return tuple(segments)

@@ -337,13 +337,20 @@ class Decoder(nn.Module):
     block = block_class(kind)(dataclasses.replace(cfg, attention_backend="xla"), parent=None)
 
     def logits_fn(p, hidden, rows):  # hidden [B, T, D], rows [B, C] -> [B, C, V]
+      cross = _rows_of(ctx.cross, rows)
+      if "cross_states" in p:
+        cross = cross.replace(states=p["cross_states"])
       # DeepStack adds nothing after the last layer here (the fallback above covers that).
-      rows_ctx = ctx.replace(mask=ctx.mask.rows(rows, hidden.shape[1]),
-                             cross=_rows_of(ctx.cross, rows), layer_inputs=None)
+      rows_ctx = ctx.replace(mask=ctx.mask.rows(rows, hidden.shape[1]), cross=cross,
+                             layer_inputs=None)
       h, _ = block.apply({"params": p["last_layer"]}, hidden, rows_ctx, None, layer_id, rows=rows)
       return final_logits(p, h)
 
     head["last_layer"] = p
+    if getattr(ctx.cross, "states", None) is not None:
+      # Image states are differentiated (the tower trains): a custom VJP must take them as an
+      # argument, never close over them.
+      head["cross_states"] = ctx.cross.states
     return head_loss(logits_fn, head, x)
 
   def logits(self, x: jax.Array) -> jax.Array:
