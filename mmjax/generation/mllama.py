@@ -96,6 +96,22 @@ class MllamaPromptBuilder:
     image_config = None if pre is None else preprocess.MllamaImageConfig.from_hf(pre)
     return cls(text, image_config, config.image_token_id)
 
+  def token_ids(self, text: str) -> np.ndarray:
+    """As transformers' chat path tokenizes for Mllama: special tokens only when the rendered
+    text does not start with BOS, then MllamaProcessor's `build_string_from_input` puts the BOS
+    text after any leading image tokens when the text holds none."""
+    tokenizer = self.tokenizer
+    bos = tokenizer.special_token("bos_token")
+    add_special = not (bos and text.startswith(bos))
+    image = tokenizer.tok.id_to_token(self.image_token_id)
+    if bos and bos not in text:
+      leading = 0
+      while image and text.startswith(image):
+        text, leading = text[len(image):], leading + 1
+      text = image * leading + bos + text
+    ids, _ = tokenizer.encode(text, add_special_tokens=add_special)
+    return np.asarray(ids, np.int32)
+
   def __call__(self, prompt: str, images: list[str]):
     from mmjax.data.preprocess import common
     from mmjax.data.preprocess import mllama as preprocess
@@ -103,7 +119,7 @@ class MllamaPromptBuilder:
     if images and self.image_config is None:
       raise FileNotFoundError("the checkpoint has no image processor settings to preprocess "
                               "images with (hf_extras/preprocessor_config.json)")
-    ids = self.text_builder.token_ids(self.text_builder.text(prompt, len(images)))  # [T]
+    ids = self.token_ids(self.text_builder.text(prompt, len(images)))  # [T]
     if not images:
       return ids[None], None
     processed = [preprocess.process(common.decode_image(path), self.image_config)
