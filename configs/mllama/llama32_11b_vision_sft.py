@@ -12,7 +12,7 @@ The architecture comes from the converted checkpoint (`train.init_from`); `model
 (the hub config) so that `mmjax aot` compiles without one. Images: up to 4 tiles of 560 px
 (1601 image states per tile), one image slot per row.
 
-Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 4096
+Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 2048
 tokens, splash attention for self- and cross-attention, `dots` remat).
 """
 
@@ -41,10 +41,13 @@ def make_config(text: dict, stage: str, batch_size: int, steps: int) -> ml_colle
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = dict(family="mllama", vision=VISION, decoder=text, image_token_id=128256,
-                 dtype="bfloat16", param_dtype="float32", remat_policy="dots",
+                 dtype="bfloat16", param_dtype="float32",
+                 # The tower attends over 4 tiles x 1608 tokens with a dense mask (its tiles'
+                 # mask is no splash mask): its layers keep nothing for the backward pass.
+                 remat_policy=dict(encoder="full", decoder="dots"),
                  attention_backend="splash")
   c.data = dict(image_preset="mllama", template="tokenizer", tokenizer="",
-                image_token="<|image|>", max_length=4096, max_tiles=4, max_images=1,
+                image_token="<|image|>", max_length=2048, max_tiles=4, max_images=1,
                 batch_size=batch_size, packing=True, num_workers=4, sources=())
   c.optim = dict(lr=1e-5, warmup_steps=100, end_lr_ratio=0.0, b1=0.9, b2=0.95,
                  weight_decay=0.1, clip_norm=1.0, z_loss=0.0, lr_multipliers={})

@@ -347,7 +347,7 @@ class Decoder(nn.Module):
       return final_logits(p, h)
 
     head["last_layer"] = p
-    if getattr(ctx.cross, "states", None) is not None:
+    if kind != SELF and getattr(ctx.cross, "states", None) is not None:
       # Image states are differentiated (the tower trains): a custom VJP must take them as an
       # argument, never close over them.
       head["cross_states"] = ctx.cross.states

@@ -24,6 +24,7 @@ import numpy as np
 from mmjax.connectors.projector import Projector, ProjectorConfig
 from mmjax.decoders.config import DecoderConfig
 from mmjax.decoders.cross import CrossInputs
+from mmjax.decoders.layout import plan_layers
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.mllama_vit import MllamaVisionConfig, MllamaVisionTransformer
 from mmjax.models import flops as fl
@@ -372,6 +373,32 @@ class MllamaFamily(Family):
     if images and "connector" in params:
       flops += per["connector"] * fl.count_params(params["connector"]) * image_states
     return float(flops)
+
+  def flop_depths(self, model):
+    """The local and global vision stacks in layers, the decoder in repeats of its group of
+    layers (Llama-3.2-11B-Vision: 8 groups of 5), so that a shallow copy keeps the layout."""
+    v, d = model["vision"], model["decoder"]
+    plan = plan_layers(int(d["num_layers"]), tuple(d.get("cross_attention_layers", ())))
+    groups = plan[0].repeats if len(plan) == 1 else int(d["num_layers"])
+    return {"vision": int(v["num_layers"]), "vision_global": int(v["num_global_layers"]),
+            "decoder": groups}
+
+  def with_depths(self, model, depths):
+    v, d = model["vision"], model["decoder"]
+    for name, depth in depths.items():
+      if name == "vision":  # keep as many intermediate layers (the projector's width)
+        old = int(v["num_layers"])
+        v["intermediate_layers_indices"] = tuple(
+            min(i % old, depth - 1) for i in v.get("intermediate_layers_indices", (3, 7, 15, 23, 30)))
+        v["num_layers"] = depth
+      elif name == "vision_global":
+        v["num_global_layers"] = depth
+      elif name == "decoder":
+        cross = tuple(d.get("cross_attention_layers", ()))
+        plan = plan_layers(int(d["num_layers"]), cross)
+        period = len(plan[0].kinds) if len(plan) == 1 else 1
+        d["num_layers"] = depth * period
+        d["cross_attention_layers"] = tuple(i for i in cross if i < depth * period)
 
   def abstract_train_batch(self, config, data, sds):
     """Rows own `max_images` image slots of `max_num_tiles` tiles."""

@@ -364,12 +364,14 @@ class QwenVLFamily(Family):
     per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
     text = fl.decoder_flops(config.decoder, params["decoder"], rows, length, per["decoder"],
                             "decoder" in attention)
+    if "encoder" not in params:  # (the AOT count passes abstract grids and no encoder)
+      return text
     grids = [np.asarray(batch[k], np.int64).reshape(-1, 3)  # images and videos alike
              for k in ("image_grid_thw", "video_grid_thw") if batch.get(k) is not None]
     grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
     frames, per_frame = grid[:, 0], grid[:, 1] * grid[:, 2]
     patches = int(np.sum(frames * per_frame))
-    if "encoder" not in params or not patches:
+    if not patches:
       return text
     encoder = dict(params["encoder"])
     mergers = {k: encoder.pop(k) for k in ("merger", "deepstack") if k in encoder}
