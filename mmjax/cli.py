@@ -135,23 +135,27 @@ def _avoid_absent_tpu() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from mmjax import errors
+
   _avoid_absent_tpu()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
   try:
-    if getattr(args, "accepts_overrides", False):
-      return int(args.func(args, extra) or 0)
-    return int(args.func(args) or 0)
+    with errors.quiet_background_failures():
+      if getattr(args, "accepts_overrides", False):
+        return int(args.func(args, extra) or 0)
+      return int(args.func(args) or 0)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
-  except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"mmjax {args.command}: error: {message}", file=sys.stderr)
-    return 1
-
+  except Exception as e:  # the one place where errors become exit codes (mmjax/errors.py)
+    code = errors.report(command, e)
+    if code is None:
+      raise  # a bug: keep the traceback
+    return code
 
 if __name__ == "__main__":
   sys.exit(main())
