@@ -13,6 +13,10 @@ def _convert(args) -> int:
 
   report = convert_hf(args.hf, args.out, dtype=args.dtype, progress=not args.quiet)
   print(f"converted {args.hf} -> {args.out}: {json.dumps(report)}")
+  if report.get("cast_from_integer"):
+    print(f"warning: {len(report['cast_from_integer'])} float parameters were filled from integer "
+          f"tensors (cast_from_integer above); check that {args.hf} holds the weights you expect",
+          file=sys.stderr)
   return 0
 
 
