@@ -32,13 +32,17 @@ def _export(args) -> int:
 def _logits(args) -> int:
   import numpy as np
 
-  from mmjax.checkpoint import load_checkpoint
+  from mmjax import limits
+  from mmjax.checkpoint import load_checkpoint, read_metadata
   from mmjax.models.registry import forward_from_hf_inputs
 
   if not os.path.exists(args.inputs):
     raise FileNotFoundError(f"{args.inputs}: no such file")
   with np.load(args.inputs) as data:
     inputs = {k: data[k] for k in data.files}
+  family, config, _ = read_metadata(args.checkpoint)
+  if "input_ids" in inputs and hasattr(limits.decoder_of(config), "vocab_size"):
+    limits.check_prompt(inputs["input_ids"], config)  # before any weight is read
   family, config, params = load_checkpoint(args.checkpoint)
   logits = forward_from_hf_inputs(family, config, params, inputs)
   np.save(args.out, logits)
