@@ -176,6 +176,6 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
           shutil.copy2(src, os.path.join(tmp, name))
       staging.publish(tmp, ckpt_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging.remove(tmp)
     raise
   distributed.barrier("mmjax.save_checkpoint")  # no process reads it before it is there

@@ -151,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
   if extra and not getattr(args, "accepts_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+  errors.quiet_background_failures()
   try:
-    with errors.quiet_background_failures():
-      if getattr(args, "accepts_overrides", False):
-        return int(args.func(args, extra) or 0)
-      return int(args.func(args) or 0)
+    if getattr(args, "accepts_overrides", False):
+      return int(args.func(args, extra) or 0)
+    return int(args.func(args) or 0)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130

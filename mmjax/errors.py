@@ -1,16 +1,18 @@
 """Errors a user can act on, and how the `mmjax` command reports them: one line, exit 1.
 
-Every subcommand runs under `reported_errors` (in `mmjax/cli.py`): an expected error (a file or
-directory that is missing, exists or cannot be written, a value out of range, a damaged or
+`mmjax/cli.py` `main` passes every exception of a subcommand to `report`: an expected error (a
+file or directory that is missing, exists or cannot be written, a value out of range, a damaged or
 tampered file, a full disk) prints `mmjax CMD: error: MESSAGE` and exits 1; anything else is a bug
 and keeps its traceback. `MMJAX_DEBUG=1` prints the traceback of expected errors too.
 
 Orbax writes arrays in background threads; when one fails (a full disk), Orbax logs the exception
 with its traceback from every thread (hundreds of lines) and then raises it again in the caller,
-where it is reported once. `quiet_background_failures` drops those duplicate log records.
+where it is reported once. Orbax also closes the event loop of the failed call while TensorStore
+still finishes the writes it abandoned, whose callbacks then fail with "Event loop is closed", and
+asyncio logs the abandoned futures as they are collected. `quiet_background_failures` drops those
+repeats.
 """
 
-import contextlib
 import errno
 import logging
 import os
@@ -80,29 +82,44 @@ def user_message(exc: BaseException) -> str | None:
   return None
 
 
-class _DropRepeatedThreadFailures(logging.Filter):
-  """Orbax's records of a background write that failed; the caller re-raises the same error."""
+def _from_orbax(error: BaseException | None) -> bool:
+  return error is not None and any(
+      "orbax" in frame.filename for frame in traceback.extract_tb(error.__traceback__))
 
-  MARKERS = ("raised an exception", "in background save thread")
+
+class _DropOrbaxRepeats(logging.Filter):
+  """Records of an exception that Orbax raises again in the caller: its background threads'
+  (writes, commits, finalisation) and the asyncio futures it abandons once a gather failed."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+    if record.levelno < logging.ERROR or not record.exc_info:
       return True
-    return not any(m in record.getMessage() for m in self.MARKERS)
+    if record.name == "asyncio":
+      return not _from_orbax(record.exc_info[1])
+    return "orbax" not in record.pathname
 
 
-@contextlib.contextmanager
-def quiet_background_failures():
-  if debug():
-    yield
+_installed = False
+
+
+def quiet_background_failures() -> None:
+  """Installs, once for the process (a failure's abandoned futures are collected as it exits),
+  the filters that drop Orbax's repeats of an error the command reports itself."""
+  global _installed
+  if _installed or debug():
     return
-  notice = _DropRepeatedThreadFailures()
-  logger = logging.getLogger("absl")
-  logger.addFilter(notice)
-  try:
-    yield
-  finally:
-    logger.removeFilter(notice)
+  _installed = True
+  repeats = _DropOrbaxRepeats()
+  logging.getLogger("absl").addFilter(repeats)
+  logging.getLogger("asyncio").addFilter(repeats)
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def report(command: str, exc: BaseException) -> int | None:

@@ -53,6 +53,17 @@ def publish(tmp: str, final: str) -> None:
   os.rename(tmp, final)
 
 
+def remove(tmp: str, settle_s: float = 0.3, attempts: int = 20) -> None:
+  """Removes a staging directory for good. When a save fails, TensorStore still finishes the
+  writes it had in flight after the caller moved on, and those recreate their directories: so
+  remove, and again until nothing has come back for `settle_s`."""
+  for _ in range(attempts):
+    shutil.rmtree(tmp, ignore_errors=True)
+    time.sleep(settle_s)
+    if not os.path.exists(tmp):
+      return
+
+
 def _owner_gone(record: dict) -> bool | None:
   """True / False when the owner can be checked from here; None when it cannot."""
   if record.get("host") != socket.gethostname():

@@ -200,7 +200,7 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
       os.rmdir(out_dir)  # empty, checked above
     staging.publish(tmp, out_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging.remove(tmp)
     raise
   finally:
     logging.getLogger("absl").removeFilter(notice_filter)

@@ -12,6 +12,7 @@ failure (it never silently starts again from step 0). Half-written step director
 save (`*.orbax-checkpoint-tmp*`) are removed when the manager opens.
 """
 
+import glob
 import logging
 import os
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from mmjax import distributed, paths
+from mmjax import distributed, paths, staging
 from mmjax.errors import UserError
 from mmjax.train import checksums
 
@@ -105,7 +106,18 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.manager.close()
+    finally:
+      self._remove_incomplete()
+
+  def _remove_incomplete(self) -> None:
+    """Step directories a failed save left half-written: Orbax would remove them at the next
+    start, but a full disk wants the space now."""
+    if paths.is_remote(self.directory) or not distributed.is_main_process():
+      return
+    for tmp in glob.glob(os.path.join(glob.escape(self.directory), "*.orbax-checkpoint-tmp*")):
+      staging.remove(tmp)
 
 
 def _this_host(saved: dict, step: int) -> dict:

@@ -325,8 +325,10 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   finally:
     preemption.restore()
     writer.close()
-    ckpts.wait()
-    ckpts.close()
+    try:
+      ckpts.wait()  # raises what failed in an async save (e.g. a full disk)
+    finally:
+      ckpts.close()
   summary.update(final_step=step, skipped=int(jax.device_get(state.skipped)))
   if skipped is not None:
     summary["skipped_samples"] = skipped

@@ -111,40 +111,37 @@ def _listing(directory: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def small_disk(directory: str, size: int):
+def small_disk(directory: str, size: int, file_size_limit: bool = False):
   """Yields `run(args, env) -> (CompletedProcess, [paths left under directory])` for a command
   whose writes to `directory` fail after about `size` bytes: a tmpfs of that size mounted there
-  (as root, or in a user + mount namespace with `unshare`), else a file size limit (RLIMIT_FSIZE)
-  on the process, which caps each file rather than the disk."""
+  (as root, or in a user + mount namespace with `unshare`), else (or with `file_size_limit`) a
+  file size limit (RLIMIT_FSIZE) on the process, which caps each file rather than the disk."""
   os.makedirs(directory, exist_ok=True)
-  if _can_mount():
+  mode = ("file_size_limit" if file_size_limit else "mount" if _can_mount()
+          else "unshare" if _can_unshare() else "file_size_limit")
+  listing = directory.rstrip("/") + ".listing"
+
+  def run(args, env):
+    kw = dict(env=env, capture_output=True, text=True, timeout=600)
+    if mode == "mount":
+      return subprocess.run(args, **kw), _listing(directory)
+    if mode == "file_size_limit":
+      return subprocess.run(args, preexec_fn=_limit_file_size(size), **kw), _listing(directory)
+    # unshare: the tmpfs lives in the namespace; list it there, before it goes.
+    script = (f'mount -t tmpfs -o size={size} tmpfs "{directory}" || exit 99; "$@"; rc=$?; '
+              f'(cd "{directory}" && find . -mindepth 1 | sed "s|^./||" | sort) > "{listing}"; '
+              'exit $rc')
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *args], **kw)
+    with open(listing) as f:
+      return proc, [line for line in f.read().splitlines() if line]
+
+  if mode == "mount":
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", directory], check=True)
-
-    def run(args, env):
-      proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-      return proc, _listing(directory)
-    try:
-      yield run
-    finally:
+  try:
+    yield run
+  finally:
+    if mode == "mount":
       subprocess.run(["umount", "-l", directory], check=True)
-  elif _can_unshare():
-    listing = directory.rstrip("/") + ".listing"
-
-    def run(args, env):  # the tmpfs lives in the namespace: list it there, before it goes
-      script = (f'mount -t tmpfs -o size={size} tmpfs "{directory}" || exit 99; "$@"; rc=$?; '
-                f'(cd "{directory}" && find . -mindepth 1 | sed "s|^./||" | sort) > "{listing}"; '
-                'exit $rc')
-      proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *args], env=env,
-                            capture_output=True, text=True, timeout=600)
-      with open(listing) as f:
-        return proc, [line for line in f.read().splitlines() if line]
-    yield run
-  else:
-    def run(args, env):
-      proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600,
-                            preexec_fn=_limit_file_size(size))
-      return proc, _listing(directory)
-    yield run
 
 
 def tiny_config(*overrides):

@@ -1,7 +1,7 @@
 """A full disk: `mmjax convert` and `mmjax train` stop with one line (not Orbax's hundreds of
 lines of background-thread tracebacks), exit 1, and leave nothing half-written."""
 
-import os
+import pytest
 
 from fault_helpers import TINY, mmjax, small_disk
 from hf_files import tiny_llava
@@ -16,10 +16,11 @@ def _one_error_line(proc, command: str) -> str:
   return message
 
 
-def test_convert_on_a_full_disk(tmp_path, env):
+@pytest.mark.parametrize("file_size_limit", [False, True], ids=["small_disk", "file_size_limit"])
+def test_convert_on_a_full_disk(tmp_path, env, file_size_limit):
   hf = tiny_llava(str(tmp_path / "hf"))  # its checkpoint takes ~1.3 MB
   disk = str(tmp_path / "disk")
-  with small_disk(disk, 256 * 1024) as run:
+  with small_disk(disk, 256 * 1024 if not file_size_limit else 8192, file_size_limit) as run:
     proc, left = run(mmjax("convert", "--hf", hf, "--out", f"{disk}/ck", "--quiet"), env)
   _one_error_line(proc, "convert")
   assert left == [], left  # neither the checkpoint nor its staging directory
