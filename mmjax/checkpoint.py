@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 
-from mmjax import distributed, paths, staging
+from mmjax import distributed, jsonfile, paths, staging
 from mmjax.paths import absolute
 from mmjax.models.registry import FAMILIES, Family, abstract_params
 from mmjax.models.serialization import config_from_dict, config_to_dict
@@ -48,13 +48,7 @@ def read_metadata(ckpt_dir: str) -> tuple[Family, Any, dict[str, Any]]:
   path = os.path.join(ckpt_dir, METADATA_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{ckpt_dir} is not an mmjax checkpoint: {METADATA_FILE} is missing")
-  with open(path, encoding="utf-8-sig") as f:
-    try:
-      meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged") from None
-  if not isinstance(meta, dict):
-    raise CheckpointError(f"{path}: expected a JSON object, found a {type(meta).__name__}")
+  meta = jsonfile.read_object(path, CheckpointError)
   if meta.get("format") != FORMAT_VERSION:
     raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
   if meta.get("family") not in FAMILIES:

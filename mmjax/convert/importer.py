@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from tqdm import tqdm
 
-from mmjax import checkpoint, paths, staging
+from mmjax import checkpoint, jsonfile, paths, staging
 from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
 from mmjax.convert.safetensors_io import DTYPE_NAMES
 from mmjax.convert.sources import TensorSource
@@ -78,14 +78,7 @@ def read_hf_config(hf_dir: str) -> dict:
     raise FileNotFoundError(f"{hf_dir}: no such directory")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{hf_dir}: no config.json")
-  with open(path, encoding="utf-8-sig") as f:
-    try:
-      config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ConversionError(f"{path}: not valid JSON ({e})") from None
-  if not isinstance(config, dict):
-    raise ConversionError(f"{path}: expected a JSON object, found a {type(config).__name__}")
-  return config
+  return jsonfile.read_object(path, ConversionError)
 
 
 def _read_model_config(hf_dir: str, hf_config: dict, dtype: str):

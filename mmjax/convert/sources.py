@@ -5,12 +5,12 @@ Safetensors (single or sharded with `model.safetensors.index.json`) is the norma
 arbitrary pickled objects.
 """
 
-import json
 import os
 
 import ml_dtypes
 import numpy as np
 
+from mmjax import jsonfile
 from mmjax.convert.safetensors_io import CorruptFileError, SafetensorsFile
 
 
@@ -103,11 +103,7 @@ class TensorSource:
 def read_weight_map(index: str) -> dict[str, str]:
   """`weight_map` of a sharded checkpoint's index: tensor name -> shard file name, each shard a
   file under the index's own directory (never a path elsewhere: `../x`, `/etc/...`)."""
-  try:
-    with open(index, encoding="utf-8-sig") as f:
-      weight_map = json.load(f)["weight_map"]
-  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-    raise CorruptFileError(f"{index}: not a checkpoint index with a weight_map ({e})") from None
+  weight_map = jsonfile.read_object(index, CorruptFileError).get("weight_map")
   if not isinstance(weight_map, dict) or not all(
       isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
     raise CorruptFileError(f"{index}: weight_map must map tensor names to shard file names")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_files import rewrite, tiny_llava
+from hf_files import converted_tiny_llava, rewrite, tiny_llava
 from mmjax import checkpoint, cli, staging
 from mmjax.convert.importer import convert_hf
 
@@ -22,10 +22,7 @@ from mmjax.convert.importer import convert_hf
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """(hf dir, converted checkpoint) of the tiny LLaVA, shared read-only by the tests here."""
-  root = tmp_path_factory.mktemp("converted")
-  hf = tiny_llava(str(root / "hf"))
-  convert_hf(hf, str(root / "ck"), progress=False)
-  return hf, str(root / "ck")
+  return converted_tiny_llava(str(tmp_path_factory.mktemp("converted")))
 
 
 def convert_fails(hf_dir, out, capsys) -> str:

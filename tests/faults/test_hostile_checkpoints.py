@@ -9,19 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from hf_files import tiny_llava
+from hf_files import converted_tiny_llava
 from hostile_files import ESCAPE_TEMPLATES, write_pickle_bomb
 from mmjax import cli
-from mmjax.convert.importer import convert_hf
 from mmjax.data.tokenizer import train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def hf_and_checkpoint(tmp_path_factory):
-  root = tmp_path_factory.mktemp("hostile_ckpt")
-  hf = tiny_llava(str(root / "hf"))
-  convert_hf(hf, str(root / "ck"), progress=False)
-  return hf, str(root / "ck")
+  return converted_tiny_llava(str(tmp_path_factory.mktemp("hostile_ckpt")))
 
 
 def _fails(argv, capsys, command) -> str:
