@@ -1,6 +1,7 @@
 """`mmjax train` killed again and again: SIGTERM at start-up, kill -9 during an async checkpoint
 save and at a random step, SIGTERM during the eval; every re-launch resumes, and the finished run
-logs the losses of an uninterrupted one, each step once, with its eval once.
+logs the losses of an uninterrupted one, each step once, with its eval once. `mmjax convert`
+killed while writing: the next conversion removes what it left.
 
 The kill points are drawn from a seeded generator (`MMJAX_FAULT_SEED`, printed on failure)."""
 
@@ -10,6 +11,7 @@ import signal
 
 from fault_helpers import (TINY, kill, leftovers, logged_steps, losses, metrics, mmjax, start,
                       tiny_config, wait_for)
+from hf_files import tiny_llava
 from mmjax.train.loop import train
 
 STEPS = 12
@@ -76,3 +78,24 @@ def test_killed_again_and_again_then_resumed_exactly(tmp_path, env):
   assert len(evals) == 1 and evals == [r for r in metrics(straight) if "eval_accuracy" in r], note
   assert not leftovers(faulty), leftovers(faulty)
   assert _steps_saved(faulty) == [STEPS - 2, STEPS]  # keep=2 of good checkpoints
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next(tmp_path, env):
+  """kill -9 while `mmjax convert` writes: its `OUT.tmp-*` stays behind until the next conversion
+  to the same OUT, which removes it (its owner is gone) and succeeds."""
+  hf = tiny_llava(str(tmp_path / "hf"))
+  out = str(tmp_path / "ck")
+  command = mmjax("convert", "--hf", hf, "--out", out, "--quiet")
+  proc = start(command, env)
+  staged = lambda: [n for n in os.listdir(tmp_path) if n.startswith("ck.tmp-")]
+  wait_for(lambda: any(os.path.exists(os.path.join(tmp_path, n, "params.partial_save"
+                                                   ".orbax-checkpoint-tmp")) for n in staged()),
+           proc)
+  kill(proc)
+  left = staged()
+  assert left and not os.path.exists(out)
+  proc = start(command, env)
+  output = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, output
+  assert f"removed {os.path.join(tmp_path, left[0])}, left by an interrupted conversion" in output
+  assert sorted(os.listdir(tmp_path)) == ["ck", "hf"]
