@@ -52,7 +52,8 @@ def read_metadata(ckpt_dir: str) -> tuple[Family, Any, dict[str, Any]]:
   if meta.get("format") != FORMAT_VERSION:
     raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
   if meta.get("family") not in FAMILIES:
-    raise CheckpointError(f"{path}: unknown family {meta.get('family')!r}; known: {sorted(FAMILIES)}")
+    raise CheckpointError(f"{path}: unknown family {meta.get('family')!r}; "
+                          f"known: {sorted(FAMILIES)}")
   family = FAMILIES[meta["family"]]
   try:
     config = config_from_dict(family.config_cls, meta.get("config"))

@@ -43,8 +43,8 @@ def check_length(prompt_tokens: int, config: Any, new_tokens: int = 0) -> None:
     raise ValueError(f"the prompt has {prompt_tokens} tokens, more than the model's {limit} "
                      "positions (max_position_embeddings)")
   if prompt_tokens + new_tokens > limit:
-    raise ValueError(f"--max-new-tokens {new_tokens} after a {prompt_tokens}-token prompt runs past "
-                     f"the model's {limit} positions (max_position_embeddings): at most "
+    raise ValueError(f"--max-new-tokens {new_tokens} after a {prompt_tokens}-token prompt runs "
+                     f"past the model's {limit} positions (max_position_embeddings): at most "
                      f"{limit - prompt_tokens}")
 
 

@@ -163,8 +163,9 @@ class _SkipCountingIterator:
         self._pending[REASONS.index(element['_skip'])] += 1
         if self._pending.sum() >= self._max_consecutive:
           counts = {r: int(n) for r, n in zip(REASONS, self._pending) if n}
-          raise TooManySkips(f'{int(self._pending.sum())} samples in a row were skipped ({counts}); '
-                             'run `mmjax data check` on the dataset and check max_length / image_token')
+          raise TooManySkips(f'{int(self._pending.sum())} samples in a row were skipped '
+                             f'({counts}); run `mmjax data check` on the dataset and check '
+                             'max_length / image_token')
         continue
       element[packing.SKIP_COUNTS] = self._pending
       self._pending = np.zeros(len(REASONS), np.int64)

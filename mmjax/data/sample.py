@@ -58,7 +58,8 @@ def load_image(ref, sample_id: str) -> Image.Image:
   except Exception as e:  # pylint: disable=broad-except
     # Decoders fed hostile bytes raise far more than OSError (struct.error, IndexError,
     # ZeroDivisionError, EOFError...): every one of them means this image cannot be used.
-    raise SampleError('corrupt_image', sample_id, f'cannot decode {where}: {type(e).__name__}: {e}') from e
+    raise SampleError('corrupt_image', sample_id,
+                      f'cannot decode {where}: {type(e).__name__}: {e}') from e
 
 
 def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tuple[int, int, int]],
@@ -113,10 +114,11 @@ class SampleProcessor:
     if not isinstance(messages, list) or not all(
         isinstance(m, dict) and m.get('role') in ROLES and isinstance(m.get('content'), str)
         for m in messages):  # e.g. a shard written by another tool
-      raise SampleError('bad_record', sample_id, 'messages must be a list of {"role", "content": str} '
-                        f'with roles {ROLES}')
+      raise SampleError('bad_record', sample_id,
+                        f'messages must be a list of {{"role", "content": str}} with roles {ROLES}')
     if not isinstance(raw['images'], list):
-      raise SampleError('bad_record', sample_id, f'images is a {type(raw["images"]).__name__}, not a list')
+      raise SampleError('bad_record', sample_id,
+                        f'images is a {type(raw["images"]).__name__}, not a list')
     if not messages or not any(m['role'] == 'assistant' and m['content'].strip() for m in messages):
       raise SampleError('empty_conversation', sample_id, 'no non-empty assistant turn')
     placeholders = sum(m['content'].count(IMAGE) for m in messages)

@@ -106,7 +106,9 @@ class JsonSource:
 
   def __init__(self, path: str, image_root: str | None = None):
     self.path = path
-    self.image_root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
+    if image_root is None:
+      image_root = os.path.dirname(os.path.abspath(path))
+    self.image_root = image_root
     with open(path, 'rb') as f:
       start = len(codecs.BOM_UTF8) if f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
       f.seek(start)

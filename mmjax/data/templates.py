@@ -127,7 +127,8 @@ class ChatTemplate:
     try:  # a template that does not compile fails every sample: say so now, once
       _compile(self.spec.source)
     except jinja2.TemplateError as e:
-      raise ValueError(f'chat template {name!r} does not compile: {type(e).__name__}: {e}') from None
+      raise ValueError(f'chat template {name!r} does not compile: '
+                       f'{type(e).__name__}: {e}') from None
 
   @classmethod
   def from_name(cls, name: str, tokenizer=None, **kw) -> 'ChatTemplate':

@@ -41,7 +41,8 @@ def _checksum(x: jax.Array) -> jax.Array:
   index = jnp.zeros(words.shape, jnp.uint32)
   stride = 1
   for axis in reversed(range(words.ndim)):
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * np.uint32(stride % 2**32)
+    axis_index = jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
+    index = index + axis_index * np.uint32(stride % 2**32)
     stride *= words.shape[axis]
   return jnp.sum(words * (index * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32)
 

@@ -320,7 +320,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       ckpts.save(step, state, data_it.get_state(), force=True)
       ckpts.wait()
       summary["model_dir"] = _write_final_model(trainer, state, workdir)
-      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
+      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy":
         summary["exit_code"] = _evaluate(trainer, cfg, state, step, writer, summary, preemption)
   finally:
     preemption.restore()

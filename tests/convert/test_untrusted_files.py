@@ -86,7 +86,8 @@ def test_a_killed_conversions_staging_directories_are_removed(converted, tmp_pat
   host = socket.gethostname()
   owners = {"dead": {"host": host, "pid": _dead_pid(), "start": "1"},
             "reused": {"host": host, "pid": os.getpid(), "start": "not this process"},
-            "live": staging.owner(), "elsewhere": {"host": host + "-other", "pid": 1, "start": None}}
+            "live": staging.owner(),
+            "elsewhere": {"host": host + "-other", "pid": 1, "start": None}}
   for name, owner in owners.items():
     os.makedirs(f"{out}.tmp-{name}/params")
     with open(f"{out}.tmp-{name}/{staging.OWNER_FILE}", "w") as f:

@@ -175,7 +175,8 @@ def test_chat_template_rejection_is_a_skip(tokenizer_dir, tmp_path):
   from hostile_files import ALTERNATING_TEMPLATE
   from mmjax.data.tokenizer import Tokenizer
   shutil.copy(f'{tokenizer_dir}/tokenizer.json', tmp_path / 'tokenizer.json')
-  (tmp_path / 'tokenizer_config.json').write_text(json.dumps({'chat_template': ALTERNATING_TEMPLATE}))
+  config = {'chat_template': ALTERNATING_TEMPLATE}
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps(config))
   processor = SampleProcessor(_cfg(template='tokenizer'), Tokenizer.load(str(tmp_path)))
   assert len(processor(_raw([], _conv(0)))['input_ids'])  # alternating: fine
   twice = [{'role': 'user', 'content': 'Hi.'}, {'role': 'user', 'content': 'Hi?'},

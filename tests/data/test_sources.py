@@ -133,9 +133,11 @@ def test_json_array_with_a_utf8_bom_is_read_as_json(tmp_path, make_record):
     assert len(src) == 3 and all('error' not in src[i] for i in range(3)), name
 
 
-@pytest.mark.parametrize('ref', ['../secret.png', '/etc/passwd', 'a/../../b.png', 'file:///etc/hosts'])
+@pytest.mark.parametrize('ref', ['../secret.png', '/etc/passwd', 'a/../../b.png',
+                                 'file:///etc/hosts'])
 def test_image_paths_outside_the_root_are_refused(tmp_path, ref):
-  raw = normalize_record({'id': 'x', 'image': ref, 'conversations': []}, 0, image_root=str(tmp_path))
+  record = {'id': 'x', 'image': ref, 'conversations': []}
+  raw = normalize_record(record, 0, image_root=str(tmp_path))
   assert raw['error'][0] == 'image_outside_root' and ref.replace('file://', '') in raw['error'][1]
 
 

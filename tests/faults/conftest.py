@@ -20,7 +20,8 @@ def env(tmp_path_factory):
   """The environment of every subprocess: this checkout first on the path, unbuffered output,
   CPU JAX with the test session's 8 devices, a shared compilation cache."""
   cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+  path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+  return dict(os.environ, PYTHONPATH=path,
               PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

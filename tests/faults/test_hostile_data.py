@@ -53,7 +53,8 @@ def dataset(tmp_path_factory):
   tok = tmp / "tok"
   tok.mkdir()
   corpus = ["What is in the picture? A red square. user assistant Hi. Yes."] * 20
-  train_tiny_tokenizer(corpus, special_tokens=SPECIALS, vocab_size=120).save(str(tok / "tokenizer.json"))
+  tokenizer = train_tiny_tokenizer(corpus, special_tokens=SPECIALS, vocab_size=120)
+  tokenizer.save(str(tok / "tokenizer.json"))
   (tok / "tokenizer_config.json").write_text(json.dumps({"chat_template": ALTERNATING_TEMPLATE}))
   root = tmp / "images"
   root.mkdir()
@@ -100,7 +101,8 @@ def test_data_check_and_training_count_the_same_skips(dataset, tmp_path, capsys)
   assert summary["final_step"] == GOOD // 8 and summary["skipped_samples"] == EXPECTED
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     last = [json.loads(line) for line in f][-1]
-  assert {k.split("/")[1]: v for k, v in last.items() if k.startswith("skipped_samples/")} == EXPECTED
+  per_reason = {k.split("/")[1]: v for k, v in last.items() if k.startswith("skipped_samples/")}
+  assert per_reason == EXPECTED
   assert last["skipped_samples"] == sum(EXPECTED.values()) and np.isfinite(last["loss"])
 
 

@@ -53,11 +53,15 @@ def test_killed_again_and_again_then_resumed_exactly(tmp_path, env):
   kill(proc)
   assert all(s <= STEPS for s in _steps_saved(faulty)), note
 
-  # 3. kill -9 at a random later step.
+  # 3. kill -9 at a random later step (once the resumed run has dropped the rows logged after
+  # its checkpoint: it rewrites metrics.jsonl as a new file).
   resumed = max(_steps_saved(faulty) or [0])
   at = rng.randrange(min(resumed + 1, STEPS - 2), STEPS - 1)
+  path = os.path.join(faulty, "metrics.jsonl")
+  stale_file = os.stat(path).st_ino if max(logged_steps(faulty), default=0) > resumed else None
   proc = start(command, env)
-  wait_for(lambda: logged_steps(faulty) and max(logged_steps(faulty)) >= at, proc)
+  wait_for(lambda: (os.stat(path).st_ino != stale_file
+                    and max(logged_steps(faulty), default=0) >= at), proc)
   kill(proc)
 
   # 4. SIGTERM during the eval that follows the last step: exit 143, the eval not logged.
