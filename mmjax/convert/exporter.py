@@ -43,6 +43,7 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
   `layout` (key spelling; default: the source's) pick the output form.
   """
   family, config, hf_meta = checkpoint.read_metadata(ckpt_dir)
+  checkpoint.check_params(ckpt_dir, family, config)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
   table = table_for(family)

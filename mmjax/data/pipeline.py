@@ -57,7 +57,7 @@ from mmjax.data.media_sample import MediaSampleProcessor
 from mmjax.data.sample import SampleProcessor
 from mmjax.data.sources import open_source
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.data.validation import REASONS, SampleError, SkipCounter
+from mmjax.data.validation import REASONS, SampleError, SkipCounter, TooManySkips, counts_vector
 from mmjax.data.video import VideoConfig
 
 log = logging.getLogger('mmjax.data')
@@ -173,8 +173,9 @@ class _SkipCountingIterator:
         self._pending[REASONS.index(element['_skip'])] += 1
         if self._pending.sum() >= self._max_consecutive:
           counts = {r: int(n) for r, n in zip(REASONS, self._pending) if n}
-          raise RuntimeError(f'{int(self._pending.sum())} samples in a row were skipped ({counts}); '
-                             'run `mmjax data check` on the dataset and check max_length / image_token')
+          raise TooManySkips(f'{int(self._pending.sum())} samples in a row were skipped '
+                             f'({counts}); run `mmjax data check` on the dataset and check '
+                             'max_length / image_token')
         continue
       element[packing.SKIP_COUNTS] = self._pending
       self._pending = np.zeros(len(REASONS), np.int64)
@@ -185,7 +186,7 @@ class _SkipCountingIterator:
 
   def set_state(self, state):
     self._parent.set_state(state['parent'])
-    self._pending = np.asarray(state['pending'], np.int64)
+    self._pending = np.asarray(counts_vector(state['pending']), np.int64)
 
 
 def _skip_counting_dataset(parent, max_consecutive_skips: int):

@@ -17,6 +17,7 @@ from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax import limits
 from mmjax.generation.models import adapter_for
 from mmjax.generation.sampling import Knobs, Sampling, next_token
 from mmjax.nn.masks import positions_from_attention_mask
@@ -60,6 +61,7 @@ class Generator:
 
   def __init__(self, family, config, params, mesh: Mesh | None = None):
     self.model = adapter_for(family, config)
+    self.config = config
     self.params = params
     self.mesh = mesh
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
@@ -105,9 +107,13 @@ class Generator:
   def prefill(self, input_ids, attention_mask=None, pixels=None, *, gen: GenerateConfig,
               positions=None, rng=None) -> dict[str, Any]:
     """Runs the prompt; the returned carry holds the first token (`carry['token']`) and cache."""
-    input_ids = np.asarray(input_ids, np.int32)
+    input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
       raise ValueError(f"input_ids must be [batch, length] with length >= 1, got {input_ids.shape}")
+    # Ids in the vocabulary (checked before the cast could wrap them), and prompt + new tokens
+    # within the model's positions, which also bounds the KV cache allocated below.
+    limits.check_prompt(input_ids, self.config, gen.max_new_tokens)
+    input_ids = input_ids.astype(np.int32)
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if mask.shape != input_ids.shape:
       raise ValueError(f"attention_mask {mask.shape} does not match input_ids {input_ids.shape}")

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import checkpoint as converted
-from mmjax import distributed, paths
+from mmjax import distributed, limits, paths
+from mmjax.data.validation import REASONS
+from mmjax.errors import UserError
 from mmjax import sharding as shd
 from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
@@ -223,13 +225,50 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_counts(cfg) -> None:
+  """The config's counts, each an integer in range (`train.steps=-5` used to train nothing and
+  write a random model with exit code 0)."""
+  limits.require_int(cfg.train.steps, "train.steps")
+  limits.require_int(cfg.train.get("log_every", 10), "train.log_every")
+  limits.require_int(cfg.train.get("grad_accum", 1), "train.grad_accum")
+  limits.require_int(cfg.train.get("stop_after", 0), "train.stop_after", minimum=0)
+  limits.require_int(cfg.checkpoint.every_steps, "checkpoint.every_steps")
+  limits.require_int(cfg.checkpoint.get("keep", 3), "checkpoint.keep")
+  limits.require_int(cfg.data.batch_size, "data.batch_size")
+
+
+def _skipped_samples(data_it) -> dict[str, int] | None:
+  """Samples the data pipeline skipped so far, per reason, over every host (a collective); None
+  for iterators that skip nothing (the shapes set)."""
+  if not hasattr(data_it, "stats"):
+    return None
+  total: dict[str, int] = {}
+  for host in distributed.gather_json(data_it.stats()["skipped"]):
+    for reason, n in host.items():
+      total[reason] = total.get(reason, 0) + int(n)
+  return {r: total[r] for r in REASONS if total.get(r)}
+
+
+def _skip_columns(skipped: dict[str, int] | None) -> dict[str, int]:
+  if skipped is None:
+    return {}
+  return {"skipped_samples": sum(skipped.values()),
+          **{f"skipped_samples/{r}": n for r, n in skipped.items()}}
+
+
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) training; returns a summary including the exit code.
 
   `stop_after` (or `train.stop_after`) ends the run after that step with a checkpoint, as a
   preemption would (the schedule still spans `train.steps`); re-running resumes from there.
   Every process of a multi-host job runs this; process 0 writes the metrics and the eval.
+
+  Metrics rows are written every `train.log_every` steps and before every checkpoint, so the rows
+  of the steps a checkpoint holds are on disk when it is; a resumed run drops the rows of later
+  steps and logs them again (the same values: resume is exact). Rows of logged steps carry the
+  samples the data pipeline skipped so far, per reason (`skipped_samples/<reason>`).
   """
+  check_counts(cfg)
   trainer = Trainer.build(cfg)
   steps = int(cfg.train.steps)
   stop_after = stop_after or int(cfg.train.get("stop_after", 0)) or None
@@ -252,9 +291,15 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   summary: dict[str, Any] = {"exit_code": 0, "start_step": start}
   step, last_time, pending = start, time.perf_counter(), []
   flops = None
+  skipped = _skipped_samples(data_it)
   try:
     while step < steps:
-      local = next(data_it)  # this host's rows
+      try:
+        local = next(data_it)  # this host's rows
+      except StopIteration:
+        raise UserError(f"the training data ran out after {step} of {steps} steps "
+                        f"(data.num_epochs={cfg.data.get('num_epochs')}); allow more epochs or "
+                        "fewer steps") from None
       if flops is None:  # from the first batch, counted over every host's rows
         flops = _flops_per_step(trainer, cfg, local)
       batch = train_data.to_global(local, trainer.mesh)
@@ -262,7 +307,11 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
         state, metrics = trainer.step_fn(state, batch)
       step += 1
       pending.append(metrics)
-      if step % log_every == 0 or step == steps:
+      stopping = preemption.requested or step == stop_after
+      logged = step % log_every == 0 or step == steps
+      if logged:
+        skipped = _skipped_samples(data_it)
+      if logged or stopping or ckpts.due(step):  # rows on disk before their checkpoint
         fetched = jax.device_get(pending)
         now = time.perf_counter()
         per_step = (now - last_time) / len(pending)
@@ -271,11 +320,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
           record["tokens_per_s"] = rows * batch["input_ids"].shape[1] / per_step
           record["tflops_per_s"] = flops / per_step / 1e12
           record["step_time_s"] = per_step
+          if logged and k == len(fetched) - 1:
+            record.update(_skip_columns(skipped))
           writer.write(step - len(fetched) + k + 1, record)
         writer.advance(len(pending))
         pending, last_time = [], time.perf_counter()
       ckpts.save(step, state, data_it.get_state())
-      if preemption.requested or step == stop_after:
+      if stopping:
         ckpts.save(step, state, data_it.get_state(), force=True)
         ckpts.wait()
         if preemption.requested:
@@ -286,24 +337,48 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       ckpts.save(step, state, data_it.get_state(), force=True)
       ckpts.wait()
       summary["model_dir"] = _write_final_model(trainer, state, workdir)
-      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
-        from mmjax.train.evaluate import shapes_accuracy
-
-        params = _host_copy(state.all_params())  # a collective: every process takes part
-        if distributed.is_main_process():  # greedy decoding on this host's first device
-          with trainer.mesh:
-            result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data,
-                                     size=int(cfg.eval.get("size", 500)))
-          writer.write(step, result)
-          summary.update(result)
-          print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
-                "held-out images")
+      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy":
+        summary["exit_code"] = _evaluate(trainer, cfg, state, step, writer, summary, preemption)
       if distributed.is_main_process():
         summary["plot"] = _write_plot(workdir)
   finally:
     preemption.restore()
     writer.close()
-    ckpts.wait()
-    ckpts.close()
+    try:
+      ckpts.wait()  # raises what failed in an async save (e.g. a full disk)
+    finally:
+      ckpts.close()
   summary.update(final_step=step, skipped=int(jax.device_get(state.skipped)))
+  if skipped is not None:
+    summary["skipped_samples"] = skipped
   return summary
+
+
+def _evaluate(trainer: Trainer, cfg, state, step: int, writer, summary: dict,
+              preemption: _Preemption) -> int:
+  """The held-out accuracy, once: a finished run re-launched reports the one it logged. SIGTERM
+  stops the eval (exit 143; re-running evaluates again)."""
+  from mmjax.train.evaluate import shapes_accuracy
+
+  logged = {k: v for k, v in getattr(writer, "logged_at_start", {}).items()
+            if k.startswith("eval_accuracy")}
+  if distributed.sum_over_processes(int(bool(logged))):  # process 0 decides for all
+    if logged:
+      summary.update(logged)
+      print(f"eval_accuracy {logged['eval_accuracy']:.4f} (evaluated before; in {writer.path})")
+    return 0
+  params = _host_copy(state.all_params())  # a collective: every process takes part
+  if not distributed.is_main_process():
+    return 0
+  size = int(cfg.eval.get("size", 500))
+  with trainer.mesh:  # greedy decoding on this host's first device
+    result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data, size=size,
+                             should_stop=lambda: preemption.requested)
+  if result is None:
+    print(f"preempted (SIGTERM) during the eval at step {step}: the model is saved; re-run the "
+          "command to evaluate")
+    return PREEMPTED_EXIT_CODE
+  writer.write(step, result)
+  summary.update(result)
+  print(f"eval_accuracy {result['eval_accuracy']:.4f} on {size} held-out images")
+  return 0

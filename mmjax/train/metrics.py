@@ -29,16 +29,22 @@ def flops_per_step(config, params: dict, batch_rows: int, seq_len: int, images: 
 
 
 class MetricsWriter:
-  """One JSON object per logged step; TensorBoard scalars; a progress bar on a terminal."""
+  """One JSON object per logged step; TensorBoard scalars; a progress bar on a terminal.
+
+  On resume from `start_step`, rows of later steps (logged before the kill, after the checkpoint)
+  are dropped, as are TensorBoard's events from them: the resumed run logs those steps again.
+  `logged_at_start` holds what was logged at `start_step` itself (e.g. a finished run's eval).
+  """
 
   def __init__(self, workdir: str, total_steps: int, start_step: int):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.logged_at_start = self._keep_rows_through(self.path, start_step)
     self._file = open(self.path, "a")
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
     except ImportError:  # tensorboardX is a dependency; keep training if it is broken
       self._tb = None
     self._bar = None
@@ -48,6 +54,32 @@ class MetricsWriter:
       self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                        dynamic_ncols=True)
     self._last = time.perf_counter()
+
+  @staticmethod
+  def _keep_rows_through(path: str, step: int) -> dict[str, Any]:
+    """Drops the rows of steps after `step` (a resumed run logs them again) and a line cut short by
+    a kill; returns the values logged at `step` itself."""
+    if not os.path.exists(path):
+      return {}
+    kept, at_step, dropped = [], {}, False
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+          keep = isinstance(record, dict) and int(record["step"]) <= step and line.endswith("\n")
+        except (ValueError, KeyError, TypeError):
+          keep = False
+        if not keep:
+          dropped = True
+          continue
+        kept.append(line)
+        if record["step"] == step:
+          at_step.update(record)
+    if dropped:  # written aside and renamed: a kill now leaves the old file or the new one
+      with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+    return at_step
 
   def write(self, step: int, values: dict[str, Any]) -> None:
     record = {"step": int(step), **{k: _plain(v) for k, v in values.items()}}
