@@ -166,6 +166,8 @@ _COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
 def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
                              compiler_options: dict | None = None):
   """(trainer, abstract batch, compiled step) of a prepared config on compile-only devices."""
+  import jax
+
   from mmjax.train.loop import Trainer
 
   trainer = Trainer.build(cfg, devices)
@@ -175,7 +177,7 @@ def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
     from mmjax.train.offload import offload_optimizer_state
 
     step_fn = offload_optimizer_state(trainer)
-  with trainer.mesh:
+  with jax.set_mesh(trainer.mesh):
     compiled = _compile(step_fn.lower(trainer.abstract_state, batch), compiler_options)
   return trainer, batch, compiled
 
@@ -318,7 +320,7 @@ def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
   knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                       sharding=shd.replicated(mesh)),
                        jax.eval_shape(lambda: Knobs.of(Sampling())))
-  with mesh:
+  with jax.set_mesh(mesh):
     prefill = _compile(generator._prefill.lower(params, ids, ids, positions, pixels, rng, knobs,
                                                 gen=gen))
     carry = jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),

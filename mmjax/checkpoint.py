@@ -159,7 +159,7 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
     staging.remove_stale(ckpt_dir)  # left by a run killed while writing its model
   tmp = staging.create(ckpt_dir, token) if local else staging.path_for(ckpt_dir, token)
   try:
-    ocp.save_pytree(os.path.join(tmp, PARAMS_DIR), params)
+    ocp.save(os.path.join(tmp, PARAMS_DIR), params)
     if jax.process_index() == 0:
       hf = read_metadata(hf_from)[2] if hf_from else {}
       write_metadata(tmp, family, config, hf)

@@ -1,7 +1,6 @@
 """Linear and MLP projectors (LLaVA's `mlp2x_gelu`)."""
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax

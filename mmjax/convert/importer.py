@@ -8,7 +8,6 @@ import sys
 import uuid
 from collections import Counter
 
-import jax
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp

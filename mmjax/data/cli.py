@@ -160,9 +160,13 @@ def run_check(args: argparse.Namespace) -> int:
     from mmjax.data.preprocess import preset  # pylint: disable=g-import-not-at-top
     from mmjax.data.sample import SampleProcessor  # pylint: disable=g-import-not-at-top
     from mmjax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-    cfg = DataConfig(image=preset(args.image_preset), template=args.template, tokenizer=args.tokenizer,
-                     image_token=args.image_token, max_length=args.max_length, truncate=not args.no_truncate,
-                     max_tiles=1 << 30, max_images=1 << 30)
+    image = preset(args.image_preset)
+    # No budget per row here (rows are not packed); the tiles' is a multiple of the images'
+    # for presets whose images own `image.max_tiles` slots each (mllama).
+    cfg = DataConfig(image=image, template=args.template, tokenizer=args.tokenizer,
+                     image_token=args.image_token, max_length=args.max_length,
+                     truncate=not args.no_truncate, max_tiles=(1 << 20) * image.max_tiles,
+                     max_images=1 << 20)
     processor = SampleProcessor(cfg, Tokenizer.load(args.tokenizer))
   start = time.time()
   report, counter = check_dataset(source, processor, args.limit)

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
+from mmjax.data import preprocess
 from mmjax.data.validation import REASONS
 
 TEXT_FEATURES = ('input_ids', 'labels', 'loss_mask')
@@ -29,10 +30,10 @@ def length_struct(cfg) -> dict[str, int]:
   lengths = {k: cfg.max_length for k in TEXT_FEATURES}
   lengths['pixel_values'] = cfg.max_tiles
   lengths.update({k: cfg.max_images for k in IMAGE_FEATURES})
+  lengths.update({k: cfg.max_images for k in preprocess.per_image_features(cfg.image)})
+  if cfg.mrope:
+    lengths['mrope_positions'] = cfg.max_length
   if cfg.image.family == 'qwen2_vl':
-    lengths['image_grid_thw'] = cfg.max_images
-    if cfg.mrope:
-      lengths['mrope_positions'] = cfg.max_length
     if cfg.video.max_patches:  # mmjax.data.media_sample
       lengths['pixel_values_videos'] = cfg.video.max_patches
       lengths['video_grid_thw'] = cfg.video.max_videos
@@ -73,8 +74,9 @@ def finalize_row(row: dict) -> dict:
       'image_tiles': row['image_tiles'].astype(np.int32),
       'num_images': np.int32((image_segments > 0).sum()),
   }
-  if 'image_grid_thw' in row:
-    out['image_grid_thw'] = row['image_grid_thw'].astype(np.int32)
+  for key in preprocess.ALL_PER_IMAGE_FEATURES:  # the image family's arrays per image
+    if key in row:
+      out[key] = row[key].astype(np.int32)
   for key in ('pixel_values_videos', 'video_grid_thw'):  # videos: patches, then their grids
     if key in row:
       out[key] = row[key] if key == 'pixel_values_videos' else row[key].astype(np.int32)

@@ -32,7 +32,10 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
   image_sizes      [B*M, 2]  int32    original (h, w) per image, row b owns [b*M, (b+1)*M)
   image_tiles      [B*M]     int32    tiles (qwen2_vl: patches) of each image, 0 for unused slots
   image_segment_ids [B*M]    int32    segment of the row each image belongs to (0 = unused)
-  image_grid_thw   [B*M, 3]  int32    (qwen2_vl) patch grid per image
+  <per-image arrays> [B*M, ...]       the image family's (``preprocess.per_image_features``):
+                                      image_grid_thw [B*M, 3] (qwen2_vl) patch grid per image;
+                                      aspect_ratio_ids [B*M] (mllama, 0 = unused slot) and
+                                      aspect_ratio_mask [B*M, S/M] (each image owns S/M tiles)
   pixel_values_videos [B*V, 3*T*P*P] float32 (qwen2_vl with video.max_patches = V) video
                                       patches, row b owns [b*V, (b+1)*V), in the order of its
                                       video tokens (mmjax.data.media_sample)
@@ -51,7 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmjax.data import packing
+from mmjax.data import packing, preprocess
 from mmjax.data.preprocess import ImageConfig, preset
 from mmjax.data.media_sample import MediaSampleProcessor
 from mmjax.data.sample import SampleProcessor
@@ -63,8 +66,9 @@ from mmjax.data.video import VideoConfig
 log = logging.getLogger('mmjax.data')
 
 FLAT_TILE_KEYS = ('pixel_values', 'image_mask')
-FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'image_grid_thw',
-                   'pixel_values_videos', 'video_grid_thw')  # videos: mmjax.data.media_sample
+FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'pixel_values_videos',
+                   'video_grid_thw',  # videos: mmjax.data.media_sample
+                   *preprocess.ALL_PER_IMAGE_FEATURES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,9 @@ class DataConfig:
     if unknown:
       raise ValueError(f'unknown data config keys {sorted(unknown)}; expected some of {sorted(fields)}')
     return cls(image=image, sources=sources, video=video, **d)
+
+  def __post_init__(self):
+    preprocess.check_row_budget(self.image, self.max_tiles, self.max_images)
 
   def host_batch_size(self, process_count: int) -> int:
     if self.batch_size % process_count:

@@ -9,7 +9,9 @@ first axis being its own length (the packer stacks samples along it)::
   pixel_values    [n_tiles, H, W, 3] float32 NHWC   (qwen2_vl: [n_patches, 3 * T * P * P])
   image_sizes     [n_images, 2] int32  original (height, width) of each image
   image_tiles     [n_images] int32     tiles (qwen2_vl: patches) each image contributed
-  image_grid_thw  [n_images, 3] int32  (qwen2_vl only)
+  <the image family's per-image arrays>  e.g. image_grid_thw [n_images, 3] (qwen2_vl),
+                  aspect_ratio_ids [n_images] and aspect_ratio_mask [n_images, S] (mllama, whose
+                  pixel_values hold S = image.max_tiles tiles per image, unused ones zero)
   mrope_positions [L, 3] int32  (only with ``cfg.mrope``)
 
 or raises ``SampleError`` naming the sample and the reason (see ``validation.REASONS``).
@@ -182,14 +184,8 @@ class SampleProcessor:
       raise SampleError('too_long', sample_id, f'no assistant token within max_length {cfg.max_length}')
 
     processed = [self.images(im) for im in pil_images]
-    if cfg.image.family == 'qwen2_vl':
-      tiles = [p.patches(cfg.image) for p in processed]
-      width = 3 * cfg.image.temporal_patch_size * cfg.image.patch_size ** 2
-      pixels = np.concatenate(tiles) if tiles else np.zeros((0, width), np.float32)
-    else:
-      tiles = [p.pixels for p in processed]
-      th, tw = cfg.image.tile_size
-      pixels = np.concatenate(tiles) if tiles else np.zeros((0, th, tw, 3), np.float32)
+    tiles = [self.images.sample_tiles(p) for p in processed]
+    pixels = np.concatenate(tiles) if tiles else self.images.empty_tiles()
     if len(pixels) > cfg.max_tiles:
       raise SampleError('too_many_images', sample_id,
                         f'{len(pixels)} image tiles/patches > max_tiles {cfg.max_tiles} per row')
@@ -201,10 +197,9 @@ class SampleProcessor:
         'image_sizes': np.asarray([p.image_size for p in processed], np.int32).reshape(-1, 2),
         'image_tiles': np.asarray([len(t) for t in tiles], np.int32),
     }
-    if cfg.image.family == 'qwen2_vl':
+    example.update(self.images.image_features(processed))
+    if cfg.mrope:  # (qwen2_vl)
       grids = [p.grid_thw for p in processed]
-      example['image_grid_thw'] = np.asarray(grids, np.int32).reshape(-1, 3)
-      if cfg.mrope:
-        example['mrope_positions'] = mrope_positions(example['input_ids'], self.image_id, grids,
-                                                     cfg.image.merge_size)
+      example['mrope_positions'] = mrope_positions(example['input_ids'], self.image_id, grids,
+                                                   cfg.image.merge_size)
     return example

@@ -262,7 +262,7 @@ class MllamaFamily(Family):
   parts = {"cross_attention": r"decoder/layers(_\d+)?/cross_\d+/.*",
            "language_model": r"decoder/(?!layers(_\d+)?/cross_\d+/).*"}
   processor_keys = PROCESSOR_KEYS
-  flops_batch_keys = ("image_mask",)
+  flops_batch_keys = ("image_mask", "aspect_ratio_ids")
 
   def config_from_hf(self, hf_config, **execution):
     return MllamaConfig.from_hf(hf_config, **execution)
@@ -322,10 +322,8 @@ class MllamaFamily(Family):
     return MllamaPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template)
 
   def train_forward(self, module, params, batch, rng=None, head_loss=None):
-    """A training batch: text arrays, `pixel_values` of its image slots (`[B*M, H, W, C]` one
-    tile each, as the shapes source makes them, or `[B*M, T, H, W, C]`), `image_mask [B*M]`
-    and optionally `aspect_ratio_ids [B*M]` (default: one tile, id 1), `aspect_ratio_mask
-    [B*M, T]`. The cross-attention mask follows from the image tokens."""
+    """A training batch (see `train_images`): text arrays and image slots. The
+    cross-attention mask follows from the image tokens."""
     rows = batch["input_ids"].shape[0]
     images = train_images(module.config, batch, rows)
     out = module.apply({"params": params}, batch["input_ids"], images, batch["positions"],
@@ -338,10 +336,10 @@ class MllamaFamily(Family):
     tower per padded tile token of every image slot with a real image (`image_mask`), attending
     over the image's tiles; the projector per image state."""
     rows, length = np.shape(batch["input_ids"])
-    if "image_mask" in batch:
+    if "aspect_ratio_ids" in batch:  # the pipeline's and the processor's arrays
+      images = int(np.sum(np.asarray(batch["aspect_ratio_ids"]) > 0))
+    else:  # one tile per image slot (the shapes source)
       images = int(np.sum(batch["image_mask"]))
-    else:  # processor arrays
-      images = int(np.sum(np.asarray(batch.get("aspect_ratio_ids", 0)) > 0))
     per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
     trains = lambda *names: any(n in trainable for n in names)
     # The language model's layers back-propagate to the cross-attention layers among them.
@@ -401,12 +399,13 @@ class MllamaFamily(Family):
         d["cross_attention_layers"] = tuple(i for i in cross if i < depth * period)
 
   def abstract_train_batch(self, config, data, sds):
-    """Rows own `max_images` image slots of `max_num_tiles` tiles."""
+    """As the pipeline lays it out: rows own `max_images` image slots of `max_num_tiles` tiles,
+    the tiles flat (`mmjax.data.pipeline`)."""
     v = config.vision
     slots = int(data["batch_size"]) * int(data.get("max_images", 1))
     t = v.max_num_tiles
-    return {**text_train_batch(data, sds), "image_mask": sds((slots,), jnp.bool_),
-            "pixel_values": sds((slots, t, v.image_size, v.image_size, v.num_channels),
+    return {**text_train_batch(data, sds), "image_mask": sds((slots * t,), jnp.bool_),
+            "pixel_values": sds((slots * t, v.image_size, v.image_size, v.num_channels),
                                 jnp.float32),
             "aspect_ratio_ids": sds((slots,), jnp.int32),
             "aspect_ratio_mask": sds((slots, t), jnp.int32)}
@@ -420,21 +419,34 @@ def _cross_slots(decoder_params: dict):
 
 
 def train_images(config: MllamaConfig, batch, rows: int) -> dict[str, jax.Array]:
-  """The module's image arrays from a training batch's image slots (see `train_forward`)."""
+  """The module's image arrays from a training batch's image slots, one of:
+
+  * the pipeline's (`image_preset="mllama"`): `pixel_values [B*M*T, H, W, C]` with every image
+    slot owning T = `max_num_tiles` tiles, `image_mask [B*M*T]`, `aspect_ratio_ids [B*M]`
+    (0: an unused slot) and `aspect_ratio_mask [B*M, T]`;
+  * one tile per image (the shapes source): `pixel_values [B*M, H, W, C]`, `image_mask [B*M]`.
+  """
   v = config.vision
   t = v.max_num_tiles
   pixels = batch["pixel_values"]
-  if pixels.ndim == 4:  # one tile per image: the remaining tiles are padding
-    pixels = jnp.pad(pixels[:, None], ((0, 0), (0, t - 1), (0, 0), (0, 0), (0, 0)))
-  slots = pixels.shape[0]
-  real = batch["image_mask"].astype(bool)
   ids = batch.get("aspect_ratio_ids")
-  ids = jnp.ones((slots,), jnp.int32) if ids is None else ids
-  tiles = batch.get("aspect_ratio_mask")
-  tiles = jnp.zeros((slots, t), jnp.int32).at[:, 0].set(1) if tiles is None else tiles
+  if ids is None:  # one tile per image: the remaining tiles are padding
+    slots = pixels.shape[0]
+    pixels = jnp.pad(pixels[:, None], ((0, 0), (0, t - 1), (0, 0), (0, 0), (0, 0)))
+    real = batch["image_mask"].astype(bool)
+    ids = jnp.where(real, 1, 0).astype(jnp.int32)
+    tiles = jnp.zeros((slots, t), jnp.int32)
+  else:
+    slots = ids.shape[0]
+    if pixels.shape[0] != slots * t:
+      raise ValueError(f"{pixels.shape[0]} tiles for {slots} image slots of {t} tiles: the data's "
+                       f"image preset must have max_tiles = the vision tower's {t}")
+    pixels = pixels.reshape(slots, t, *pixels.shape[1:])
+    tiles = batch["aspect_ratio_mask"]
+  tiles = tiles.at[:, 0].set(1)  # as the processor marks padding images: no empty tile mask
   per_row = slots // rows
   return {"pixel_values": pixels.reshape(rows, per_row, *pixels.shape[1:]),
-          "aspect_ratio_ids": jnp.where(real, ids, 0).reshape(rows, per_row),
+          "aspect_ratio_ids": ids.reshape(rows, per_row),
           "aspect_ratio_mask": tiles.reshape(rows, per_row, t)}
 
 

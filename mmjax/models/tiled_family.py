@@ -8,9 +8,6 @@ pixels)` and a `decoder` (`mmjax.decoders.llama.Decoder`); their config has `vis
 `image_token_id` and `tokens_per_image`.
 """
 
-from typing import Any, Mapping
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 

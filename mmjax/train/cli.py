@@ -1,6 +1,5 @@
 """`mmjax train`: run or resume training from an ml_collections config file."""
 
-import argparse
 import ast
 import importlib.util
 import os

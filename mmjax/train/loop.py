@@ -71,7 +71,7 @@ class Trainer:
                                   parts.label_tree(trained, trainable, family.parts))
     boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, family.parts),
                            jax.random.PRNGKey(0))
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
       specs = nn.get_partition_spec(boxed)
       state_shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
     abstract_state = nn.unbox(boxed)
@@ -106,7 +106,7 @@ class Trainer:
     init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r,
                                                  self.family.parts)),
                    out_shardings=self.state_shardings)
-    with self.mesh:
+    with jax.set_mesh(self.mesh):
       state = init(jax.random.PRNGKey(seed))
     sources = _init_sources(self.cfg.train.get("init_from", ""))
     if sources:
@@ -303,7 +303,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       if flops is None:  # from the first batch, counted over every host's rows
         flops = _flops_per_step(trainer, cfg, local)
       batch = train_data.to_global(local, trainer.mesh)
-      with trainer.mesh:
+      with jax.set_mesh(trainer.mesh):
         state, metrics = trainer.step_fn(state, batch)
       step += 1
       pending.append(metrics)
@@ -371,7 +371,7 @@ def _evaluate(trainer: Trainer, cfg, state, step: int, writer, summary: dict,
   if not distributed.is_main_process():
     return 0
   size = int(cfg.eval.get("size", 500))
-  with trainer.mesh:  # greedy decoding on this host's first device
+  with jax.set_mesh(trainer.mesh):  # greedy decoding on this host's first device
     result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data, size=size,
                              should_stop=lambda: preemption.requested)
   if result is None:

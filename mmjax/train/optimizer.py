@@ -63,7 +63,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
   def update_fn(updates, state, params=None, *, grad_norm=None):
     del params
-    norm = optax.global_norm(updates) if grad_norm is None else grad_norm
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
     scale = jnp.minimum(1.0, max_norm / norm)  # 1 when the norm is within the bound (or 0)
     return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
 

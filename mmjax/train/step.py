@@ -78,7 +78,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
       (loss, count, grads), _ = jax.lax.scan(
           body, (jnp.zeros(()), jnp.zeros(()), zeros),
           (jnp.arange(grad_accum), _microbatches(batch, grad_accum)))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     def update(params, opt_state):
       updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)

@@ -56,7 +56,7 @@ def test_bidirectional_odd_length_under_mesh():
   """A ViT-like sequence (37 tokens, padded to 128 inside) split over 8 devices by batch."""
   q, k, v = _qkv(8, 37, 2, 2, 32, seed=1)
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(1, 8, 1), shd.MESH_AXES)
-  with mesh, nn.logical_axis_rules(list(shd.FSDP_RULES)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(list(shd.FSDP_RULES)):
     got = jax.jit(lambda q, k, v: dot_product_attention(
         q, k, v, None, scale=32**-0.5, backend="splash_interpret"))(q, k, v)
   want = dot_product_attention(q, k, v, None, scale=32**-0.5, backend="xla")

@@ -72,7 +72,7 @@ def main():
     state = trainer.init()
   losses = {}
   for step in range(start, args.steps):
-    with trainer.mesh:
+    with jax.set_mesh(trainer.mesh):
       state, metrics = trainer.step_fn(state, global_batch(step))
     losses[step + 1] = float(metrics["loss"])
     if step + 1 == args.save_at:

@@ -65,9 +65,7 @@ def test_recipe_trains_cross_attention_with_the_language_model_frozen(tmp_path):
 
   train(cfg, str(tmp_path / "recipe"))
   _, _, after = load_checkpoint(str(tmp_path / "recipe" / "model"))
-  cfg.train.steps = 0
-  train(cfg, str(tmp_path / "fresh"))
-  _, _, before = load_checkpoint(str(tmp_path / "fresh" / "model"))
+  before = jax.device_get(Trainer.build(cfg).init().all_params())  # where training started
   after, before = _paths(after), _paths(before)
   for path, value in before.items():
     moved = bool(np.any(after[path] != value))

@@ -108,7 +108,7 @@ def test_tiny_config_trains_on_a_json_dataset(kind, dataset):
   assert batch["image_mask"].sum() > 0 and (batch["segment_ids"].max(1) > 1).any()  # packed
   losses = []
   for _ in range(6):  # a repeated batch
-    with trainer.mesh:
+    with jax.set_mesh(trainer.mesh):
       state, metrics = trainer.step_fn(state, train_data.to_global(batch, trainer.mesh))
     losses.append(float(metrics["loss"]))
   assert np.isfinite(losses).all() and int(state.skipped) == 0, losses

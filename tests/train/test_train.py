@@ -42,7 +42,7 @@ def run_steps(cfg, devices, host_batches):
   state = trainer.init()
   losses = []
   for b in host_batches:
-    with trainer.mesh:
+    with jax.set_mesh(trainer.mesh):
       state, metrics = trainer.step_fn(state, train_data.to_global(b, trainer.mesh))
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state)
@@ -105,7 +105,7 @@ def test_unrolled_layers_train_like_the_scan():
     cfg.train.unroll_layers = unroll
     trainer = Trainer.build(cfg, jax.devices()[:1])
     batch = train_data.to_global(host_batches[0], trainer.mesh)
-    with trainer.mesh:
+    with jax.set_mesh(trainer.mesh):
       return trainer.step_fn.lower(trainer.init(), batch).as_text().count("stablehlo.while")
   assert while_loops(True) < while_loops(False)
 
@@ -117,7 +117,7 @@ def test_non_finite_batch_is_skipped_and_counted():
   before = jax.device_get(state)
   good, bad = batches(cfg, trainer, 2)
   bad = dict(bad, pixel_values=np.full_like(bad["pixel_values"], np.nan))
-  with trainer.mesh:
+  with jax.set_mesh(trainer.mesh):
     state, metrics = trainer.step_fn(state, train_data.to_global(bad, trainer.mesh))
   assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
   after = jax.device_get(state)
@@ -125,7 +125,7 @@ def test_non_finite_batch_is_skipped_and_counted():
   for a, b in zip(jax.tree.leaves(after.params) + jax.tree.leaves(after.opt_state),
                   jax.tree.leaves(before.params) + jax.tree.leaves(before.opt_state)):
     np.testing.assert_array_equal(a, b)
-  with trainer.mesh:
+  with jax.set_mesh(trainer.mesh):
     state, metrics = trainer.step_fn(state, train_data.to_global(good, trainer.mesh))
   assert np.isfinite(float(metrics["loss"])) and int(jax.device_get(state.step)) == 1
 

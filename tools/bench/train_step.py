@@ -97,7 +97,7 @@ def mmjax_side(mm_dir: str, data: dict):
   holder = {"state": state}
 
   def step() -> float:
-    with trainer.mesh:
+    with jax.set_mesh(trainer.mesh):
       holder["state"], metrics = trainer.step_fn(holder["state"], batch)
     return float(metrics["loss"])  # blocks until the step is done
 

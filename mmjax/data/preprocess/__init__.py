@@ -15,6 +15,8 @@ Families:
   ``anyres``    LLaVA-NeXT base view + grid tiles (LlavaNextImageProcessor)
   ``internvl``  dynamic aspect-ratio tiling + thumbnail (GotOcr2ImageProcessor, crop_to_patches)
   ``qwen2_vl``  smart resize within [min_pixels, max_pixels] + patch flattening (Qwen2VLImageProcessor)
+  ``mllama``    the best grid of up to ``max_tiles`` square tiles, zero-padded (MllamaImageProcessor);
+                one ``<|image|>`` token per image, ``aspect_ratio`` (rows, cols) per image
 """
 
 from __future__ import annotations
@@ -25,10 +27,17 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from mmjax.data.preprocess import anyres, common, qwen2_vl, single, tiling
+from mmjax.data.preprocess import anyres, common, mllama, qwen2_vl, single, tiling
 from mmjax.data.preprocess.common import decode_image
 
-FAMILIES = ('clip', 'llava', 'siglip', 'anyres', 'internvl', 'qwen2_vl')
+# Each family's module: ``process(image, cfg) -> (pixels, meta)`` and, where the default does not
+# fit, ``num_tokens(h, w, cfg)`` (default: one tile's tokens), ``sample_tiles(processed, cfg)``
+# (the sample's pixel rows; default: ``processed.pixels``), ``empty_tiles(cfg)``,
+# ``PER_IMAGE_FEATURES`` + ``image_features(processed_images, cfg)`` (arrays per image that
+# packing puts into ``max_images`` slots) and ``check_row_budget(cfg, max_tiles, max_images)``.
+_MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
+            'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama}
+FAMILIES = tuple(_MODULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +81,7 @@ class ImageConfig:
     """(H, W) of every tile this family emits; None for qwen2_vl (variable)."""
     if self.family == 'qwen2_vl':
       return None
-    if self.family in ('siglip', 'internvl'):
+    if self.family in ('siglip', 'internvl', 'mllama'):
       return self.size
     return self.crop_size or self.size
 
@@ -92,6 +101,8 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
                        pad_to_square=False, merge_size=2, max_tiles=12),
       'qwen2_vl': dict(family='qwen2_vl', shortest_edge=None, crop_size=None, pad_to_square=False,
                        merge_size=2),
+      'mllama': dict(family='mllama', shortest_edge=None, size=560, crop_size=None,
+                     pad_to_square=False, max_tiles=4, resample='bilinear'),
   }
   if name not in presets:
     raise ValueError(f'unknown image preset {name!r}; expected one of {sorted(presets)}')
@@ -104,6 +115,7 @@ class ProcessedImage:
   num_tokens: int
   image_size: tuple[int, int]  # original (height, width)
   grid_thw: tuple[int, int, int] | None = None  # qwen2_vl only
+  aspect_ratio: tuple[int, int] | None = None  # mllama only: (rows, cols) of tiles
 
   def patches(self, cfg: ImageConfig) -> np.ndarray:
     """Qwen2-VL flattened patches [grid_h * grid_w, 3 * T * P * P] (HF's pixel_values layout)."""
@@ -120,25 +132,53 @@ class ImageProcessor:
     """Placeholder tokens for an original image of (height, width)."""
     cfg = self.cfg
     per_side = lambda n: n // cfg.patch_size // cfg.merge_size
-    if cfg.family == 'qwen2_vl':
-      gh, gw = qwen2_vl.grid_size(height, width, cfg)
-      return (gh // cfg.merge_size) * (gw // cfg.merge_size)
-    if cfg.family == 'anyres':
-      return anyres.num_tokens(height, width, cfg)
+    hook = getattr(_MODULES[cfg.family], 'num_tokens', None)
+    if hook is not None:
+      return hook(height, width, cfg)
     th, tw = cfg.tile_size
     per_tile = per_side(th) * per_side(tw)
     if cfg.family == 'internvl':
       return tiling.num_tiles(height, width, cfg) * per_tile
     return cfg.tokens_per_image or per_tile
 
+  def sample_tiles(self, processed: ProcessedImage) -> np.ndarray:
+    """The rows one image adds to a sample's ``pixel_values``."""
+    hook = getattr(_MODULES[self.cfg.family], 'sample_tiles', None)
+    return processed.pixels if hook is None else hook(processed, self.cfg)
+
+  def empty_tiles(self) -> np.ndarray:
+    """``pixel_values`` of a sample without images."""
+    hook = getattr(_MODULES[self.cfg.family], 'empty_tiles', None)
+    return np.zeros((0, *self.cfg.tile_size, 3), np.float32) if hook is None else hook(self.cfg)
+
+  def image_features(self, processed: Sequence[ProcessedImage]) -> dict[str, np.ndarray]:
+    """The family's arrays per image (``per_image_features``), for a sample's images."""
+    hook = getattr(_MODULES[self.cfg.family], 'image_features', None)
+    return {} if hook is None else hook(processed, self.cfg)
+
   def __call__(self, image: Image.Image) -> ProcessedImage:
     image = common.to_rgb(image)
     w, h = image.size
-    module = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
-              'internvl': tiling, 'qwen2_vl': qwen2_vl}[self.cfg.family]
-    pixels, meta = module.process(image, self.cfg)
+    pixels, meta = _MODULES[self.cfg.family].process(image, self.cfg)
     return ProcessedImage(pixels=pixels, num_tokens=self.num_tokens(h, w), image_size=(h, w),
-                          grid_thw=meta.get('grid_thw'))
+                          grid_thw=meta.get('grid_thw'), aspect_ratio=meta.get('aspect_ratio'))
+
+
+def per_image_features(cfg: ImageConfig) -> tuple[str, ...]:
+  """Names of the arrays ``ImageProcessor.image_features`` adds per image for this family."""
+  return tuple(getattr(_MODULES[cfg.family], 'PER_IMAGE_FEATURES', ()))
+
+
+# Every family's per-image arrays (the batch keys flattened as image slots).
+ALL_PER_IMAGE_FEATURES = tuple(dict.fromkeys(
+    name for module in _MODULES.values() for name in getattr(module, 'PER_IMAGE_FEATURES', ())))
+
+
+def check_row_budget(cfg: ImageConfig, max_tiles: int, max_images: int) -> None:
+  """ValueError when a packed row's tile and image budgets do not suit this family."""
+  hook = getattr(_MODULES[cfg.family], 'check_row_budget', None)
+  if hook is not None:
+    hook(cfg, max_tiles, max_images)
 
 
 __all__ = ['ImageConfig', 'ImageProcessor', 'ProcessedImage', 'preset', 'decode_image', 'FAMILIES']

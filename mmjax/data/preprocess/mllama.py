@@ -213,3 +213,34 @@ def cross_attention_mask(input_ids: Sequence[Sequence[int]], image_token_id: int
       end = length if end == -1 else min(end, length)
       mask[b, start:end, i, :tiles] = 1
   return mask
+
+
+# --- the training pipeline's hooks (mmjax.data.preprocess) ---------------------------------------
+
+PER_IMAGE_FEATURES = ('aspect_ratio_ids', 'aspect_ratio_mask')
+
+
+def sample_tiles(processed, cfg) -> np.ndarray:
+  """The image's tiles then zero tiles up to ``max_tiles`` ([max_tiles, H, W, 3], as the
+  processor pads them): every image owns ``max_tiles`` slots of a packed row."""
+  tiles = processed.pixels
+  pad = np.zeros((cfg.max_tiles - len(tiles), *tiles.shape[1:]), tiles.dtype)
+  return np.concatenate([tiles, pad])
+
+
+def image_features(processed, cfg) -> dict[str, np.ndarray]:
+  """``aspect_ratio_ids [n]`` and ``aspect_ratio_mask [n, max_tiles]`` as the processor makes
+  them for the images of one sample."""
+  grids = [p.aspect_ratio for p in processed]
+  mask = np.zeros((len(grids), cfg.max_tiles), np.int32)
+  for i, (rows, cols) in enumerate(grids):
+    mask[i, :rows * cols] = 1
+  ids = [aspect_ratio_id(grid, cfg.max_tiles) for grid in grids]
+  return {'aspect_ratio_ids': np.asarray(ids, np.int32), 'aspect_ratio_mask': mask}
+
+
+def check_row_budget(cfg, max_tiles: int, max_images: int) -> None:
+  # Image k of a row is slots [k * T, (k + 1) * T): the model reshapes the tiles by image.
+  if max_tiles != max_images * cfg.max_tiles:
+    raise ValueError(f'mllama images take {cfg.max_tiles} tile slots each: data.max_tiles must be '
+                     f'max_images * {cfg.max_tiles} = {max_images * cfg.max_tiles}, got {max_tiles}')

@@ -39,6 +39,12 @@ def grid_size(height: int, width: int, cfg) -> tuple[int, int]:
   return h // cfg.patch_size, w // cfg.patch_size
 
 
+def num_tokens(height: int, width: int, cfg) -> int:
+  """Merged tokens of an image: (grid_h / merge) * (grid_w / merge)."""
+  gh, gw = grid_size(height, width, cfg)
+  return (gh // cfg.merge_size) * (gw // cfg.merge_size)
+
+
 def patchify(pixels: np.ndarray, patch_size: int, merge_size: int, temporal_patch_size: int) -> np.ndarray:
   """[H, W, C] -> [grid_h * grid_w, C * T * P * P] in HF's order (C, T, P_h, P_w per row)."""
   h, w, c = pixels.shape
@@ -56,3 +62,20 @@ def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   resized = common.resize(image, new_h, new_w, cfg.resample)
   pixels = common.normalize(resized, cfg.mean, cfg.std, cfg.rescale_factor)  # [H', W', 3]
   return pixels[None], {'grid_thw': (1, new_h // cfg.patch_size, new_w // cfg.patch_size)}
+
+
+PER_IMAGE_FEATURES = ('image_grid_thw',)
+
+
+def sample_tiles(processed, cfg) -> np.ndarray:
+  """Flattened patches [grid_h * grid_w, 3 * T * P * P] (HF's pixel_values layout)."""
+  return processed.patches(cfg)
+
+
+def empty_tiles(cfg) -> np.ndarray:
+  return np.zeros((0, 3 * cfg.temporal_patch_size * cfg.patch_size ** 2), np.float32)
+
+
+def image_features(processed, cfg) -> dict[str, np.ndarray]:
+  grids = [p.grid_thw for p in processed]
+  return {'image_grid_thw': np.asarray(grids, np.int32).reshape(-1, 3)}
