@@ -68,11 +68,12 @@ class EmbeddingFusion:
 
     def run(m, input_ids, pixels, positions, mask, cache):
       x = m.embed(input_ids, pixels) if has_images else m.decoder.embed(input_ids)  # [B, T, D]
-      return m.decoder(x, positions, mask, None, cache, 0)
+      return _last_logits(m.decoder, *m.decoder(x, positions, mask, None, cache, 0,
+                                                hidden_only=True))
 
     logits, cache = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
                                       state["cache"], method=run)
-    return logits[:, -1], {**state, "cache": cache}
+    return logits, {**state, "cache": cache}
 
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """One token per row: `tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`.
@@ -81,6 +82,13 @@ class EmbeddingFusion:
     transformers, where pixels only enter the first forward pass).
     """
     return _text_step(self.module, params, tokens, positions, mask, state, index)
+
+
+def _last_logits(decoder, hidden, cache):
+  """The prompt's last position's logits `[B, V]` from the decoder's output `[B, T, D]`: only the
+  next token is sampled, so the LM head runs on one position (as transformers' `generate` does),
+  not all T."""
+  return decoder.logits(hidden[:, -1:])[:, 0], cache
 
 
 def _text_step(module, params, tokens, positions, mask, state: DecodeState, index):
@@ -135,11 +143,12 @@ class QwenVLFusion:
 
     def run(m, input_ids, images, videos, positions, mask, cache):
       x, layer_inputs = m.embed(input_ids, images, videos)  # [B, T, D], [K, B, T, D] | None
-      return m.decoder(x, positions, mask, None, cache, 0, layer_inputs=layer_inputs)
+      return _last_logits(m.decoder, *m.decoder(x, positions, mask, None, cache, 0,
+                                                layer_inputs=layer_inputs, hidden_only=True))
 
     logits, cache = self.module.apply({"params": params}, input_ids, pixels["images"],
                                       pixels["videos"], positions, mask, state["cache"], method=run)
-    return logits[:, -1], {**state, "cache": cache}
+    return logits, {**state, "cache": cache}
 
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """`tokens [B, 1]`, `positions [3, B, 1]`, written at cache slot `index`."""
