@@ -1,0 +1,80 @@
+"""Decoding on one CPU device reads the weights where they are: no per-token copies of them, no
+per-call transfer of numpy parameters, per-layer views that share the stacked arrays' memory,
+and the same ids as the stacked (scanned) layout."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gen_helpers import text_prompts
+from mmjax.decoders.config import DecoderConfig
+from mmjax.generation import GenerateConfig, Generator
+from mmjax.generation import layer_views
+from mmjax.models.registry import FAMILIES
+
+# Weights large next to one token's activations and a short cache, so that a copy of any one
+# layer's weight matrix stands out in the decode loop's scratch memory.
+CONFIG = DecoderConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_layers=3,
+                       num_heads=8, num_kv_heads=2, head_dim=32)
+SMALLEST_WEIGHT = 4 * CONFIG.num_kv_heads * CONFIG.head_dim * CONFIG.hidden_size  # k, v: bytes
+
+
+def _model():
+  family = FAMILIES["causal_lm"]
+  params = nn.unbox(family.build(CONFIG).init(jax.random.PRNGKey(0),
+                                              *family.example_inputs(CONFIG))["params"])
+  return family, jax.tree.map(np.asarray, params)  # numpy, as load_checkpoint returns them
+
+
+def _decode_scratch_bytes(generator, ids, mask, gen) -> int:
+  carry = generator.prefill(ids, mask, gen=gen)
+  compiled = generator._decode.lower(generator.params, carry, gen=gen.static,
+                                     on_token=None).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_decode_loop_copies_no_weights():
+  family, params = _model()
+  ids, mask = text_prompts(CONFIG.vocab_size, (5, 3))
+  gen = GenerateConfig(4)
+  generator = Generator(family, CONFIG, params)
+  assert generator.per_layer
+  # Scratch of the loop: activations, logits and its copy of the (24 KiB) cache; a layer's
+  # weight matrix sliced or transposed at each step would need at least SMALLEST_WEIGHT more.
+  assert _decode_scratch_bytes(generator, ids, mask, gen) < SMALLEST_WEIGHT
+
+
+def test_parameters_are_put_on_the_device_once_and_layers_share_their_memory():
+  family, params = _model()
+  generator = Generator(family, CONFIG, params)
+  leaves = jax.tree.leaves(generator.params)
+  assert all(isinstance(a, jax.Array) for a in leaves)
+  assert len(generator.params["decoder"]["layers"]) == CONFIG.num_layers
+  stacked = jax.device_put(params)
+  views = layer_views.split_params(stacked)["decoder"]["layers"]
+  kernel = stacked["decoder"]["layers"]["mlp"]["up"]["kernel"]  # [L, F, D]
+  layer_bytes = kernel[0].size * kernel.dtype.itemsize
+  for i, layer in enumerate(views):
+    np.testing.assert_array_equal(layer["mlp"]["up"]["kernel"], kernel[i])
+    assert (layer["mlp"]["up"]["kernel"].unsafe_buffer_pointer()
+            == kernel.unsafe_buffer_pointer() + i * layer_bytes)
+
+
+def test_per_layer_and_stacked_layouts_give_the_same_ids():
+  family, params = _model()
+  ids, mask = text_prompts(CONFIG.vocab_size, (7, 2, 5), seed=3)
+  gen = GenerateConfig(6)
+  per_layer = Generator(family, CONFIG, params)
+  stacked = Generator(family, CONFIG, params)
+  stacked.per_layer, stacked.params = False, jax.device_put(params)
+  np.testing.assert_array_equal(per_layer(ids, mask, gen=gen), stacked(ids, mask, gen=gen))
+
+
+def test_a_mesh_or_abstract_parameters_keep_the_stacked_layout():
+  family, params = _model()
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+  assert not layer_views.applies(abstract, None)
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  assert not layer_views.applies(jax.device_put(params), mesh)
+  assert layer_views.applies(jax.tree.map(jnp.asarray, params), None)
