@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from mmjax.generation import layer_views
 from mmjax.generation.models import adapter_for
 from mmjax.generation.sampling import Knobs, Sampling, next_token
-from mmjax.nn.linear import flat_token_dots
+from mmjax.nn.linear import matmul_dots
 from mmjax.nn.masks import positions_from_attention_mask
 from mmjax.nn.stack import unrolled_layers
 
@@ -77,11 +77,11 @@ class Generator:
 
   def _tracing(self) -> contextlib.AbstractContextManager:
     """What the compiled functions are traced under: on one CPU device, unrolled layers (so
-    the per-layer arrays fold in) and dots as 2-D matrix products (`flat_token_dots`)."""
+    the per-layer arrays fold in) and dots as 2-D matrix products (`matmul_dots`)."""
     stack = contextlib.ExitStack()
     if self.per_layer:
       stack.enter_context(unrolled_layers())
-      stack.enter_context(flat_token_dots())
+      stack.enter_context(matmul_dots())
     return stack
 
   def _run(self, method, params, state, *args, **kwargs):

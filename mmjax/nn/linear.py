@@ -12,44 +12,58 @@ import jax.numpy as jnp
 Initializer = Any
 DEFAULT_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
-_FLAT_TOKENS = contextvars.ContextVar("mmjax_flat_token_dots", default=False)
+# What the einsums traced now merge: "" (nothing), "tokens", or "matmul" (tokens and kernel).
+_FLAT = contextvars.ContextVar("mmjax_flat_dots", default="")
 
 
 @contextlib.contextmanager
-def flat_token_dots():
-  """Einsums traced inside run as one 2-D matrix product where they can: the input's leading
-  token dims (`B, T` or `...`) merge into one, and so do the kernel's output dims and its
-  contracted dims (`NHD` -> `[N*H, D]`); the result is reshaped back (same values).
-
-  For XLA:CPU. Training: the weight gradient of `BTD,DF->BTF` contracts two dims (B and T),
-  which the CPU's YNNPACK dot cannot take, so XLA transposes the output gradient into
-  `[F, B*T]` first, in a loop fusion that also recomputes its elementwise producers (SiLU's
-  backward, residual adds) at strided reads: ~12 ms per `[642, 2048]` MLP gradient on two
-  cores. With one contracting dim the dot reads the gradient as it is. Decoding: a kernel with
-  two output dims (`BTD,NHD->BTNH`, the attention projections) is transposed into `[D, N*H]`
-  before its dot, a copy of the weights at every decode step (as much memory traffic as the
-  product itself); as a `[N*H, D]` matrix the dot reads it in place, as it does the MLP's.
-  Not used for TPUs, whose tiled layouts make merging a `T` that is not a multiple of 8 into `B`
-  a copy.
-  """
-  token = _FLAT_TOKENS.set(True)
+def _flat(mode: str):
+  token = _FLAT.set(mode)
   try:
     yield
   finally:
-    _FLAT_TOKENS.reset(token)
+    _FLAT.reset(token)
+
+
+def flat_token_dots():
+  """Einsums traced inside merge the input's leading token dims (`B, T` or `...`) into one
+  before the dot and split them after (same result).
+
+  For training on XLA:CPU: the weight gradient of `BTD,DF->BTF` contracts two dims (B and T),
+  which the CPU's YNNPACK dot cannot take, so XLA transposes the output gradient into
+  `[F, B*T]` first, in a loop fusion that also recomputes its elementwise producers (SiLU's
+  backward, residual adds) at strided reads: ~12 ms per `[642, 2048]` MLP gradient on two
+  cores. With one contracting dim the dot reads the gradient as it is. Not used for TPUs, whose
+  tiled layouts make merging a `T` that is not a multiple of 8 into `B` a copy.
+  """
+  return _flat("tokens")
+
+
+def matmul_dots():
+  """As `flat_token_dots`, and the kernel's output dims and its contracted dims merge too
+  (`NHD` -> `[N*H, D]`): each einsum is one 2-D matrix product where its letters allow.
+
+  For decoding on XLA:CPU: a kernel with two output dims (`BTD,NHD->BTNH`, the attention
+  projections) is transposed into `[D, N*H]` before its dot, a copy of the weights at every
+  decode step (as much memory traffic as the product itself); as an `[N*H, D]` matrix the dot
+  reads it in place, as it does the MLP's.
+  """
+  return _flat("matmul")
 
 
 def _token_dims(equation: str, x_ndim: int) -> tuple[int, str, str, str]:
   """How many leading dims of the input pass straight to the output (`B, T` of `BTD,DF->BTF`,
-  the `...` of `...I,OI->...O`), and the input's, kernel's and output's letters after them."""
+  the `...` and `M` of `...MF,GF->...MG`), and the input's, kernel's and output's letters after
+  them."""
   lhs, rest = equation.split(",")
   kernel, out = rest.split("->")
-  if lhs.startswith("...") and out.startswith("..."):
-    return x_ndim - (len(lhs) - 3), lhs[3:], kernel, out[3:]
   n = 0
-  while n < min(len(lhs), len(out)) and lhs[n] == out[n] and lhs[n] not in kernel:
-    n += 1
-  return n, lhs[n:], kernel, out[n:]
+  if lhs.startswith("...") and out.startswith("..."):
+    n, lhs, out = x_ndim - (len(lhs) - 3), lhs[3:], out[3:]
+  k = 0
+  while k < min(len(lhs), len(out)) and lhs[k] == out[k] and lhs[k] not in kernel:
+    k += 1
+  return n + k, lhs[k:], kernel, out[k:]
 
 
 def _as_matmul(lhs: str, kernel: str, out: str) -> str | None:
@@ -68,11 +82,13 @@ def _as_matmul(lhs: str, kernel: str, out: str) -> str | None:
 
 
 def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`jnp.einsum(equation, x, kernel)`, as a 2-D matrix product inside `flat_token_dots`."""
-  if not _FLAT_TOKENS.get():
+  """`jnp.einsum(equation, x, kernel)`, with dims merged inside `flat_token_dots` or
+  `matmul_dots`."""
+  mode = _FLAT.get()
+  if not mode:
     return jnp.einsum(equation, x, kernel)
   n, lhs, kernel_letters, out = _token_dims(equation, x.ndim)
-  order = _as_matmul(lhs, kernel_letters, out)
+  order = _as_matmul(lhs, kernel_letters, out) if mode == "matmul" else None
   tokens = x.shape[:n]
   if order is None:  # merge the token dims alone
     if n < 2:
