@@ -32,8 +32,12 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
+  """The model name, with x86's family and model numbers (VMs often report a bare "AMD EPYC")."""
   info = _cpuinfo()
-  return info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+  name = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+  if "cpu family" in info and "model" in info:
+    name += f" (family {info['cpu family']}, model {info['model']})"
+  return name
 
 
 def vector_extensions() -> list[str]:

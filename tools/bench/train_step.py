@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from llava_100m import build_llava_100m, image_tokens, random_pixels
+from machine import describe
 
 LR, CLIP, WEIGHT_DECAY = 1e-4, 1.0, 0.01
 
@@ -146,6 +147,7 @@ def main() -> int:
   data = make_batch(cfg, args.batch, args.text)
   torch_step, n_params = torch_side(hf_dir, data, args.torch_attention)
   mm_step = mmjax_side(mm_dir, data)
+  print(describe())
   print(f"model: {n_params / 1e6:.0f}M parameters, all trainable; batch {args.batch} x "
         f"{data['input_ids'].shape[1]} tokens; float32, AdamW; torch attention "
         f"{args.torch_attention}, threads "
