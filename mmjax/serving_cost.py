@@ -1,17 +1,17 @@
 """Decode throughput at the HBM-bandwidth roofline: what a slice can serve, before paying for it.
 
-At a decode step every chip reads its share of the decoder's weights and of the KV cache, and
-one token per prompt comes out. For the batch sizes people serve, those reads take longer than
-the step's FLOPs, so `bytes read per chip / HBM bandwidth` bounds the step time from below and
-`batch / that time` bounds the tokens per second from above.
+At a decode step every chip reads the decoder's weights it uses and its share of the KV cache,
+and one token per prompt comes out. For the batch sizes people serve, those reads take longer
+than the step's FLOPs, so `bytes read per chip / HBM bandwidth` bounds the step time from below
+and `batch / that time` bounds the tokens per second from above.
 
-Counted per chip, from each array's sharding (`shard_shape`): the decoder's layers, final norm
-and LM head (the embedding table when tied: it is the head), whose token embedding reads only
-B rows (left out), and the whole preallocated cache, which mmjax's decode loop attends over at
-every step (slots not yet written are masked, not skipped). The vision tower runs in the prefill
-only. Assumes each chip reads only the slice of a weight it holds (the partitioner moves
-activations, not weights; an all-gathered weight is read in full by every chip, which this
-bound does not show).
+Counted per chip, from each array's sharding: the decoder's layers, final norm and LM head (the
+embedding table when tied: it is the head; otherwise the token embedding reads only B rows and is
+left out), and the whole preallocated cache, which mmjax's decode loop attends over at every
+step (slots not yet written are masked, not skipped). The vision tower runs in the prefill only.
+A weight split over a mesh axis that also splits the batch (`data`, `fsdp`: FSDP) is gathered
+whole onto every chip before its product, so each chip reads all of it; split over `tensor`,
+each chip reads its slice. The interconnect time of those gathers is not counted.
 """
 
 import dataclasses
@@ -19,20 +19,37 @@ import math
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding
+
+from mmjax.sharding import BATCH_AXES
 
 # HBM bandwidth per chip, bytes/s (Cloud TPU system architecture pages).
 HBM_BYTES_PER_S = {"v4": 1200e9, "v5p": 2765e9, "v5e": 819e9, "v6e": 1638e9}
 
 
-def per_chip_bytes(tree: Any) -> int:
-  """Bytes one chip holds of a tree of arrays or `ShapeDtypeStruct`s with shardings (the
-  largest shard where shards differ); unsharded leaves count whole."""
+def per_chip_bytes(tree: Any, gathered: tuple[str, ...] = ()) -> int:
+  """Bytes one chip reads of a tree of arrays or `ShapeDtypeStruct`s with shardings (the
+  largest shard where shards differ); splits over the mesh axes in `gathered` count as whole,
+  unsharded leaves count whole."""
   total = 0
   for leaf in jax.tree.leaves(tree):
-    sharding = getattr(leaf, "sharding", None)
-    shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
-    total += math.prod(shape) * jax.numpy.dtype(leaf.dtype).itemsize
+    total += math.prod(_read_shape(leaf, gathered)) * jax.numpy.dtype(leaf.dtype).itemsize
   return total
+
+
+def _read_shape(leaf, gathered: tuple[str, ...]) -> tuple[int, ...]:
+  sharding = getattr(leaf, "sharding", None)
+  if sharding is None:
+    return leaf.shape
+  if not isinstance(sharding, NamedSharding):
+    return sharding.shard_shape(leaf.shape)
+  shape = []
+  for i, dim in enumerate(leaf.shape):
+    axes = sharding.spec[i] if i < len(sharding.spec) else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    split = math.prod(sharding.mesh.shape[a] for a in axes if a not in gathered)
+    shape.append(-(-dim // split))
+  return tuple(shape)
 
 
 def decode_weights(params: dict) -> dict:
@@ -79,5 +96,5 @@ def decode_roofline(params: dict, cache: Any, batch: int, chips: int,
   decode loop; `chip` a key of `HBM_BYTES_PER_S`."""
   if chip not in HBM_BYTES_PER_S:
     raise ValueError(f"no HBM bandwidth known for TPU {chip!r}; known: {sorted(HBM_BYTES_PER_S)}")
-  return DecodeRoofline(per_chip_bytes(decode_weights(params)), per_chip_bytes(cache), batch,
-                        chips, HBM_BYTES_PER_S[chip])
+  return DecodeRoofline(per_chip_bytes(decode_weights(params), gathered=BATCH_AXES),
+                        per_chip_bytes(cache), batch, chips, HBM_BYTES_PER_S[chip])

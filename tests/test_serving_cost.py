@@ -56,3 +56,14 @@ def test_roofline_by_hand():
 def test_unknown_chip_is_named():
   with pytest.raises(ValueError, match="'v9'"):
     serving_cost.decode_roofline({"decoder": {}}, {}, 1, 1, "v9")
+
+
+def test_fsdp_split_weights_are_read_whole_tensor_split_ones_in_part():
+  """FSDP gathers a weight onto every chip before its product; tensor parallelism does not."""
+  mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("fsdp", "tensor"))
+  w = _sds((8, 6), jnp.float32, NamedSharding(mesh, P("fsdp", "tensor")))
+  assert serving_cost.per_chip_bytes(w) == 4 * 3 * 4
+  assert serving_cost.per_chip_bytes(w, gathered=("data", "fsdp")) == 8 * 3 * 4
+  params = {"decoder": {"layers": {"w": w}}}
+  r = serving_cost.decode_roofline(params, {}, batch=4, chips=4, chip="v5p")
+  assert r.weight_bytes == 8 * 3 * 4 and r.cache_bytes == 0
