@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from llava_100m import build_llava_100m, image_tokens, random_pixels
-from machine import describe
+from machine import describe, load
 
 
 def prompts(cfg, batch: int, seed: int = 0):
@@ -130,7 +130,8 @@ def main() -> int:
           f"{med('hf_tps'):16.1f}{med('mm_tps'):8.1f}  "
           f"{spread([r['mm_tps'] / r['hf_tps'] for r in runs]) + 'x':>20}  {compile_s:9.1f}  "
           f"{'same' if same else 'DIFFERENT'}", flush=True)
-  print("targets: TTFT ratio >= 1x, decode ratio >= 1.5x; ratios are per repeat, median [range]")
+  print("targets: TTFT ratio >= 1x, decode ratio >= 1.5x; ratios are per repeat, median [range]; "
+        f"{load()} at the end")
   return 0 if ok else 1
 
 

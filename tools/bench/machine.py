@@ -66,10 +66,19 @@ def versions() -> str:
   return ", ".join(found)
 
 
+def load() -> str:
+  """The 1-minute load average: on a shared machine, how many other runnable threads the
+  figures competed with (torch's OpenMP threads slow down far more than XLA's when the cores
+  are oversubscribed, so ratios taken under load are not those of an idle machine)."""
+  if not hasattr(os, "getloadavg"):
+    return "load average unknown"
+  return f"load average {os.getloadavg()[0]:.1f}"
+
+
 def describe() -> str:
-  """One line: `machine: MODEL; vector: ...; N cores; jax x, ...`."""
+  """One line: `machine: MODEL; vector: ...; N cores; load; jax x, ...`."""
   vector = " ".join(vector_extensions()) or "unknown"
-  return (f"machine: {cpu_model()}; vector: {vector}; {cores()}; python "
+  return (f"machine: {cpu_model()}; vector: {vector}; {cores()}; {load()}; python "
           f"{platform.python_version()}; {versions()}")
 
 
