@@ -106,86 +106,37 @@ def _force_cpu_host() -> None:
 
 def prepare_config(cfg, topology: tpu.Topology):
   """A copy that compiles without checkpoints: architecture from `model.*`, slices over DCN."""
+  from mmjax.models.family import EXECUTION_KEYS
+
   cfg = copy.deepcopy(cfg)
   with cfg.unlocked():
     cfg.train.init_from = ""
     dcn = [a for a in ("data", "fsdp", "tensor") if int(cfg.mesh.get(f"dcn_{a}", 1)) > 1]
     if topology.num_slices > 1 and not dcn:
       cfg.mesh.dcn_data = topology.num_slices  # slices replicate the model, split the batch
-  if "vision" not in cfg.model and cfg.model.get("family", "llava") == "llava":
+  if not set(cfg.model.keys()) - set(EXECUTION_KEYS) - {"family"}:
     raise ValueError("the config's model section has no architecture (model.vision, "
                      "model.decoder, ...): ahead-of-time compilation builds the model from it")
   return cfg
 
 
-def abstract_train_batch(cfg, model_config, mesh):
-  """`ShapeDtypeStruct`s of one global batch (schema: `mmjax.data.pipeline`), sharded.
-
-  LLaVA / InternVL rows own `max_tiles` image tiles `[H, W, C]`; Qwen-VL rows own `max_tiles`
-  flattened patches `[C * T * P * P]` (its patch budget), `max_images` grids and M-RoPE positions.
-  """
+def abstract_train_batch(cfg, family, model_config, mesh):
+  """`ShapeDtypeStruct`s of one global batch (schema: `mmjax.data.pipeline`), sharded over the
+  mesh's batch axes, as the family lays it out (`Family.abstract_train_batch`)."""
   import jax
-  import jax.numpy as jnp
 
   from mmjax import sharding as shd
 
-  b, t = int(cfg.data.batch_size), int(cfg.data.max_length)
-  tiles = b * int(cfg.data.get("max_tiles", 1))
-  v = model_config.vision
   rows = shd.batch_sharding(mesh)
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
-  batch = {
-      "input_ids": sds((b, t), jnp.int32), "labels": sds((b, t), jnp.int32),
-      "loss_mask": sds((b, t), jnp.float32), "attention_mask": sds((b, t), jnp.int32),
-      "segment_ids": sds((b, t), jnp.int32), "positions": sds((b, t), jnp.int32),
-      "image_mask": sds((tiles,), jnp.bool_),
-  }
-  if _is_qwen_vl(model_config):
-    images = b * int(cfg.data.get("max_images", 1))
-    batch.update(pixel_values=sds((tiles, v.in_channels * v.temporal_patch_size * v.patch_size**2),
-                                  jnp.float32),
-                 image_grid_thw=sds((images, 3), jnp.int32),
-                 mrope_positions=sds((b, t, 3), jnp.int32))
-  else:
-    batch["pixel_values"] = sds((tiles, v.image_size, v.image_size, v.num_channels), jnp.float32)
-  return batch
+  return family.abstract_train_batch(model_config, dict(cfg.data), sds)
 
 
-def _is_qwen_vl(model_config) -> bool:
-  return hasattr(model_config.vision, "temporal_patch_size")
-
-
-def analytic_train_flops(cfg, model_config, params, batch,
+def analytic_train_flops(cfg, family, model_config, params, batch,
                          attention=("decoder", "encoder")) -> float:
-  """Model FLOPs of one step (`mmjax.train.metrics.flops_per_step`), attention products counted
-  in the stacks named in `attention`. Qwen-VL's encoder runs on a patch budget rather than fixed
-  tiles: every patch slot is counted, attention over the row's whole budget (an upper bound:
-  images attend within themselves)."""
-  from mmjax.train import metrics
-
-  rows, length = batch["input_ids"].shape
-  trainable = tuple(cfg.train.trainable)
-  if not _is_qwen_vl(model_config):
-    return metrics.flops_per_step(model_config, params, rows, length,
-                                  batch["pixel_values"].shape[0], trainable, attention=attention)
-  flops = metrics.flops_per_step(model_config, params, rows, length, 0, trainable,
-                                 attention=attention)
-  v = model_config.vision
-  patches = batch["pixel_values"].shape[0]
-  vit_attention = 2 * v.num_layers * v.hidden_size * (patches // rows) * patches
-  vit_attention *= "encoder" in attention
-  per = metrics._flops_per_param("encoder", trainable)  # the merger is part of the encoder
-  return float(flops + per * (metrics.count_params(params["encoder"]) * patches + vit_attention))
-
-
-def _kernel_attention_stacks(model_config) -> tuple[str, ...]:
-  """Stacks whose self-attention runs in a Pallas kernel: a custom call, which XLA's cost
-  analysis counts as 0 FLOPs."""
-  stacks = {"decoder": model_config.decoder}
-  if not _is_qwen_vl(model_config):  # Qwen's ViT masks frames and windows densely: einsum path
-    stacks["encoder"] = model_config.vision
-  return tuple(name for name, c in stacks.items()
-               if getattr(c, "attention_backend", "xla") != "xla")
+  """Model FLOPs of one step (`Family.aot_train_flops`), attention products counted in the
+  stacks named in `attention`."""
+  return family.aot_train_flops(model_config, params, batch, tuple(cfg.train.trainable), attention)
 
 
 def _compile(lowered, compiler_options: dict | None = None):
@@ -218,7 +169,7 @@ def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
   from mmjax.train.loop import Trainer
 
   trainer = Trainer.build(cfg, devices)
-  batch = abstract_train_batch(cfg, trainer.model_config, trainer.mesh)
+  batch = abstract_train_batch(cfg, trainer.family, trainer.model_config, trainer.mesh)
   step_fn = trainer.step_fn
   if offload_optimizer:
     from mmjax.train.offload import offload_optimizer_state
@@ -229,27 +180,22 @@ def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
   return trainer, batch, compiled
 
 
-def _layer_stacks(cfg) -> dict[str, int]:
-  """Depth of each scanned stack named in the config's model section."""
-  return {name: int(cfg.model[name]["num_layers"]) for name in ("vision", "decoder")
-          if name in cfg.model and "num_layers" in cfg.model[name]}
+def _family(cfg):
+  from mmjax.models.registry import family_named
+
+  return family_named(cfg.model.get("family", "llava"))
 
 
 def _with_depth(cfg, depths: dict[str, int]):
-  """A copy with these stack depths (layer-index lists cut to fit), one micro-batch and the
-  dense loss."""
+  """A copy with these stack depths (`Family.with_depths`), one micro-batch and the dense
+  loss."""
   cfg = copy.deepcopy(cfg)
   with cfg.unlocked():
     cfg.train.grad_accum = 1  # the accumulation loop would be counted once too
     # So would the target-only loss's chunk loop; the dense head is what the analytic count
     # assumes (every position's logits).
     cfg.train.loss_chunk = 0
-    for name, depth in depths.items():
-      stack = cfg.model[name]
-      stack["num_layers"] = depth
-      for key in list(stack.keys()):
-        if key.endswith("_indexes"):  # e.g. Qwen2.5-VL's full-attention layers
-          stack[key] = tuple(i for i in stack[key] if i < depth)
+    _family(cfg).with_depths(cfg.model, depths)
   return cfg
 
 
@@ -264,7 +210,7 @@ def compiled_train_flops(cfg, devices) -> float:
   """
   from mmjax.nn.stack import unrolled_layers
 
-  depths = _layer_stacks(cfg)
+  depths = _family(cfg).flop_depths(cfg.model)
 
   def flops(overrides: dict[str, int]) -> float:
     with unrolled_layers():
@@ -292,14 +238,14 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   if offload_optimizer:
     extra["optimizer state"] = "offloaded to pinned host memory"
   rows, length = batch["input_ids"].shape
-  images = batch["pixel_values"].shape[0]
-  analytic = analytic_train_flops(cfg, trainer.model_config, merge(state.params, state.frozen),
+  family, model_config = trainer.family, trainer.model_config
+  analytic = analytic_train_flops(cfg, family, model_config, merge(state.params, state.frozen),
                                   batch)
-  kernels = _kernel_attention_stacks(trainer.model_config)
+  kernels = family.kernel_attention_stacks(model_config)
   if kernels:
     counted = tuple(s for s in ("decoder", "encoder") if s not in kernels)
-    without = analytic_train_flops(cfg, trainer.model_config,
-                                   merge(state.params, state.frozen), batch, attention=counted)
+    without = analytic_train_flops(cfg, family, model_config, merge(state.params, state.frozen),
+                                   batch, attention=counted)
     extra["attention kernels"] = (
         f"{' and '.join(kernels)} attention runs in Pallas kernels, which XLA counts as 0 "
         f"FLOPs: analytic without their attention {without:.4g}")
@@ -315,11 +261,12 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   params = metrics.count_params(merge(state.params, state.frozen))
   trained = metrics.count_params(state.params)
   extra["parameters"] = f"{params / 1e9:.2f} B ({trained / 1e9:.2f} B trained)"
-  extra["remat"] = trainer.model_config.decoder.remat_policy
-  extra["attention"] = trainer.model_config.decoder.attention_backend
+  decoder = family.decoder_config(model_config)
+  extra["remat"] = decoder.remat_policy
+  extra["attention"] = decoder.attention_backend
+  images = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if k.startswith("pixel"))
   return Report("train", topology, {k: int(v) for k, v in trainer.mesh.shape.items()},
-                f"global batch {rows} x {length} tokens, {images} image "
-                f"{'patches' if _is_qwen_vl(trainer.model_config) else 'tiles'} "
+                f"global batch {rows} x {length} tokens{', ' + images if images else ''} "
                 f"(grad_accum {int(cfg.train.get('grad_accum', 1))})",
                 Memory.of(compiled), compiled_flops, analytic, extra)
 
@@ -330,11 +277,14 @@ def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
   import jax
   import jax.numpy as jnp
 
+  import numpy as np
+
   from mmjax import sharding as shd
   from mmjax.generation.loop import GenerateConfig, Generator
   from mmjax.generation.sampling import Knobs, Sampling
   from mmjax.train import metrics
   from mmjax.train.loop import Trainer
+  from mmjax.train.state import merge
 
   cfg = prepare_config(cfg, topology)
   with cfg.unlocked():
@@ -342,34 +292,44 @@ def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
     cfg.train.trainable = ()  # no optimizer state: parameters only
   devices = tpu.compile_only_devices(topology)
   trainer = Trainer.build(cfg, devices)
-  mesh, model_config = trainer.mesh, trainer.model_config
-  shardings = {**trainer.state_shardings.params, **trainer.state_shardings.frozen}
-  abstract = {**trainer.abstract_state.params, **trainer.abstract_state.frozen}
+  mesh, family, model_config = trainer.mesh, trainer.family, trainer.model_config
+  shardings = merge(trainer.state_shardings.params, trainer.state_shardings.frozen)
+  abstract = trainer.abstract_state.all_params()
   params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         abstract, shardings)
-  generator = Generator(trainer.family, model_config, params, mesh)
+  generator = Generator(family, model_config, params, mesh)
   gen = GenerateConfig(max_new_tokens).static
+  # A prompt of the family's own processor arrays (one image per row), checked and turned into
+  # the prefill's inputs on the host as a real call would, then described by shape only.
+  example = family.example_processor_inputs(model_config, batch, prompt_len)
+  ids = np.asarray(example["input_ids"], np.int32)
+  pixels, positions = generator.model.prepare_inputs(
+      ids, np.ones_like(ids), family.generation_pixels(model_config, example), None)
   rows = shd.batch_sharding(mesh)
-  v = model_config.vision
-  ids = jax.ShapeDtypeStruct((batch, prompt_len), jnp.int32, sharding=rows)
-  pixels = jax.ShapeDtypeStruct((batch, v.image_size, v.image_size, v.num_channels), jnp.float32,
-                                sharding=rows)
+
+  def described(x):  # leading axis over the batch shards when it divides, else replicated
+    split = x.ndim and x.shape[0] % int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES])) == 0
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows if split else
+                                shd.replicated(mesh))
+
+  ids, pixels, positions = jax.tree.map(lambda x: described(np.asarray(x)),
+                                        (ids, pixels, positions))
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shd.replicated(mesh))
   knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                       sharding=shd.replicated(mesh)),
                        jax.eval_shape(lambda: Knobs.of(Sampling())))
   with mesh:
-    prefill = _compile(generator._prefill.lower(params, ids, ids, None, pixels, rng, knobs,
+    prefill = _compile(generator._prefill.lower(params, ids, ids, positions, pixels, rng, knobs,
                                                 gen=gen))
     carry = jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),
                          jax.eval_shape(lambda *a: generator._prefill_fn(*a, gen=gen), params, ids,
-                                        ids, None, pixels, rng, knobs),
+                                        ids, positions, pixels, rng, knobs),
                          prefill.output_shardings)
     decode = _compile(generator._decode.lower(params, carry, gen=gen, on_token=None))
   pre, dec = Memory.of(prefill), Memory.of(decode)
   memory = pre if pre.total >= dec.total else dec
   all_params = abstract
-  analytic = metrics.flops_per_step(model_config, all_params, batch, prompt_len, batch, ())
+  analytic = family.train_flops(model_config, all_params, example, ())  # the prefill's forward
   decoder_params = metrics.count_params(
       {k: v for k, v in all_params["decoder"].items() if k != "embed"})
   analytic += 2 * decoder_params * batch * (max_new_tokens - 1)  # decode: weights only

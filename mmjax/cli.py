@@ -13,6 +13,10 @@ def _convert(args) -> int:
 
   report = convert_hf(args.hf, args.out, dtype=args.dtype, progress=not args.quiet)
   print(f"converted {args.hf} -> {args.out}: {json.dumps(report)}")
+  if report.get("cast_from_integer"):
+    print(f"warning: {len(report['cast_from_integer'])} float parameters were filled from integer "
+          f"tensors (cast_from_integer above); check that {args.hf} holds the weights you expect",
+          file=sys.stderr)
   return 0
 
 
@@ -28,13 +32,17 @@ def _export(args) -> int:
 def _logits(args) -> int:
   import numpy as np
 
-  from mmjax.checkpoint import load_checkpoint
+  from mmjax import limits
+  from mmjax.checkpoint import load_checkpoint, read_metadata
   from mmjax.models.registry import forward_from_hf_inputs
 
   if not os.path.exists(args.inputs):
     raise FileNotFoundError(f"{args.inputs}: no such file")
   with np.load(args.inputs) as data:
     inputs = {k: data[k] for k in data.files}
+  family, config, _ = read_metadata(args.checkpoint)
+  if "input_ids" in inputs and hasattr(limits.decoder_of(config), "vocab_size"):
+    limits.check_prompt(inputs["input_ids"], config)  # before any weight is read
   family, config, params = load_checkpoint(args.checkpoint)
   logits = forward_from_hf_inputs(family, config, params, inputs)
   np.save(args.out, logits)
@@ -92,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that live beside their subsystem; each module has `add_subcommand(subparsers)`.
-_OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot")
+_OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot",
+                             "mmjax.eval.cli",
+                             "mmjax.plot")
 
 
 def _add_optional_commands(sub) -> None:
@@ -135,11 +145,15 @@ def _avoid_absent_tpu() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from mmjax import errors
+
   _avoid_absent_tpu()
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_overrides", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+  errors.quiet_background_failures()
   try:
     if getattr(args, "accepts_overrides", False):
       return int(args.func(args, extra) or 0)
@@ -147,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
-  except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"mmjax {args.command}: error: {message}", file=sys.stderr)
-    return 1
-
+  except Exception as e:  # the one place where errors become exit codes (mmjax/errors.py)
+    code = errors.report(command, e)
+    if code is None:
+      raise  # a bug: keep the traceback
+    return code
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -86,7 +86,6 @@ def run(args) -> int:
 
   from mmjax.checkpoint import load_checkpoint
   from mmjax.generation import GenerateConfig, Generator, Sampling
-  from mmjax.models import qwen_vl
 
   if (args.inputs is None) == (args.prompt is None):
     raise ValueError("give either --prompt (chat mode) or --inputs (array mode)")
@@ -102,13 +101,7 @@ def run(args) -> int:
     family, config, params = load_checkpoint(args.checkpoint)
     pad = _checkpoint_pad_id(args.checkpoint) if args.pad_id is None else args.pad_id
     gen = GenerateConfig(args.max_new_tokens, sampling, tuple(args.stop or ()), pad)
-    pixels = inputs.get("pixel_values")
-    if family.name in qwen_vl.MODEL_TYPES:  # the processor's arrays as they are
-      pixels = {k: inputs[k] for k in qwen_vl.PROCESSOR_KEYS if k in inputs}
-    elif pixels is not None:
-      if pixels.ndim != 4:
-        raise ValueError(f"pixel_values must be [images, channels, height, width], got {pixels.shape}")
-      pixels = np.transpose(pixels, (0, 2, 3, 1))
+    pixels = family.generation_pixels(config, inputs)
     ids = Generator(family, config, params)(
         inputs["input_ids"], inputs.get("attention_mask"), pixels, gen=gen,
         positions=inputs.get("position_ids"), rng=rng)
@@ -121,15 +114,9 @@ def run(args) -> int:
 def _chat(args, sampling, rng) -> int:
   from mmjax.checkpoint import load_checkpoint, read_metadata
   from mmjax.generation import GenerateConfig, Generator
-  from mmjax.generation.prompt import PromptBuilder
-  from mmjax.models import qwen_vl
 
   family, config, _ = read_metadata(args.checkpoint)
-  if family.name in qwen_vl.MODEL_TYPES:
-    raise ValueError(f"chat mode does not take {family.name} checkpoints yet (native-resolution "
-                     "preprocessing); pass the Qwen processor's arrays with --inputs FILE.npz")
-  builder = PromptBuilder.from_checkpoint(args.checkpoint, config,
-                                          chat_template=not args.no_chat_template)
+  builder = family.prompt_builder(args.checkpoint, config, chat_template=not args.no_chat_template)
   input_ids, pixels = builder(args.prompt, args.image)
   family, config, params = load_checkpoint(args.checkpoint)
   stop = tuple(builder.stop_ids if args.stop is None else args.stop)

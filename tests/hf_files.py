@@ -53,3 +53,12 @@ def rename_prefixes(tensors: dict, pairs) -> dict:
         break
     out[key] = value
   return out
+
+
+def converted_tiny_llava(root) -> tuple[str, str]:
+  """(HF directory, mmjax checkpoint) of `tiny_llava` under `root` (`root/hf`, `root/ck`)."""
+  from mmjax.convert.importer import convert_hf
+
+  hf = tiny_llava(os.path.join(root, "hf"))
+  convert_hf(hf, os.path.join(root, "ck"), progress=False)
+  return hf, os.path.join(root, "ck")

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from mmjax import checkpoint
 from mmjax.convert.plan import flatten
 from mmjax.convert.safetensors_io import DTYPES, write_safetensors
+from mmjax.convert.tables import table_for
 
 DEFAULT_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size
 
@@ -42,10 +43,12 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
   `layout` (key spelling; default: the source's) pick the output form.
   """
   family, config, hf_meta = checkpoint.read_metadata(ckpt_dir)
+  checkpoint.check_params(ckpt_dir, family, config)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
-  layouts = {lay.name: lay for lay in family.layouts}
-  layout_name = layout or hf_meta.get("layout", family.layouts[0].name)
+  table = table_for(family)
+  layouts = {lay.name: lay for lay in table.layouts}
+  layout_name = layout or hf_meta.get("layout", table.layouts[0].name)
   if layout_name not in layouts:
     raise ValueError(f"unknown layout {layout_name!r} for {family.name}; known: {sorted(layouts)}")
   lay = layouts[layout_name]
@@ -56,12 +59,12 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
 
   # Every saved tensor and the (leaf, layer, rule) parts it is made of, in leaf order.
   tensors: OrderedDict[str, list] = OrderedDict()
-  for rule in family.rules():
+  for rule in table.rules(config):
     if rule.path not in leaf_meta:
       continue
     layers = range(leaf_meta[rule.path].shape[0]) if rule.stacked else [None]
     for i in layers:
-      key = lay.to_saved(rule.hf.format(i=i) if rule.stacked else rule.hf)
+      key = lay.to_saved(rule.hf_key(i))
       tensors.setdefault(key, []).append((rule.path, i, rule))
 
   def out_dtype(key: str) -> np.dtype:

@@ -14,10 +14,11 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from tqdm import tqdm
 
-from mmjax import checkpoint, paths
+from mmjax import checkpoint, jsonfile, paths, staging
 from mmjax.convert.plan import ConversionError, chunk_of, check_shapes, flatten, make_plan
 from mmjax.convert.safetensors_io import DTYPE_NAMES
 from mmjax.convert.sources import TensorSource
+from mmjax.convert.tables import table_for
 from mmjax.models.registry import FAMILIES, abstract_params, family_for_hf
 
 PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -78,11 +79,24 @@ def read_hf_config(hf_dir: str) -> dict:
     raise FileNotFoundError(f"{hf_dir}: no such directory")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{hf_dir}: no config.json")
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ConversionError(f"{path}: not valid JSON ({e})") from None
+  return jsonfile.read_object(path, ConversionError)
+
+
+def _read_model_config(hf_dir: str, hf_config: dict, dtype: str):
+  """(family, conversion table, hf_config, config, leaf shapes); a ConversionError naming config.json when its
+  values do not describe a model of its family."""
+  family = family_for_hf(hf_config)
+  table = table_for(family)
+  if table.read_hf_dir is not None:
+    hf_config = table.read_hf_dir(hf_dir, hf_config)
+  try:
+    config = family.config_from_hf(hf_config, param_dtype=dtype)
+    leaves = flatten(abstract_params(family, config))
+  except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+    detail = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+    raise ConversionError(f"{os.path.join(hf_dir, 'config.json')} does not describe a "
+                          f"{family.name} model ({detail})") from None
+  return family, table, hf_config, config, {p: tuple(s.shape) for p, s in leaves.items()}
 
 
 def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool = True) -> dict:
@@ -97,28 +111,26 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise FileExistsError(f"{out_dir} exists and is not empty; choose a new output directory")
   hf_config = read_hf_config(hf_dir)
-  family = family_for_hf(hf_config)
-  if family.read_hf_dir is not None:
-    hf_config = family.read_hf_dir(hf_dir, hf_config)
-  config = family.config_from_hf(hf_config, param_dtype=dtype)
-  leaf_shapes = {p: tuple(s.shape) for p, s in flatten(abstract_params(family, config)).items()}
+  family, table, hf_config, config, leaf_shapes = _read_model_config(hf_dir, hf_config,
+                                                                     dtype)
   source = TensorSource(hf_dir)
-  ignores = list(family.ignores)
-  if family.lm_head_key and family.tied(config):
-    ignores.append(r"(.*\.)?" + family.lm_head_key.replace(".", r"\."))  # tied: the embedding
-  plan = make_plan(family.conversion_rules(config), leaf_shapes, source.keys(), family.layouts,
-                   ignores)
+  ignores = list(table.ignores)
+  if table.lm_head_key and family.tied(config):
+    ignores.append(r"(.*\.)?" + table.lm_head_key.replace(".", r"\."))  # tied: the embedding
+  plan = make_plan(table.rules(config), leaf_shapes, source.keys(), table.layouts, ignores)
   check_shapes(plan, source.shape)
   out_dtype = PARAM_DTYPES[dtype]
 
-  tmp = f"{out_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-  os.makedirs(tmp)
+  for stale in staging.remove_stale(out_dir):  # left by a convert that was killed
+    print(f"removed {stale}, left by an interrupted conversion", file=sys.stderr)
+  tmp = staging.create(out_dir, uuid.uuid4().hex[:8])
   notice_filter = _NoOcdbtMergeNotice()
   logging.getLogger("absl").addFilter(notice_filter)  # for this conversion's writes only
   try:
     params_path = os.path.join(tmp, checkpoint.PARAMS_DIR)
     hf_dtypes: Counter = Counter()
     per_key_dtype: dict[str, str] = {}
+    from_integers: dict[str, str] = {}  # float parameters filled from integer tensors
     batch: dict[str, np.ndarray] = {}
     batch_bytes, in_flight, pending = 0, 0, None
     bar = tqdm(plan.leaves.items(), desc="convert", unit="param", disable=not progress,
@@ -139,6 +151,8 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
       for part in parts:
         dest = leaf if part.layer is None else leaf[part.layer]
         per_key_dtype[part.key] = DTYPE_NAMES[np.dtype(source.dtype(part.key))]
+        if np.dtype(source.dtype(part.key)).kind in "biu":
+          from_integers[part.key] = per_key_dtype[part.key]
         if part.rule.transform.reshape_only and part.rule.chunk is None and \
             source.read_into(part.key, dest):
           continue  # the file's bytes landed in place: no copy at all
@@ -164,11 +178,11 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
         "ignored_keys": plan.ignored,
     }
     stored_family, stored_config = family, hf_config
-    if family.stored_as is not None:  # exported as another family's layout (see Family)
-      stored_family = FAMILIES[family.stored_as]
-      stored_config = family.native_hf_config(config)
-      hf_meta.update(source_layout=plan.layout.name, layout=stored_family.layouts[0].name,
-                     dtype_exceptions={})
+    if table.stored_as is not None:  # exported as another family's layout (see the table)
+      stored_family = FAMILIES[table.stored_as]
+      stored_config = table.native_hf_config(config)
+      hf_meta.update(source_layout=plan.layout.name,
+                     layout=table_for(stored_family).layouts[0].name, dtype_exceptions={})
     checkpoint.write_metadata(tmp, stored_family, config, hf_meta)
     with open(os.path.join(tmp, checkpoint.HF_CONFIG_FILE), "w") as f:
       json.dump(stored_config, f, indent=2)
@@ -179,11 +193,14 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
         shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, checkpoint.HF_EXTRAS_DIR, name))
     if os.path.exists(out_dir):
       os.rmdir(out_dir)  # empty, checked above
-    os.rename(tmp, out_dir)
+    staging.publish(tmp, out_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging.remove(tmp)
     raise
   finally:
     logging.getLogger("absl").removeFilter(notice_filter)
-  return {"family": family.name, "layout": plan.layout.name, "params": len(plan.leaves),
-          "tensors": len(plan.hf_shapes), "ignored": len(plan.ignored), "dtype": dtype}
+  report = {"family": family.name, "layout": plan.layout.name, "params": len(plan.leaves),
+            "tensors": len(plan.hf_shapes), "ignored": len(plan.ignored), "dtype": dtype}
+  if from_integers:  # a float weight stored as integers is unusual: say which, do not hide it
+    report["cast_from_integer"] = from_integers
+  return report

@@ -71,8 +71,7 @@ def make_plan(
     for rule in rules:
       layers = range(leaf_shapes[rule.path][0]) if rule.stacked else [None]
       for i in layers:
-        canonical = rule.hf.format(i=i) if rule.stacked else rule.hf
-        yield Part(layout.to_saved(canonical), i, rule)
+        yield Part(layout.to_saved(rule.hf_key(i)), i, rule)
 
   # The layout is the one whose spelling of our keys the file matches best.
   layout = max(layouts, key=lambda lay: sum(p.key in saved_keys for p in instances(lay)))

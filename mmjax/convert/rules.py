@@ -133,10 +133,19 @@ class Rule:
   path: str  # '/'-joined parameter path; stacked when `hf` has '{i}'
   transform: Transform = SAME
   chunk: tuple[int, int] | None = None  # (index, count): a slice along axis 0 of the HF tensor
+  # The HF layer index of each slot of the stacked axis, when it is not the slot itself (a
+  # decoder segment holding every fifth layer: `mmjax.decoders.layout`).
+  layers: tuple[int, ...] | None = None
 
   @property
   def stacked(self) -> bool:
     return "{i}" in self.hf
+
+  def hf_key(self, slot: int | None) -> str:
+    """The canonical key of one slot of a stacked parameter (or of an unstacked one)."""
+    if slot is None:
+      return self.hf
+    return self.hf.format(i=slot if self.layers is None else self.layers[slot])
 
   def prefixed(self, hf_prefix: str, path_prefix: str) -> "Rule":
     return dataclasses.replace(self, hf=hf_prefix + self.hf, path=path_prefix + self.path)

@@ -5,12 +5,12 @@ Safetensors (single or sharded with `model.safetensors.index.json`) is the norma
 arbitrary pickled objects.
 """
 
-import json
 import os
 
 import ml_dtypes
 import numpy as np
 
+from mmjax import jsonfile
 from mmjax.convert.safetensors_io import CorruptFileError, SafetensorsFile
 
 
@@ -25,8 +25,7 @@ class TensorSource:
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     single = os.path.join(hf_dir, "model.safetensors")
     if os.path.exists(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
+      weight_map = read_weight_map(index)
       for name in sorted(set(weight_map.values())):
         path = os.path.join(hf_dir, name)
         if not os.path.exists(path):
@@ -101,10 +100,25 @@ class TensorSource:
     return self._where[name]
 
 
+def read_weight_map(index: str) -> dict[str, str]:
+  """`weight_map` of a sharded checkpoint's index: tensor name -> shard file name, each shard a
+  file under the index's own directory (never a path elsewhere: `../x`, `/etc/...`)."""
+  weight_map = jsonfile.read_object(index, CorruptFileError).get("weight_map")
+  if not isinstance(weight_map, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    raise CorruptFileError(f"{index}: weight_map must map tensor names to shard file names")
+  directory = os.path.abspath(os.path.dirname(index))
+  for name in set(weight_map.values()):
+    path = os.path.normpath(os.path.join(directory, name))
+    if os.path.commonpath([directory, path]) != directory or path == directory:
+      raise CorruptFileError(f"{index} names shard {name!r}, which is not a file in "
+                             f"{os.path.dirname(index)}; shards must sit beside the index")
+  return weight_map
+
+
 def _torch_bins(hf_dir: str) -> list[str]:
   index = os.path.join(hf_dir, "pytorch_model.bin.index.json")
   if os.path.exists(index):
-    with open(index) as f:
-      return [os.path.join(hf_dir, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+    return [os.path.join(hf_dir, n) for n in sorted(set(read_weight_map(index).values()))]
   single = os.path.join(hf_dir, "pytorch_model.bin")
   return [single] if os.path.exists(single) else []

@@ -44,7 +44,8 @@ def add_subcommands(subparsers) -> None:
                   '<image> placeholders vs images) and that every image exists and decodes; with '
                   '--tokenizer it also templates, tokenizes and preprocesses images, so over-length '
                   'samples are found too. Exit code 0 even when samples are skipped (1 if none is usable).')
-  check.add_argument('file', help='.json / .jsonl, ArrayRecord shards (dir or glob), or tfds:NAME[:SPLIT]')
+  check.add_argument('file', help='.json / .jsonl, Parquet / WebDataset tar / ArrayRecord shards (dir, glob '
+                     'or {00000..00099} range), or tfds:NAME[:SPLIT]')
   check.add_argument('--image-root', default=None, help='directory that relative image paths are resolved against')
   check.add_argument('--report', default=None, metavar='OUT.json',
                      help='write {"total": N, "usable": M, "skipped": {"<reason>": count}} to this file')
@@ -64,10 +65,13 @@ def _read_image_bytes(ref, sample_id: str, verify: bool) -> bytes:
   from mmjax.data.sample import load_image  # pylint: disable=g-import-not-at-top
   if not isinstance(ref, str):
     raise SampleError('bad_record', sample_id, f'image reference of type {type(ref).__name__}, expected a path')
-  if not os.path.exists(ref):
+  if not os.path.isfile(ref):
     raise SampleError('missing_image', sample_id, f'no image file at {ref}')
-  with open(ref, 'rb') as f:
-    data = f.read()
+  try:
+    with open(ref, 'rb') as f:
+      data = f.read()
+  except OSError as e:  # e.g. no permission
+    raise SampleError('missing_image', sample_id, f'cannot read {ref}: {e}') from e
   if verify:
     load_image(data, sample_id)
   return data
@@ -82,7 +86,7 @@ def pack_dataset(file: str, output: str, image_root: str | None = None, num_shar
   name = name or os.path.splitext(os.path.basename(file))[0]
   paths = [os.path.join(output, f'{name}-{i:05d}-of-{num_shards:05d}.array_record') for i in range(num_shards)]
   writers = [ArrayRecordWriter(p, 'group_size:1') for p in paths]
-  counter, usable = SkipCounter(), 0
+  counter, usable, complete = SkipCounter(), 0, False
   try:
     for index in range(len(source)):
       raw = source[index]
@@ -95,9 +99,20 @@ def pack_dataset(file: str, output: str, image_root: str | None = None, num_shar
         continue
       writers[usable % num_shards].write(sources_lib.encode_record(raw['id'], raw['messages'], images))
       usable += 1
+    complete = True
   finally:
+    failed = []
     for w in writers:
-      w.close()
+      try:
+        w.close()  # flushes: may fail on a full disk
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append(e)
+    if failed or not complete:  # interrupted or out of disk: no truncated shards to train on
+      for p in paths:
+        if os.path.exists(p):
+          os.remove(p)
+    if failed and complete:
+      raise failed[0]
   return {'total': len(source), 'usable': usable, 'skipped': counter.as_dict(), 'shards': paths}
 
 
@@ -117,6 +132,7 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
   """Runs every sample through ``processor`` (a SampleProcessor) or the structural + image checks."""
   from mmjax.data.sample import load_image  # pylint: disable=g-import-not-at-top
   from mmjax.data.sample import SampleProcessor  # pylint: disable=g-import-not-at-top
+  from mmjax.data.media_sample import check_video  # pylint: disable=g-import-not-at-top
   counter, usable = SkipCounter(), 0
   total = len(source) if limit is None else min(limit, len(source))
   for index in range(total):
@@ -128,6 +144,8 @@ def check_dataset(source, processor=None, limit: int | None = None) -> tuple[dic
         SampleProcessor.check_structure(raw)
         for ref in raw['images']:
           load_image(ref, raw['id'])
+        for ref in raw.get('videos', ()):  # decodes the frames a 2 fps sampling would keep
+          check_video(ref, raw['id'])
       usable += 1
     except SampleError as e:
       counter.add(e)

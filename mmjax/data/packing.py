@@ -33,6 +33,9 @@ def length_struct(cfg) -> dict[str, int]:
     lengths['image_grid_thw'] = cfg.max_images
     if cfg.mrope:
       lengths['mrope_positions'] = cfg.max_length
+    if cfg.video.max_patches:  # mmjax.data.media_sample
+      lengths['pixel_values_videos'] = cfg.video.max_patches
+      lengths['video_grid_thw'] = cfg.video.max_videos
   return lengths
 
 
@@ -72,6 +75,9 @@ def finalize_row(row: dict) -> dict:
   }
   if 'image_grid_thw' in row:
     out['image_grid_thw'] = row['image_grid_thw'].astype(np.int32)
+  for key in ('pixel_values_videos', 'video_grid_thw'):  # videos: patches, then their grids
+    if key in row:
+      out[key] = row[key] if key == 'pixel_values_videos' else row[key].astype(np.int32)
   if 'mrope_positions' in row:
     out['mrope_positions'] = row['mrope_positions'].astype(np.int32)  # [T, 3]
   counts = np.zeros(len(REASONS), np.int64)

@@ -33,6 +33,10 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
   image_tiles      [B*M]     int32    tiles (qwen2_vl: patches) of each image, 0 for unused slots
   image_segment_ids [B*M]    int32    segment of the row each image belongs to (0 = unused)
   image_grid_thw   [B*M, 3]  int32    (qwen2_vl) patch grid per image
+  pixel_values_videos [B*V, 3*T*P*P] float32 (qwen2_vl with video.max_patches = V) video
+                                      patches, row b owns [b*V, (b+1)*V), in the order of its
+                                      video tokens (mmjax.data.media_sample)
+  video_grid_thw   [B*N, 3]  int32    (with videos; N = video.max_videos) (t, h, w) per video
   num_images       [B]       int32    images in each row (0 for text-only rows)
 
 Global batches: ``DataIterator(..., mesh=mesh)`` (or ``to_global``) assemble every array with
@@ -49,20 +53,23 @@ import numpy as np
 
 from mmjax.data import packing
 from mmjax.data.preprocess import ImageConfig, preset
+from mmjax.data.media_sample import MediaSampleProcessor
 from mmjax.data.sample import SampleProcessor
 from mmjax.data.sources import open_source
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.data.validation import REASONS, SampleError, SkipCounter
+from mmjax.data.validation import REASONS, SampleError, SkipCounter, TooManySkips, counts_vector
+from mmjax.data.video import VideoConfig
 
 log = logging.getLogger('mmjax.data')
 
 FLAT_TILE_KEYS = ('pixel_values', 'image_mask')
-FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'image_grid_thw')
+FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'image_grid_thw',
+                   'pixel_values_videos', 'video_grid_thw')  # videos: mmjax.data.media_sample
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-  path: str  # .json / .jsonl, ArrayRecord shards (glob or dir), or 'tfds:NAME[:SPLIT]'
+  path: str  # .json / .jsonl, Parquet / tar / ArrayRecord shards (glob, {a..b}, dir), 'tfds:NAME[:SPLIT]'
   image_root: str | None = None
   weight: float = 1.0
 
@@ -93,6 +100,7 @@ class DataConfig:
   read_buffer: int = 64  # samples preprocessed ahead in each process
   drop_remainder: bool = True
   mrope: bool = False  # qwen2_vl: also emit 3-D M-RoPE positions
+  video: VideoConfig = VideoConfig()  # qwen2_vl: videos (off unless video.max_patches > 0)
   max_consecutive_skips: int = 1000  # more bad samples in a row than this is an error
   sources: tuple[SourceConfig, ...] = ()
 
@@ -114,11 +122,13 @@ class DataConfig:
       image = ImageConfig(**overrides)
     sources = tuple(s if isinstance(s, SourceConfig) else SourceConfig(**dict(s))
                     for s in (d.pop('sources', None) or ()))
+    video = d.pop('video', None) or {}
+    video = video if isinstance(video, VideoConfig) else VideoConfig(**dict(video))
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - fields
     if unknown:
       raise ValueError(f'unknown data config keys {sorted(unknown)}; expected some of {sorted(fields)}')
-    return cls(image=image, sources=sources, **d)
+    return cls(image=image, sources=sources, video=video, **d)
 
   def host_batch_size(self, process_count: int) -> int:
     if self.batch_size % process_count:
@@ -163,8 +173,9 @@ class _SkipCountingIterator:
         self._pending[REASONS.index(element['_skip'])] += 1
         if self._pending.sum() >= self._max_consecutive:
           counts = {r: int(n) for r, n in zip(REASONS, self._pending) if n}
-          raise RuntimeError(f'{int(self._pending.sum())} samples in a row were skipped ({counts}); '
-                             'run `mmjax data check` on the dataset and check max_length / image_token')
+          raise TooManySkips(f'{int(self._pending.sum())} samples in a row were skipped '
+                             f'({counts}); run `mmjax data check` on the dataset and check '
+                             'max_length / image_token')
         continue
       element[packing.SKIP_COUNTS] = self._pending
       self._pending = np.zeros(len(REASONS), np.int64)
@@ -175,7 +186,7 @@ class _SkipCountingIterator:
 
   def set_state(self, state):
     self._parent.set_state(state['parent'])
-    self._pending = np.asarray(state['pending'], np.int64)
+    self._pending = np.asarray(counts_vector(state['pending']), np.int64)
 
 
 def _skip_counting_dataset(parent, max_consecutive_skips: int):
@@ -235,14 +246,20 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
     ds = grain.MapDataset.source(source)
     if len(ds) < process_count:
       raise ValueError(f'source {source!r} has {len(ds)} samples, fewer than {process_count} processes')
-    ds = ds[process_index::process_count]
-    if cfg.shuffle:
-      ds = ds.shuffle(seed=cfg.seed + 1000 * i)
+    if hasattr(source, 'blocks'):  # Parquet row groups, tar shards: split and mixed by block
+      from mmjax.data.blocks import block_dataset  # pylint: disable=g-import-not-at-top
+      ds = block_dataset(source, process_index=process_index, process_count=process_count,
+                         seed=cfg.seed + 1000 * i, shuffle=cfg.shuffle)
+    else:
+      ds = ds[process_index::process_count]
+      if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed + 1000 * i)
     ds = ds.repeat(cfg.num_epochs) if cfg.num_epochs != 1 else ds
     datasets.append(ds)
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
 
-  ds = ds.map(_Preprocess(SampleProcessor(cfg, tokenizer)))
+  processor = (MediaSampleProcessor if cfg.image.family == 'qwen2_vl' else SampleProcessor)
+  ds = ds.map(_Preprocess(processor(cfg, tokenizer)))
   read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
   ds = _skip_counting_dataset(ds.to_iter_dataset(read), cfg.max_consecutive_skips)
   host_batch = cfg.host_batch_size(process_count)

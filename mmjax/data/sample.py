@@ -24,28 +24,42 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mmjax.data import preprocess
 from mmjax.data.sources import IMAGE
-from mmjax.data.templates import ChatTemplate
+from mmjax.data.templates import ChatTemplate, ChatTemplateError
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.data.validation import SampleError
 
+ROLES = ('system', 'user', 'assistant')
+
 
 def load_image(ref, sample_id: str) -> Image.Image:
-  """Bytes / path / uint8 array -> RGB PIL image, or SampleError(missing_image | corrupt_image)."""
+  """Bytes / path / uint8 array -> RGB PIL image, or SampleError naming why not.
+
+  The one place where an image becomes pixels or a skip: ``missing_image`` (no such file),
+  ``image_too_large`` (more pixels than PIL's decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``),
+  ``corrupt_image`` (anything else the decoder rejects), ``bad_record`` (not an image reference).
+  """
   if isinstance(ref, np.ndarray):
     if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
       raise SampleError('corrupt_image', sample_id, f'image array of dtype {ref.dtype} shape {ref.shape}')
     return preprocess.common.to_rgb(Image.fromarray(ref[..., 0] if ref.ndim == 3 and ref.shape[-1] == 1 else ref))
-  if isinstance(ref, str) and not os.path.exists(ref):
+  if not isinstance(ref, (str, bytes, bytearray, memoryview)):
+    raise SampleError('bad_record', sample_id, f'image reference of type {type(ref).__name__}')
+  if isinstance(ref, str) and not os.path.isfile(ref):
     raise SampleError('missing_image', sample_id, f'no image file at {ref}')
+  where = ref if isinstance(ref, str) else f'{len(ref)} embedded bytes'
   try:
     return preprocess.decode_image(ref)
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    where = ref if isinstance(ref, str) else f'{len(ref)} embedded bytes'
-    raise SampleError('corrupt_image', sample_id, f'cannot decode {where}: {e}') from e
+  except Image.DecompressionBombError as e:
+    raise SampleError('image_too_large', sample_id, f'{where}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # Decoders fed hostile bytes raise far more than OSError (struct.error, IndexError,
+    # ZeroDivisionError, EOFError...): every one of them means this image cannot be used.
+    raise SampleError('corrupt_image', sample_id,
+                      f'cannot decode {where}: {type(e).__name__}: {e}') from e
 
 
 def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tuple[int, int, int]],
@@ -97,6 +111,14 @@ class SampleProcessor:
     if 'error' in raw:
       raise SampleError(raw['error'][0], sample_id, raw['error'][1])
     messages = raw['messages']
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and m.get('role') in ROLES and isinstance(m.get('content'), str)
+        for m in messages):  # e.g. a shard written by another tool
+      raise SampleError('bad_record', sample_id,
+                        f'messages must be a list of {{"role", "content": str}} with roles {ROLES}')
+    if not isinstance(raw['images'], list):
+      raise SampleError('bad_record', sample_id,
+                        f'images is a {type(raw["images"]).__name__}, not a list')
     if not messages or not any(m['role'] == 'assistant' and m['content'].strip() for m in messages):
       raise SampleError('empty_conversation', sample_id, 'no non-empty assistant turn')
     placeholders = sum(m['content'].count(IMAGE) for m in messages)
@@ -119,7 +141,10 @@ class SampleProcessor:
   def __call__(self, raw: dict) -> dict:
     cfg, sample_id = self.cfg, raw['id']
     self.check_structure(raw)
-    ids, assistant = self.tokenize(raw['messages'])
+    try:
+      ids, assistant = self.tokenize(raw['messages'])
+    except ChatTemplateError as e:
+      raise SampleError('template_error', sample_id, str(e)) from None
     image_pos = np.flatnonzero(ids == self.image_id)
     if len(image_pos) != len(raw['images']):
       raise SampleError('image_count_mismatch', sample_id,

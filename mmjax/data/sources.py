@@ -12,7 +12,8 @@ sample with an ``'error'`` key (reason, detail) that the pipeline counts and ski
 
 * ``JsonSource``: LLaVA JSON / JSONL (``id``, ``image`` | ``images``, ``conversations`` with
   ``from``/``value``) or OpenAI-style ``messages`` (``content`` a string or a list of
-  ``{'type': 'text'|'image'|'image_url', ...}`` parts), paths relative to ``image_root``.
+  ``{'type': 'text'|'image'|'image_url', ...}`` parts), paths relative to ``image_root`` (default:
+  the file's directory) and refused outside it.
 * ``ArrayRecordSource``: shards written by ``mmjax data pack`` (images embedded, format below).
 * ``TfdsSource``: a TFDS dataset through ``tfds.data_source`` (ArrayRecord-backed, no TensorFlow).
 
@@ -27,6 +28,7 @@ decodes with one ``json.loads`` and slicing.)
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -34,6 +36,9 @@ import struct
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from mmjax.data import image_refs
+from mmjax.data.validation import SampleError
 
 IMAGE = '<image>'
 _ROLES = {'human': 'user', 'user': 'user', 'gpt': 'assistant', 'assistant': 'assistant', 'model': 'assistant',
@@ -49,10 +54,9 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
   if not isinstance(record, dict):
     return _bad(f'#{index}', 'bad_record', f'record is a {type(record).__name__}, not an object')
   sample_id = str(record.get('id', f'#{index}'))
-  images = record.get('images', record.get('image'))
-  images = [] if images is None else ([images] if isinstance(images, (str, bytes)) else list(images))
   messages = []
   try:
+    images = image_refs.refs_of(record.get('images', record.get('image')), sample_id)
     if 'conversations' in record:
       for turn in record['conversations']:
         role = _ROLES.get(str(turn.get('from', '')).lower())
@@ -77,8 +81,7 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
               ref = part.get('image', part.get('image_url', part.get('path')))
               if isinstance(ref, dict):
                 ref = ref.get('url')
-              if ref is not None:
-                inline.append(ref)
+              inline.extend(image_refs.refs_of(ref, sample_id))
             else:
               return _bad(sample_id, 'bad_record', f'unknown content part type {kind!r}')
           content = ''.join(parts)
@@ -86,27 +89,38 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
       images = images + inline
     else:
       return _bad(sample_id, 'bad_record', 'record has neither "conversations" nor "messages"')
+    resolved = [image_refs.resolve(ref, image_root, sample_id) for ref in images]
+    videos = record.get('videos', record.get('video'))  # '<video>' placeholders (Qwen-VL)
+    if videos is not None:  # the same kinds of reference, under the same root, as images
+      videos = [image_refs.resolve(v, image_root, sample_id)
+                for v in image_refs.refs_of(videos, sample_id)]
   except (AttributeError, TypeError) as e:
     return _bad(sample_id, 'bad_record', f'malformed conversation: {e}')
-  resolved = []
-  for ref in images:
-    if isinstance(ref, str):
-      if ref.startswith('file://'):
-        ref = ref[len('file://'):]
-      if image_root and not os.path.isabs(ref):
-        ref = os.path.join(image_root, ref)
-    resolved.append(ref)
-  return {'id': sample_id, 'messages': messages, 'images': resolved}
+  except SampleError as e:
+    return _bad(sample_id, e.reason, e.detail)
+  sample = {'id': sample_id, 'messages': messages, 'images': resolved}
+  if videos is not None:
+    sample['videos'] = videos
+  return sample
 
 
 class JsonSource:
-  """LLaVA / OpenAI-style JSON (a list) or JSONL file. Records are kept as compact JSON bytes."""
+  """LLaVA / OpenAI-style JSON (a list) or JSONL file. Records are kept as compact JSON bytes.
+
+  Image paths are relative to ``image_root``, by default the file's own directory, and may not
+  lead outside it (``image_refs.resolve``). A UTF-8 byte order mark at the start is skipped.
+  """
 
   def __init__(self, path: str, image_root: str | None = None):
-    self.path, self.image_root = path, image_root
+    self.path = path
+    if image_root is None:
+      image_root = os.path.dirname(os.path.abspath(path))
+    self.image_root = image_root
     with open(path, 'rb') as f:
+      start = len(codecs.BOM_UTF8) if f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
+      f.seek(start)
       head = f.read(4096).lstrip()
-      f.seek(0)
+      f.seek(start)
       if head.startswith(b'['):
         try:
           records = json.load(f)
@@ -240,10 +254,15 @@ class TfdsSource:
 
 
 def open_source(spec: str, image_root: str | None = None) -> Any:
-  """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, or ArrayRecord shards."""
+  """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, Parquet or WebDataset
+  tar shards (``mmjax.data.shards``), or ArrayRecord shards."""
+  from mmjax.data.shards import open_sharded_source  # pylint: disable=g-import-not-at-top
   if spec.startswith('tfds:'):
     parts = spec.split(':')
     return TfdsSource(parts[1], split=parts[2] if len(parts) > 2 else 'train')
+  sharded = open_sharded_source(spec, image_root)
+  if sharded is not None:
+    return sharded
   if spec.endswith(('.json', '.jsonl')):
     return JsonSource(spec, image_root)
   return ArrayRecordSource(spec)

@@ -84,6 +84,12 @@ BUILTIN = {
 }
 
 
+class ChatTemplateError(ValueError):
+  """A template that rejected a conversation (``raise_exception``, a sandbox violation, any error
+  while rendering) or whose renderings of prefixes are not prefixes: a fault of this sample (the
+  pipeline skips it as ``template_error``) or of the template, never of mmjax."""
+
+
 def _raise(message):
   raise jinja2.exceptions.TemplateError(message)
 
@@ -118,6 +124,11 @@ class ChatTemplate:
     self.name = name
     self.image_placeholder = image_placeholder
     self.extra_context = dict(extra_context or {})
+    try:  # a template that does not compile fails every sample: say so now, once
+      _compile(self.spec.source)
+    except jinja2.TemplateError as e:
+      raise ValueError(f'chat template {name!r} does not compile: '
+                       f'{type(e).__name__}: {e}') from None
 
   @classmethod
   def from_name(cls, name: str, tokenizer=None, **kw) -> 'ChatTemplate':
@@ -138,10 +149,19 @@ class ChatTemplate:
     return self.spec.add_special_tokens
 
   def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return _compile(self.spec.source).render(
-        messages=messages, add_generation_prompt=add_generation_prompt,
-        default_system=self.spec.default_system, image_placeholder=self.image_placeholder,
-        **self.extra_context)
+    """The rendered text; ChatTemplateError when the template raises."""
+    try:
+      return _compile(self.spec.source).render(
+          messages=messages, add_generation_prompt=add_generation_prompt,
+          default_system=self.spec.default_system, image_placeholder=self.image_placeholder,
+          **self.extra_context)
+    except Exception as e:  # pylint: disable=broad-except
+      # The template is code from a tokenizer_config.json: whatever it raises (its own
+      # raise_exception, a SecurityError from the sandbox, a TypeError on odd content) is its
+      # verdict on this conversation.
+      detail = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      raise ChatTemplateError(f'chat template {self.name!r} rejected the conversation: '
+                              f'{type(e).__name__}: {detail}') from None
 
   def render_with_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """Full text and the [start, end) character spans of every assistant turn (+ end of turn)."""
@@ -153,7 +173,7 @@ class ChatTemplate:
       start_text = self.render(messages[:i], add_generation_prompt=True)
       end_text = self.render(messages[:i + 1])
       if not (end_text.startswith(start_text) and text.startswith(end_text)):
-        raise ValueError(
+        raise ChatTemplateError(
             f'chat template {self.name!r} is not prefix-consistent at turn {i}: rendering the first '
             f'{i} messages (+ generation prompt) is not a prefix of the whole conversation, so the '
             'assistant tokens cannot be located')

@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import logging
 
+from mmjax.errors import UserError
+
 log = logging.getLogger('mmjax.data')
 
 REASONS = (
@@ -19,7 +21,23 @@ REASONS = (
     'image_count_mismatch',   # number of <image> placeholders != number of images
     'too_long',               # over max_length and cannot be truncated without losing every target
     'too_many_images',        # more image tiles than a packed row can hold
+    'missing_video',          # video file / frame directory not found
+    'corrupt_video',          # a video PyAV cannot decode, or unreadable frames
+    # (Appended, not sorted: iterator states saved in checkpoints hold counts in this order.)
+    'image_outside_root',     # an image path that leads outside the source's image root
+    'image_too_large',        # more pixels than PIL decodes safely (a decompression bomb)
+    'template_error',         # the chat template rejected the conversation (raise_exception, ...)
 )
+
+
+def counts_vector(counts) -> list[int]:
+  """Per-reason counts as saved by an older version (fewer reasons) padded to ``REASONS``."""
+  counts = [int(n) for n in counts]
+  return counts + [0] * (len(REASONS) - len(counts))
+
+
+class TooManySkips(UserError):
+  """So many samples in a row were skipped that the data (or the data config) is unusable."""
 
 
 class SampleError(Exception):

@@ -35,6 +35,13 @@ class DecoderConfig:
   tie_embeddings: bool = False
   sliding_window: int | None = None
   model_type: str = "llama"
+  # Indices of cross-attention layers among the `num_layers` (Llama 3.2 Vision); their kind is
+  # `cross_attention_kind`, the module `mmjax.decoders.<kind>` that defines its `BLOCK`.
+  cross_attention_layers: tuple[int, ...] = ()
+  cross_attention_kind: str = "cross"
+  # Embedding rows beyond the vocabulary, which the LM head does not predict (Llama 3.2
+  # Vision's 8: its image token and reserved ids).
+  extra_embeddings: int = 0
   # Execution (not architecture): compute dtype, parameter dtype, remat policy, attention kernel.
   dtype: str = "float32"
   param_dtype: str = "float32"

@@ -1,13 +1,24 @@
-"""The Llama-family decoder: pre-norm blocks of GQA self-attention and a gated MLP, scanned."""
+"""The Llama-family decoder: pre-norm blocks of GQA self-attention and a gated MLP, scanned; with
+cross-attention layers among them when the config names some (Llama 3.2 Vision).
+
+The layers run as segments of repeated groups (`mmjax.decoders.layout`): a uniform decoder is one
+scanned stack, a decoder with cross-attention layers scans its repeating group. Every block takes
+`(x, ctx, cache, layer_id, rows=None) -> (x, cache)` with the call's shared inputs in `ctx`
+(`LayerContext`), so the target-only loss's last-layer trick (`_head_loss`) works on every
+layout.
+"""
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.layout import SELF, Segment, plan_layers
 from mmjax.nn import axes as ax
 from mmjax.nn.axes import TEXT_AXES
 from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
@@ -19,17 +30,57 @@ from mmjax.nn.norms import RMSNorm
 from mmjax.nn.rope import rope_cos_sin
 from mmjax.nn.stack import scan_layers
 
+# `head_loss(logits_fn, head_params, hidden) -> (loss, count)`, with
+# `logits_fn(head_params, hidden, rows [B, C]) -> logits [B, C, V]`: a loss that asks for the
+# logits of some positions only (`mmjax.train.loss.target_cross_entropy`).
+HeadLoss = Callable[[Callable[[Any, jax.Array, jax.Array], jax.Array], Any, jax.Array], Any]
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+  """What a decoder (and a model built on one) returns. Unpacks as `logits, cache`."""
+
+  logits: jax.Array | None  # [B, T, V] float32; None when `head_loss` ran
+  cache: Any  # the updated cache (None without one)
+  hidden: jax.Array | None = None  # [B, T, D] the last layer's output, before the final norm
+  loss: Any = None  # `head_loss`'s result
+
+  def __iter__(self):
+    return iter((self.logits, self.cache))
+
+  def __getitem__(self, index):
+    return (self.logits, self.cache)[index]
+
+
+@flax.struct.dataclass
+class LayerContext:
+  """The inputs every layer of one call shares.
+
+  `mask`: a `MaskSpec` (no cache) or a dense `[B, 1, T, S]` mask; `rope`: (cos, sin);
+  `cache_index`: where the cache is written; `layer_inputs [K, B, T, D]`: added after layers
+  0..K-1 (Qwen3-VL DeepStack); `cross`: what cross-attention layers read (None: they are
+  skipped, as transformers skips them without images); `generating`: a cache is in use.
+  """
+
+  mask: Any
+  rope: Any
+  cache_index: Any = 0
+  layer_inputs: jax.Array | None = None
+  cross: Any = None
+  generating: bool = flax.struct.field(pytree_node=False, default=False)
+
 
 class DecoderBlock(nn.Module):
+  """Self-attention and gated MLP, pre-norm."""
+
   config: DecoderConfig
 
   @nn.compact
-  def __call__(self, x, mask, rope, cache_index, cache: KVCache | None, layer_id=None,
-               layer_inputs=None, rows=None):
+  def __call__(self, x, ctx: LayerContext, cache: KVCache | None, layer_id=None, rows=None):
     """`x [B, T, D]` -> `[B, T, D]` and the cache; `[B, P, D]` with `rows [B, P]`: only those
-    positions' outputs (`mask [B, 1, P, T]`; every position is still a key)."""
+    positions' outputs (`ctx.mask` then `[B, 1, P, T]`; every position is still a key)."""
     cfg = self.config
-    if rows is not None and layer_inputs is not None:
+    if rows is not None and ctx.layer_inputs is not None:
       raise ValueError("rows and layer_inputs are not supported together")
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="attn_norm")(x)
@@ -38,7 +89,7 @@ class DecoderBlock(nn.Module):
         axes=TEXT_AXES, qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, qk_norm=cfg.qk_norm,
         norm_eps=cfg.rms_norm_eps, backend=cfg.attention_backend, dtype=dtype,
         param_dtype=param_dtype, name="attn",
-    )(h, mask, rope, cache, cache_index, query_rows=rows)
+    )(h, ctx.mask, ctx.rope, cache, ctx.cache_index, query_rows=rows)
     if rows is not None:
       x = take_rows(x, rows)
     x = x + h
@@ -46,29 +97,108 @@ class DecoderBlock(nn.Module):
     h = GatedMlp(cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias, dtype=dtype,
                  param_dtype=param_dtype, name="mlp")(h)
     x = x + h
-    if layer_inputs is not None:  # DeepStack: `layer_inputs [K, B, T, D]` added after layers 0..K-1
-      k = layer_inputs.shape[0]
-      add = jax.lax.dynamic_index_in_dim(layer_inputs, jnp.minimum(layer_id, k - 1), keepdims=False)
+    if ctx.layer_inputs is not None:  # DeepStack: added after layers 0..K-1
+      k = ctx.layer_inputs.shape[0]
+      add = jax.lax.dynamic_index_in_dim(ctx.layer_inputs, jnp.minimum(layer_id, k - 1),
+                                         keepdims=False)
       x = x + jnp.where(layer_id < k, add.astype(x.dtype), jnp.zeros((), x.dtype))
     x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, ax.EMBED))
     return x, cache
 
 
-def init_cache(config: DecoderConfig, batch: int, length: int, dtype=None) -> KVCache:
-  """Zeros for a `[L, B, S, K, H]` key/value cache."""
-  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+def block_class(kind: str) -> type[nn.Module]:
+  """The block of a layer kind: `self` here, any other kind the `BLOCK` of its own module
+  `mmjax.decoders.<kind>` (e.g. `cross`, Llama 3.2 Vision's cross-attention layer)."""
+  if kind == SELF:
+    return DecoderBlock
+  try:
+    return importlib.import_module(f"mmjax.decoders.{kind}").BLOCK
+  except (ModuleNotFoundError, AttributeError) as e:
+    raise ValueError(f"unknown decoder layer kind {kind!r}: no BLOCK in mmjax.decoders.{kind}") \
+        from e
+
+
+class Group(nn.Module):
+  """One repeat of a segment's group: its layers in order, each under its slot name."""
+
+  config: DecoderConfig
+  kinds: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x, ctx: LayerContext, cache, layer_ids):
+    """`cache`: {slot: the layer's cache} (or None); `layer_ids [len(kinds)]`."""
+    new = {}
+    for j, kind in enumerate(self.kinds):
+      slot = f"{kind}_{j}"
+      x, new[slot] = block_class(kind)(self.config, name=slot)(
+          x, ctx, None if cache is None else cache.get(slot), layer_ids[j])
+    return x, new
+
+
+# The stack's extra arguments: the context is broadcast; the cache and layer ids are per layer.
+_STACK_IN_AXES = (nn.broadcast, 0, 0)
+
+
+def segment_stack(config: DecoderConfig, segment: Segment, length: int | None = None):
+  """The scanned module class of a segment (`length` repeats; default all of them)."""
+  block = Group if segment.grouped else block_class(segment.kinds[0])
+  return scan_layers(block, length=segment.repeats if length is None else length,
+                     remat_policy=config.remat_policy, in_axes=_STACK_IN_AXES)
+
+
+def _segment_args(config: DecoderConfig, segment: Segment) -> tuple:
+  return (config, segment.kinds) if segment.grouped else (config,)
+
+
+def _layer_ids(segment: Segment) -> jax.Array:
+  """Global layer index of every layer of the segment: `[repeats]` or `[repeats, group]`."""
+  ids = segment.start + jnp.arange(segment.num_layers).reshape(segment.repeats, len(segment.kinds))
+  return ids if segment.grouped else ids[:, 0]
+
+
+def init_cache(config: DecoderConfig, batch: int, length: int, dtype=None) -> Any:
+  """Zeros for the self-attention keys/values: `{'k', 'v': [L, B, S, K, H]}` for a uniform
+  decoder, else per segment and slot (`[repeats, B, S, K, H]`); cross-attention layers get
+  theirs (the images' keys/values) at prefill."""
   dtype = dtype or jnp.dtype(config.dtype)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+  def zeros(layers):
+    shape = (layers, batch, length, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+  def segment(seg: Segment):
+    if not seg.grouped:
+      return zeros(seg.repeats)
+    return {slot: zeros(seg.repeats) if kind == SELF else None
+            for slot, kind in zip(seg.slots, seg.kinds)}
+
+  plan = layer_plan(config)
+  if _uniform(plan):
+    return segment(plan[0])
+  return {seg.name: segment(seg) for seg in plan}
 
 
-# `head_loss(logits_fn, head_params, hidden) -> (loss, count)`, with
-# `logits_fn(head_params, hidden, rows [B, C]) -> logits [B, C, V]`: a loss that asks for the
-# logits of some positions only (`mmjax.train.loss.target_cross_entropy`).
-HeadLoss = Callable[[Callable[[Any, jax.Array, jax.Array], jax.Array], Any, jax.Array], Any]
+def self_cache_length(plan: tuple[Segment, ...], cache) -> int:
+  """S of the self-attention cache `[layers, B, S, K, H]` (cross-attention layers keep the
+  images' keys/values beside it, of another length)."""
+  if _uniform(plan):
+    return cache["k"].shape[2]
+  for seg in plan:
+    for slot, kind in zip(seg.slots, seg.kinds):
+      if kind == SELF:
+        entry = cache[seg.name][slot] if seg.grouped else cache[seg.name]
+        return entry["k"].shape[2]
+  raise ValueError("a decoder without self-attention layers has no cache length")
 
-# The stack's extra arguments: mask, rope, cache index broadcast; cache, layer ids per layer;
-# layer inputs broadcast.
-_STACK_IN_AXES = (nn.broadcast, nn.broadcast, nn.broadcast, 0, 0, nn.broadcast)
+
+def layer_plan(config: DecoderConfig) -> tuple[Segment, ...]:
+  """The decoder's segments (`mmjax.decoders.layout`)."""
+  return plan_layers(config.num_layers, config.cross_attention_layers,
+                     config.cross_attention_kind)
+
+
+def _uniform(plan) -> bool:
+  return len(plan) == 1 and not plan[0].grouped
 
 
 class Decoder(nn.Module):
@@ -80,13 +210,14 @@ class Decoder(nn.Module):
     cfg = self.config
     param_dtype = jnp.dtype(cfg.param_dtype)
     self.embedder = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype,
+        cfg.vocab_size + cfg.extra_embeddings, cfg.hidden_size, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, ("vocab", "embed")),
         name="embed",
     )
-    stack = scan_layers(DecoderBlock, length=cfg.num_layers, remat_policy=cfg.remat_policy,
-                        in_axes=_STACK_IN_AXES)
-    self.layers = stack(cfg, name="layers")
+    self.plan = layer_plan(cfg)
+    for segment in self.plan:  # attribute names are the parameter names ('layers', ...)
+      setattr(self, segment.name,
+              segment_stack(cfg, segment)(*_segment_args(cfg, segment), name=segment.name))
     self.norm = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
       self.lm_head = Einsum(  # [V, D], the embedding's layout
@@ -104,12 +235,12 @@ class Decoder(nn.Module):
       positions: jax.Array,
       attention_mask_: jax.Array | None = None,
       segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
+      cache: Any = None,
       cache_index: jax.Array | int = 0,
       layer_inputs: jax.Array | None = None,
-      hidden_only: bool = False,
       head_loss: HeadLoss | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
+      cross: Any = None,
+  ) -> DecoderOutput:
     """Runs the stack.
 
     Args:
@@ -118,54 +249,60 @@ class Decoder(nn.Module):
       attention_mask_: `[B, S]` 1 for real keys, 0 for padding; S = T without a cache, else the
         cache length.
       segment_ids: `[B, T]` packed-sample ids (training without a cache).
-      cache: `[L, B, S, K, H]` keys/values; written at `cache_index`.
+      cache: from `init_cache` (self-attention keys/values, written at `cache_index`), plus the
+        images' keys/values of cross-attention layers after a prefill.
       layer_inputs: `[K, B, T, D]` added to the output of layers `0..K-1` (Qwen3-VL DeepStack).
-      hidden_only: return the last layer's output `[B, T, D]` instead of logits; `logits` maps
-        (any selection of) it to logits.
-      head_loss: return `head_loss`'s result instead of logits (training, no cache): the last
-        layer and the LM head run inside it, only at the positions it asks for (`_head_loss`).
-    Returns:
-      float32 logits `[B, T, V]` (or the hidden states, or the loss) and the updated cache.
+      head_loss: training without a cache: the result's `loss` is `head_loss`'s, with the last
+        layer and the LM head run inside it only at the positions it asks for (`_head_loss`),
+        and no logits.
+      cross: what cross-attention layers read (their family's inputs, e.g.
+        `mmjax.decoders.cross.CrossInputs`); None skips them.
     """
     cfg = self.config
-    b, t, _ = embeddings.shape
+    t = embeddings.shape[1]
     x = nn.with_logical_constraint(embeddings, (ax.BATCH, ax.LENGTH, ax.EMBED))
-    q_index = jnp.arange(t)[None] + cache_index  # [1, T]
-    k_len = cache["k"].shape[2] if cache is not None else t
     if cache is None:  # every backend reads the structure (the einsum path skips causal blocks)
       mask = MaskSpec(segment_ids, attention_mask_, causal=True, sliding_window=cfg.sliding_window)
     else:
+      k_len = self_cache_length(self.plan, cache)
       mask = attention_mask(
-          q_index, jnp.arange(k_len)[None], causal=True, k_valid=attention_mask_,
-          q_segment=segment_ids, k_segment=segment_ids, sliding_window=cfg.sliding_window,
+          jnp.arange(t)[None] + cache_index, jnp.arange(k_len)[None], causal=True,
+          k_valid=attention_mask_, q_segment=segment_ids, k_segment=segment_ids,
+          sliding_window=cfg.sliding_window,
       )
-    rope = rope_cos_sin(cfg.rope, cfg.head_dim, positions)
-    layer_ids = None if layer_inputs is None else jnp.arange(cfg.num_layers)
+    ctx = LayerContext(mask, rope_cos_sin(cfg.rope, cfg.head_dim, positions), cache_index,
+                       layer_inputs, cross, generating=cache is not None)
     if head_loss is not None:
       if cache is not None:
         raise ValueError("head_loss is for training: it takes no cache")
-      return self._head_loss(head_loss, x, mask, rope, attention_mask_, segment_ids, layer_ids,
-                             layer_inputs), None
-    x, cache = self.layers(x, mask, rope, cache_index, cache, layer_ids, layer_inputs)
-    return (x if hidden_only else self.logits(x)), cache
+      return DecoderOutput(None, None, None, self._head_loss(head_loss, x, ctx))
+    x, cache = self._stack(x, ctx, cache)
+    return DecoderOutput(self.logits(x), cache, x)
 
-  def _head_loss(self, head_loss: HeadLoss, x, mask, rope, attention_mask_, segment_ids,
-                 layer_ids, layer_inputs):
-    """Runs layers `0..L-2` on every position and hands the last layer, with the final norm and
-    the LM head, to `head_loss` as its `logits_fn` over the rows it asks for: the last layer's
-    output at a position only feeds that position's logits, so where the loss reads no logits
-    (image and prompt tokens) its queries, attention output and MLP are never computed. (Not
-    when DeepStack adds inputs after the last layer: then all layers run and the head is the
-    final norm and the LM head alone.)
+  def _stack(self, x, ctx: LayerContext, cache):
+    """Every segment in order; the cache keeps `init_cache`'s structure."""
+    if _uniform(self.plan):
+      return getattr(self, self.plan[0].name)(x, ctx, cache, _layer_ids(self.plan[0]))
+    new = {}
+    for segment in self.plan:
+      x, new[segment.name] = getattr(self, segment.name)(
+          x, ctx, None if cache is None else cache[segment.name], _layer_ids(segment))
+    return x, (new if cache is not None else None)
 
-    The layers and the head are applied as functions of explicit slices of the stacked
-    parameters, so that `head_loss` can differentiate them as arguments (a custom VJP must not
-    close over them).
+  def _head_loss(self, head_loss: HeadLoss, x, ctx: LayerContext):
+    """Runs every layer but the last on every position and hands the last one, with the final
+    norm and the LM head, to `head_loss` as its `logits_fn` over the rows it asks for: the last
+    layer's output at a position only feeds that position's logits, so where the loss reads no
+    logits (image and prompt tokens) its queries, attention output and MLP are never computed.
+    (Not when DeepStack adds inputs after the last layer: then all layers run and the head is
+    the final norm and the LM head alone.)
+
+    The last segment's leading repeats and the last layer are applied as functions of explicit
+    slices of the stacked parameters, so that `head_loss` can differentiate them as arguments
+    (a custom VJP must not close over them).
     """
     cfg = self.config
-    t = x.shape[1]
     params = nn.unbox(self.variables["params"])
-    stacked = params["layers"]
     head = head_params(params)
     names = tuple(head)
 
@@ -173,28 +310,47 @@ class Decoder(nn.Module):
       p = {name: p[name] for name in names}
       return Decoder(cfg, parent=None).apply({"params": p}, h, method=Decoder.logits)
 
-    last = cfg.num_layers - 1
-    if layer_inputs is not None and layer_inputs.shape[0] > last:
-      x, _ = self.layers(x, mask, rope, 0, None, layer_ids, layer_inputs)
+    if ctx.layer_inputs is not None and ctx.layer_inputs.shape[0] > cfg.num_layers - 1:
+      x, _ = self._stack(x, ctx, None)
       return head_loss(lambda p, h, rows: final_logits(p, take_rows(h, rows)), head, x)
-    if last:
-      leading = scan_layers(DecoderBlock, length=last, remat_policy=cfg.remat_policy,
-                            in_axes=_STACK_IN_AXES)(cfg, parent=None)
-      x, _ = leading.apply({"params": jax.tree.map(lambda a: a[:last], stacked)}, x, mask, rope,
-                           0, None, None if layer_ids is None else layer_ids[:last], layer_inputs)
+    *leading, last = self.plan
+    for segment in leading:
+      x, _ = getattr(self, segment.name)(x, ctx, None, _layer_ids(segment))
+    stacked, ids = params[last.name], _layer_ids(last)
+    r = last.repeats
+    if r > 1:  # the last segment's leading repeats
+      stack = segment_stack(cfg, last, r - 1)(*_segment_args(cfg, last), parent=None)
+      x, _ = stack.apply({"params": jax.tree.map(lambda a: a[:r - 1], stacked)}, x, ctx, None,
+                         ids[:r - 1])
+    group = jax.tree.map(lambda a: a[r - 1], stacked)  # the last repeat's parameters
+    group_ids = ids[r - 1]
+    if not last.grouped:
+      slots = [(last.kinds[0], group, group_ids)]
+    else:
+      slots = [(kind, group[slot], group_ids[j])
+               for j, (kind, slot) in enumerate(zip(last.kinds, last.slots))]
+    for kind, p, layer_id in slots[:-1]:
+      x, _ = block_class(kind)(cfg, parent=None).apply({"params": p}, x, ctx, None, layer_id)
+    kind, p, layer_id = slots[-1]
     # The rows get a dense mask, so the last layer attends with the xla backend whatever the
     # stack's (a few rows against every key: no T x T scores to avoid).
-    block = DecoderBlock(dataclasses.replace(cfg, attention_backend="xla"), parent=None)
+    block = block_class(kind)(dataclasses.replace(cfg, attention_backend="xla"), parent=None)
 
     def logits_fn(p, hidden, rows):  # hidden [B, T, D], rows [B, C] -> [B, C, V]
-      rows_mask = attention_mask(
-          rows, jnp.arange(t)[None], causal=True, k_valid=attention_mask_,
-          q_segment=None if segment_ids is None else take_rows(segment_ids, rows),
-          k_segment=segment_ids, sliding_window=cfg.sliding_window)
-      h, _ = block.apply({"params": p["last_layer"]}, hidden, rows_mask, rope, 0, None, rows=rows)
+      cross = _rows_of(ctx.cross, rows)
+      if "cross_states" in p:
+        cross = cross.replace(states=p["cross_states"])
+      # DeepStack adds nothing after the last layer here (the fallback above covers that).
+      rows_ctx = ctx.replace(mask=ctx.mask.rows(rows, hidden.shape[1]), cross=cross,
+                             layer_inputs=None)
+      h, _ = block.apply({"params": p["last_layer"]}, hidden, rows_ctx, None, layer_id, rows=rows)
       return final_logits(p, h)
 
-    head["last_layer"] = jax.tree.map(lambda a: a[last], stacked)
+    head["last_layer"] = p
+    if kind != SELF and getattr(ctx.cross, "states", None) is not None:
+      # Image states are differentiated (the tower trains): a custom VJP must take them as an
+      # argument, never close over them.
+      head["cross_states"] = ctx.cross.states
     return head_loss(logits_fn, head, x)
 
   def logits(self, x: jax.Array) -> jax.Array:
@@ -207,6 +363,11 @@ class Decoder(nn.Module):
     else:
       logits = self.lm_head(x)
     return logits.astype(jnp.float32)
+
+
+def _rows_of(cross, rows):
+  """Cross-attention inputs at the query `rows [B, P]` (their own `rows` method)."""
+  return None if cross is None else cross.rows(rows)
 
 
 def head_params(decoder_params: dict) -> dict:

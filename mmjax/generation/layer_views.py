@@ -9,6 +9,11 @@ functions stack them back where the module reads them, with the layers unrolled:
 `slice(concatenate(...))` into the layer's own array, so the dots read the weights in place.
 The cache is carried per layer the same way, so a step writes one token's keys and values in
 place instead of rebuilding the stacked cache.
+
+Every segment of the decoder (`mmjax.decoders.layout`: `layers`, `layers_1`, ..., plain stacks
+or repeated groups with one subtree per slot) and every cache entry (self-attention keys/values,
+cross-attention layers' image keys/values) is split leaf by leaf along its leading
+`[repeats]` axis, whatever the tree above it.
 """
 
 from typing import Any
@@ -17,14 +22,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LAYERS = ("decoder", "layers")  # where every family keeps its decoder's stacked layer weights
+from mmjax.decoders.llama import layer_plan
+
+DECODER = "decoder"  # every family keeps its language model's parameters here (`Family.stacks`)
 
 
-def applies(params, mesh) -> bool:
+@jax.tree_util.register_pytree_node_class
+class Layers:
+  """One stacked `[L, ...]` array held as its L layers' arrays `[...]` (a pytree node)."""
+
+  def __init__(self, arrays):
+    self.arrays = tuple(arrays)
+
+  def __len__(self) -> int:
+    return len(self.arrays)
+
+  def tree_flatten(self):
+    return self.arrays, None
+
+  @classmethod
+  def tree_unflatten(cls, _, arrays):
+    return cls(arrays)
+
+
+def segment_names(family, config) -> tuple[str, ...]:
+  """The parameter subtrees of the family's decoder that hold stacked layers."""
+  return tuple(segment.name for segment in layer_plan(family.decoder_config(config)))
+
+
+def applies(params, mesh, segments: tuple[str, ...]) -> bool:
   """Whether decoding runs on one CPU device (no mesh, every parameter a jax array there) and
-  the parameters keep their decoder's layers where `LAYERS` says."""
-  if mesh is not None or not isinstance(params.get(LAYERS[0]), dict) \
-      or LAYERS[1] not in params[LAYERS[0]]:
+  the parameters hold the decoder's `segments`."""
+  decoder = params.get(DECODER)
+  if mesh is not None or not segments or not isinstance(decoder, dict) \
+      or any(name not in decoder for name in segments):
     return False
 
   def on_one_cpu(leaf) -> bool:
@@ -36,33 +67,28 @@ def applies(params, mesh) -> bool:
   return all(on_one_cpu(leaf) for leaf in jax.tree.leaves(params))
 
 
-def split_params(params: dict) -> dict:
-  """`params` with the decoder's stacked layer weights as a tuple of per-layer trees.
+def split_params(params: dict, segments: tuple[str, ...]) -> dict:
+  """`params` with every stacked array of the decoder's `segments` as `Layers`.
 
   On the CPU `jax.device_put` of a numpy view of a jax array's buffer takes it without a copy,
   so the per-layer arrays share the stacked ones' memory."""
-  decoder = params[LAYERS[0]]
-  layers = jax.tree.map(np.asarray, decoder[LAYERS[1]])
-  count = jax.tree.leaves(layers)[0].shape[0]
-  per_layer = tuple(jax.device_put(jax.tree.map(lambda a, i=i: a[i], layers))
-                    for i in range(count))
-  return {**params, LAYERS[0]: {**decoder, LAYERS[1]: per_layer}}
+
+  def views(stacked):
+    host = np.asarray(stacked)  # the device buffer itself on the CPU
+    return Layers(jax.device_put(host[i]) for i in range(host.shape[0]))
+
+  decoder = params[DECODER]
+  split_segments = {name: jax.tree.map(views, decoder[name]) for name in segments}
+  return {**params, DECODER: {**decoder, **split_segments}}
 
 
-def stack_params(params: dict) -> dict:
-  """Inverse of `split_params` inside a traced function: the module's stacked layout."""
-  decoder = params[LAYERS[0]]
-  if not isinstance(decoder[LAYERS[1]], tuple):
-    return params
-  return {**params, LAYERS[0]: {**decoder, LAYERS[1]: stack(decoder[LAYERS[1]])}}
+def split(stacked: Any) -> Any:
+  """Every array `[L, ...]` of a tree as `Layers` (traced: static slices)."""
+  return jax.tree.map(lambda a: Layers(a[i] for i in range(a.shape[0])), stacked)
 
 
-def stack(per_layer: tuple) -> Any:
-  """A tuple of per-layer trees -> one tree of `[L, ...]` arrays."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_layer)
-
-
-def split(stacked: Any) -> tuple:
-  """A tree of `[L, ...]` arrays -> a tuple of per-layer trees (traced: static slices)."""
-  count = jax.tree.leaves(stacked)[0].shape[0]
-  return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(count))
+def stack(tree: Any) -> Any:
+  """Inverse of `split` / `split_params` inside a traced function: every `Layers` back to one
+  `[L, ...]` array, the module's stacked layout; other leaves pass as they are."""
+  return jax.tree.map(lambda x: jnp.stack(x.arrays) if isinstance(x, Layers) else x, tree,
+                      is_leaf=lambda x: isinstance(x, Layers))

@@ -18,6 +18,7 @@ from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax import limits
 from mmjax.generation import layer_views
 from mmjax.generation.models import adapter_for
 from mmjax.generation.sampling import Knobs, Sampling, next_token
@@ -65,12 +66,14 @@ class Generator:
 
   def __init__(self, family, config, params, mesh: Mesh | None = None):
     self.model = adapter_for(family, config)
+    self.config = config
     if mesh is None and any(isinstance(a, np.ndarray) for a in jax.tree.leaves(params)):
       # Once here: a numpy argument is copied to the device at every call (`load_checkpoint`
       # returns numpy; on the CPU that was ~0.5 s per prefill and per decode for 124M weights).
       params = jax.device_put(params)
-    self.per_layer = layer_views.applies(params, mesh)
-    self.params = layer_views.split_params(params) if self.per_layer else params
+    segments = layer_views.segment_names(family, config)
+    self.per_layer = layer_views.applies(params, mesh, segments)
+    self.params = layer_views.split_params(params, segments) if self.per_layer else params
     self.mesh = mesh
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen", "on_token"))
@@ -89,7 +92,7 @@ class Generator:
     if not self.per_layer:
       return method(params, *args, state=state, **kwargs)
     cache = layer_views.stack(state["cache"])
-    logits, state = method(layer_views.stack_params(params), *args,
+    logits, state = method(layer_views.stack(params), *args,
                            state={**state, "cache": cache}, **kwargs)
     return logits, {**state, "cache": layer_views.split(state["cache"])}
 
@@ -138,9 +141,13 @@ class Generator:
   def prefill(self, input_ids, attention_mask=None, pixels=None, *, gen: GenerateConfig,
               positions=None, rng=None) -> dict[str, Any]:
     """Runs the prompt; the returned carry holds the first token (`carry['token']`) and cache."""
-    input_ids = np.asarray(input_ids, np.int32)
+    input_ids = np.asarray(input_ids)
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
       raise ValueError(f"input_ids must be [batch, length] with length >= 1, got {input_ids.shape}")
+    # Ids in the vocabulary (checked before the cast could wrap them), and prompt + new tokens
+    # within the model's positions, which also bounds the KV cache allocated below.
+    limits.check_prompt(input_ids, self.config, gen.max_new_tokens)
+    input_ids = input_ids.astype(np.int32)
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if mask.shape != input_ids.shape:
       raise ValueError(f"attention_mask {mask.shape} does not match input_ids {input_ids.shape}")

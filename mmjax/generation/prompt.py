@@ -64,7 +64,9 @@ class PromptBuilder:
   pad_id: int
 
   @classmethod
-  def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True) -> "PromptBuilder":
+  def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True,
+                      image_processor: bool = True) -> "PromptBuilder":
+    """`image_processor=False` leaves the images to the caller (a family's own processor)."""
     extras = os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR)
     if not os.path.exists(os.path.join(extras, "tokenizer.json")):
       raise FileNotFoundError(
@@ -75,7 +77,7 @@ class PromptBuilder:
     template = _chat_template(extras, tokenizer) if chat_template else None
     image_token_id = getattr(config, "image_token_id", None)
     processor = None
-    if image_token_id is not None:
+    if image_token_id is not None and image_processor:
       pre = _image_processor_config(extras)
       if pre is not None:
         processor = ImageProcessor(image_config_from_hf(pre, config.tokens_per_image))
@@ -106,6 +108,13 @@ class PromptBuilder:
                        f"for {num_images} images")
     return text
 
+  def token_ids(self, text: str) -> np.ndarray:
+    """`text` tokenized as transformers' processors do in chat mode: special tokens added unless
+    the text already starts with the BOS token; image markers not expanded."""
+    bos = self.tokenizer.special_token("bos_token")
+    ids, _ = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+    return np.asarray(ids, np.int32)
+
   def __call__(self, prompt: str, images: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
     """`input_ids [1, T]` and NHWC `pixels [I, H, W, 3]` (None without images)."""
     if images and self.image_token_id is None:
@@ -114,9 +123,7 @@ class PromptBuilder:
       raise FileNotFoundError(f"the checkpoint has no image processor settings to preprocess "
                               f"images with ({checkpoint.HF_EXTRAS_DIR}/preprocessor_config.json "
                               "or processor_config.json)")
-    text = self.text(prompt, len(images))
-    bos = self.tokenizer.special_token("bos_token")
-    ids, _ = self.tokenizer.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+    ids = self.token_ids(self.text(prompt, len(images)))
     if images:
       ids = np.concatenate([np.full(self.tokens_per_image, i) if i == self.image_token_id
                             else [i] for i in ids])
@@ -125,6 +132,11 @@ class PromptBuilder:
       pixels = np.concatenate([self.image_processor(common.decode_image(path)).pixels
                                for path in images])
     return ids.astype(np.int32)[None], pixels
+
+
+def image_processor_config(ckpt_dir: str) -> dict | None:
+  """The image processor settings a checkpoint keeps (see `_image_processor_config`)."""
+  return _image_processor_config(os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR))
 
 
 def _image_processor_config(extras: str) -> dict | None:

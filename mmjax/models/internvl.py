@@ -7,8 +7,6 @@ Configs come from transformers' native `internvl` checkpoints or from the origin
 """
 
 import dataclasses
-import json
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -17,9 +15,10 @@ import jax.numpy as jnp
 
 from mmjax.connectors.pixel_shuffle import PixelShuffleConfig, PixelShuffleMlp
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder, HeadLoss
+from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.intern_vit import InternVisionTransformer, InternVitConfig
 from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.tiled_family import TiledImageFamily
 from mmjax.nn.multihead import KVCache
 from mmjax.nn.rope import RopeConfig
 
@@ -142,29 +141,6 @@ def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
   return out
 
 
-def with_image_token_from_tokenizer(hf_dir: str, cfg: dict) -> dict:
-  """Adds `image_token_id` to an original InternVL config from the tokenizer files beside it."""
-  if "image_token_id" in cfg:
-    return cfg
-  for name in ("tokenizer_config.json", "tokenizer.json", "added_tokens.json"):
-    path = os.path.join(hf_dir, name)
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      data = json.load(f)
-    if name == "added_tokens.json":
-      found = data.get(IMAGE_CONTEXT_TOKEN)
-    elif name == "tokenizer.json":
-      found = next((t["id"] for t in data.get("added_tokens", [])
-                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
-    else:
-      found = next((int(i) for i, t in data.get("added_tokens_decoder", {}).items()
-                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
-    if found is not None:
-      return {**cfg, "image_token_id": int(found)}
-  return cfg
-
-
 def config_from_dict(model: Mapping[str, Any]) -> InternVLConfig:
   """A training config's `model` section (`vision`, `decoder` (+ `rope`), `image_token_id`,
   optional `downsample_ratio`, execution keys) -> InternVLConfig, e.g. `configs/tiny/internvl.py`."""
@@ -236,24 +212,55 @@ class InternVL(nn.Module):
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
       train: bool = False,
-      hidden_only: bool = False,
       head_loss: HeadLoss | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
+  ) -> DecoderOutput:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (every tile of the batch, in row order);
     `train=True` turns on drop path in the encoder (needs a 'dropout' rng).
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
-    result of `head_loss` when given: `Decoder`) and the updated cache.
+    Returns the decoder's output (`DecoderOutput`: float32 logits `[B, T, V]`, the updated
+    cache, the last hidden states, or `head_loss`'s result when given).
     """
     embeddings = self.embed(input_ids, pixels, image_valid, train)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        hidden_only=hidden_only, head_loss=head_loss)
+                        head_loss=head_loss)
 
 
-def example_inputs(cfg: InternVLConfig):
-  """One row holding exactly one tile's placeholders, and that tile."""
-  v = cfg.vision
-  n = cfg.tokens_per_image
-  return (jnp.full((1, n), cfg.image_token_id, jnp.int32),
-          jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
-          jnp.zeros((1, n), jnp.int32))
+
+class InternVLFamily(TiledImageFamily):
+  """transformers' native `internvl` checkpoints."""
+
+  name = "internvl"
+  hf_model_types = ("internvl",)
+  config_cls = InternVLConfig
+  module_cls = InternVL
+  table = "internvl"
+
+  def config_from_hf(self, hf_config, **execution):
+    return InternVLConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_dict({k: v for k, v in model.items() if k != "family"})
+
+  def stochastic_kwargs(self, module, rng):
+    """InternViT's drop path trains with `train=True` and a 'dropout' rng."""
+    if module.config.vision.drop_path_rate > 0:
+      return dict(train=True, rngs={"dropout": rng})
+    return {}
+
+
+class InternVLChatFamily(InternVLFamily):
+  """The original release (`internvl_chat`), read into the same model and stored as `internvl`
+  (its conversion table says so), so that export writes transformers' native layout."""
+
+  name = "internvl_chat"
+  hf_model_types = ("internvl_chat",)
+  table = "internvl_chat"
+
+  def config_from_hf(self, hf_config, **execution):
+    return InternVLConfig.from_original(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return super(InternVLFamily, self).config_from_training(model)  # not from configs
+
+
+FAMILIES = (InternVLFamily(), InternVLChatFamily())

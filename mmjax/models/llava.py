@@ -13,10 +13,12 @@ import jax.numpy as jnp
 
 from mmjax.connectors.projector import Projector, ProjectorConfig
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder, HeadLoss
+from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionConfig, VisionTransformer
 from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.tiled_family import TiledImageFamily
 from mmjax.nn.multihead import KVCache
+from mmjax.nn.rope import RopeConfig
 
 SELECT_STRATEGIES = ("default", "full")
 
@@ -118,14 +120,44 @@ class Llava(nn.Module):
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
       image_valid: jax.Array | None = None,
-      hidden_only: bool = False,
       head_loss: HeadLoss | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
+  ) -> DecoderOutput:
     """`input_ids [B, T]`, `pixels [I, H, W, C]` (all images of the batch, in row order).
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
-    result of `head_loss` when given: `Decoder`) and the updated cache.
+    Returns the decoder's output (`DecoderOutput`: float32 logits `[B, T, V]`, the updated
+    cache, the last hidden states, or `head_loss`'s result when given).
     """
     embeddings = self.embed(input_ids, pixels, image_valid)
     return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        hidden_only=hidden_only, head_loss=head_loss)
+                        head_loss=head_loss)
+
+
+def config_from_dict(model: Mapping[str, Any]) -> LlavaConfig:
+  """A training config's `model.{vision, projector, decoder, ...}` -> LlavaConfig."""
+  vision = VisionConfig(**dict(model["vision"]))
+  decoder_args = dict(model["decoder"])
+  rope = RopeConfig(**dict(decoder_args.pop("rope", {})))
+  decoder = DecoderConfig(rope=rope, **decoder_args)
+  layers = tuple(model.get("feature_layers", (-1,)))
+  projector = ProjectorConfig(in_features=vision.hidden_size * len(layers),
+                              out_features=decoder.hidden_size, **dict(model["projector"]))
+  return LlavaConfig(vision=vision, projector=projector, decoder=decoder,
+                     image_token_id=int(model["image_token_id"]), feature_layers=layers,
+                     feature_select=model.get("feature_select", "full"))
+
+
+class LlavaFamily(TiledImageFamily):
+  name = "llava"
+  hf_model_types = ("llava",)
+  config_cls = LlavaConfig
+  module_cls = Llava
+  table = "llava"
+
+  def config_from_hf(self, hf_config, **execution):
+    return LlavaConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_dict(model)
+
+
+FAMILIES = (LlavaFamily(),)

@@ -15,11 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder, HeadLoss
+from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.qwen_vit import QwenVisionConfig, QwenVisionTransformer
 from mmjax.encoders.qwen_vit_inputs import (PAD_SEGMENT, num_merged_tokens, packed_vision_inputs,
                                             row_vision_inputs)
+from mmjax.models import flops as fl
+from mmjax.models.family import Family, Unsupported
 from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.inputs import text_train_batch
 from mmjax.models.qwen_vl_positions import mm_token_types, rope_index
 from mmjax.nn.multihead import KVCache
 from mmjax.nn.rope import RopeConfig
@@ -176,19 +179,17 @@ class QwenVL(nn.Module):
       segment_ids: jax.Array | None = None,
       cache: KVCache | None = None,
       cache_index: jax.Array | int = 0,
-      hidden_only: bool = False,
       head_loss: HeadLoss | None = None,
-  ) -> tuple[jax.Array, KVCache | None]:
+  ) -> DecoderOutput:
     """`input_ids [B, T]`, packed `images` / `videos` (see `vision_batch`; or rows of them, see
     `train_forward`), `positions [3, B, T]`.
 
-    Returns float32 logits `[B, T, V]` (the decoder's hidden states with `hidden_only`, the
-    result of `head_loss` when given: `Decoder`) and the updated cache.
+    Returns the decoder's output (`DecoderOutput`: float32 logits `[B, T, V]`, the updated
+    cache, the last hidden states, or `head_loss`'s result when given).
     """
     x, layer_inputs = self.embed(input_ids, images, videos)
     return self.decoder(x, positions, attention_mask, segment_ids, cache, cache_index,
-                        layer_inputs=layer_inputs, hidden_only=hidden_only,
-                        head_loss=head_loss)
+                        layer_inputs=layer_inputs, head_loss=head_loss)
 
 
 def example_inputs(cfg: QwenVLConfig):
@@ -263,10 +264,9 @@ def forward_from_hf_inputs(cfg: QwenVLConfig, params,
   """Logits for the arrays a Qwen-VL processor returns (see `processor_inputs`)."""
   ids, mask, images, videos, positions = processor_inputs(cfg, inputs)
   to_jax = lambda vision: None if vision is None else jax.tree.map(jnp.asarray, vision)
-  logits, _ = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), to_jax(images),
-                                to_jax(videos), jnp.asarray(positions),
-                                jnp.asarray(mask, jnp.int32))
-  return np.asarray(logits, np.float32)
+  out = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), to_jax(images),
+                         to_jax(videos), jnp.asarray(positions), jnp.asarray(mask, jnp.int32))
+  return np.asarray(out.logits, np.float32)
 
 
 def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
@@ -289,11 +289,125 @@ def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],
     raise ValueError(f"data.max_tiles {patches.shape[1]} (patch slots per row) must be a multiple "
                      f"of {cfg.merge_size**2}, the patches one merged token takes")
   v = cfg.vision
-  grid = batch["image_grid_thw"].reshape(rows, -1, 3)  # [B, M, 3]
-  images = {"patches": patches, **row_vision_inputs(
-      grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
-      pos_embed_side=v.pos_embed_side)}
+
+  def vision_rows(patches, grid):  # [B, S, C*T*P*P], [B, M, 3]
+    return {"patches": patches, **row_vision_inputs(
+        grid, patches.shape[1], merge_size=v.spatial_merge_size, window=v.window,
+        pos_embed_side=v.pos_embed_side)}
+
+  images = vision_rows(patches, batch["image_grid_thw"].reshape(rows, -1, 3))
+  videos = None
+  if "pixel_values_videos" in batch:  # data.video: rows of video patches beside the images'
+    video_patches = batch["pixel_values_videos"].reshape(rows, -1, pixels.shape[-1])
+    videos = vision_rows(video_patches, batch["video_grid_thw"].reshape(rows, -1, 3))
   positions = jnp.moveaxis(batch["mrope_positions"], -1, 0)  # [3, B, T]
-  out, _ = module.apply({"params": params}, ids, images, None, positions,
-                        batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
-  return out
+  out = module.apply({"params": params}, ids, images, videos, positions,
+                     batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
+  return out.logits if head_loss is None else out.loss
+
+
+class QwenVLFamily(Family):
+  """Qwen2-VL, Qwen2.5-VL or Qwen3-VL (one object per `model_type`)."""
+
+  config_cls = QwenVLConfig
+  module_cls = QwenVL
+  table = "qwen_vl"
+  processor_keys = PROCESSOR_KEYS
+  flops_batch_keys = ("image_grid_thw", "video_grid_thw")
+
+  def __init__(self, kind: str):
+    self.name = kind
+    self.hf_model_types = (kind,)
+
+  def config_from_hf(self, hf_config, **execution):
+    return QwenVLConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_dict({**model, "family": self.name})
+
+  def example_inputs(self, config):
+    return example_inputs(config)
+
+  def forward_from_hf_inputs(self, config, params, inputs):
+    return forward_from_hf_inputs(config, params, inputs)
+
+  def generation_adapter(self, config):
+    from mmjax.generation.qwen_vl import QwenVLFusion
+
+    return QwenVLFusion(self.build(config), config)
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    raise Unsupported(f"chat mode does not take {self.name} checkpoints yet (native-resolution "
+                      "preprocessing); pass the Qwen processor's arrays with --inputs FILE.npz")
+
+  def generation_pixels(self, config, inputs):
+    return {k: inputs[k] for k in PROCESSOR_KEYS if k in inputs}  # the processor's arrays as are
+
+  def example_processor_inputs(self, config, batch, length):
+    """One square image per row, as large as half the prompt allows."""
+    m = config.merge_size
+    side = max(1, int((length // 2) ** 0.5))  # merged tokens per side
+    ids = np.zeros((batch, length), np.int32)
+    ids[:, :side * side] = config.image_token_id
+    grid = np.tile([[1, side * m, side * m]], (batch, 1))
+    patches = np.zeros((batch * (side * m)**2, config.vision.patch_features), np.float32)
+    return {"input_ids": ids, "pixel_values": patches, "image_grid_thw": grid}
+
+  def train_forward(self, module, params, batch, rng=None, head_loss=None):
+    return train_forward(module, params, batch, head_loss)
+
+  def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """The decoder per token; the ViT per patch of the batch's grids (`image_grid_thw [M, 3]`,
+    zero rows for unused slots), attending within its frame; the merger (and DeepStack
+    mergers) per merged token."""
+    rows, length = np.shape(batch["input_ids"])
+    per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
+    text = fl.decoder_flops(config.decoder, params["decoder"], rows, length, per["decoder"],
+                            "decoder" in attention)
+    if "encoder" not in params:  # (the AOT count passes abstract grids and no encoder)
+      return text
+    grids = [np.asarray(batch[k], np.int64).reshape(-1, 3)  # images and videos alike
+             for k in ("image_grid_thw", "video_grid_thw") if batch.get(k) is not None]
+    grid = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
+    frames, per_frame = grid[:, 0], grid[:, 1] * grid[:, 2]
+    patches = int(np.sum(frames * per_frame))
+    if not patches:
+      return text
+    encoder = dict(params["encoder"])
+    mergers = {k: encoder.pop(k) for k in ("merger", "deepstack") if k in encoder}
+    v = config.vision
+    products = 2 * v.num_layers * v.hidden_size * int(np.sum(frames * per_frame**2))
+    merged = patches // config.merge_size**2
+    vision = fl.encoder_flops(encoder, patches, products * ("encoder" in attention),
+                              per["encoder"])
+    return text + vision + per["encoder"] * fl.count_params(mergers) * merged
+
+  def aot_train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """Every patch slot of the batch's budget counted, attention over the row's whole budget
+    (an upper bound: images attend within themselves)."""
+    rows = batch["input_ids"].shape[0]
+    text = self.train_flops(config, {"decoder": params["decoder"]}, batch, trainable, attention)
+    v = config.vision
+    patches = batch["pixel_values"].shape[0]
+    products = 2 * v.num_layers * v.hidden_size * (patches // rows) * patches
+    per = fl.per_param("encoder", trainable, self.components)  # the merger is the encoder's
+    return text + fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
+                                   per)
+
+  def abstract_train_batch(self, config, data, sds):
+    """Rows own `max_tiles` flattened patches `[C * T * P * P]` (their patch budget),
+    `max_images` grids and M-RoPE positions."""
+    b, t = int(data["batch_size"]), int(data["max_length"])
+    v = config.vision
+    tiles, images = b * int(data.get("max_tiles", 1)), b * int(data.get("max_images", 1))
+    return {**text_train_batch(data, sds), "image_mask": sds((tiles,), jnp.bool_),
+            "pixel_values": sds((tiles, v.patch_features), jnp.float32),
+            "image_grid_thw": sds((images, 3), jnp.int32),
+            "mrope_positions": sds((b, t, 3), jnp.int32)}
+
+  def kernel_attention_stacks(self, config):
+    # The ViT masks frames and windows densely: it always attends through the einsum path.
+    return ("decoder",) if config.decoder.attention_backend != "xla" else ()
+
+
+FAMILIES = tuple(QwenVLFamily(kind) for kind in MODEL_TYPES)

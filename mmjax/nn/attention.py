@@ -2,15 +2,16 @@
 
 `xla` is the einsum reference used on CPU and in parity tests; `splash` is the Pallas TPU kernel
 (`mmjax.nn.splash`; `splash_interpret` runs it through the Pallas interpreter, for CPU tests).
-The mask is a dense boolean array or a `MaskSpec` (its structure): the kernel needs the latter,
-the einsum path densifies it (and skips the blocks a causal one rules out). A dense mask (cached
-decoding) and cross-attention take the einsum path.
+The mask is a dense boolean array, a `MaskSpec` (self-attention's structure) or a
+`CrossMaskSpec` (cross-attention by image group): the kernel needs a spec, the einsum path
+densifies it (and skips the blocks a causal one rules out). A dense mask (cached decoding, a
+per-token cross-attention mask) takes the einsum path.
 """
 
 import jax
 import jax.numpy as jnp
 
-from mmjax.nn.mask_spec import MaskSpec
+from mmjax.nn.mask_spec import CrossMaskSpec, MaskSpec
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
@@ -81,8 +82,9 @@ def dot_product_attention(
   Args:
     q: `[B, T, N, H]` queries.
     k, v: `[B, S, K, H]` keys and values, `N % K == 0`.
-    mask: `[B, 1|N, T, S]` boolean, True where a query may attend (see `mmjax.nn.masks`), a
-      `MaskSpec` (self-attention, T = S), or None (every key).
+    mask: `[B, 1|N, T, S]` boolean, True where a query may attend (see `mmjax.nn.masks`; a row
+      with no True gets the mean of the values), a `MaskSpec` (self-attention, T = S), a
+      `CrossMaskSpec` (cross-attention by image group), or None (every key).
     scale: multiplies the logits (usually `H ** -0.5`).
   Returns:
     `[B, T, N, H]`.
@@ -90,11 +92,18 @@ def dot_product_attention(
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"{q.shape[2]} query heads do not divide into {k.shape[2]} key/value heads")
   structural = isinstance(mask, MaskSpec) or (mask is None and q.shape[1] == k.shape[1])
+  if backend in ("splash", "splash_interpret") and isinstance(mask, CrossMaskSpec):
+    from mmjax.nn.splash_cross import splash_cross_attention
+
+    return splash_cross_attention(q, k, v, mask, scale=scale,
+                                  interpret=backend == "splash_interpret")
   if backend in ("splash", "splash_interpret") and structural:
     from mmjax.nn.splash import splash_attention
 
     return splash_attention(q, k, v, mask, scale=scale, interpret=backend == "splash_interpret")
   if backend in BACKENDS:
+    if isinstance(mask, CrossMaskSpec):
+      mask = mask.dense(q.shape[1], k.shape[1])
     if isinstance(mask, MaskSpec):
       dense = mask.dense(q.shape[1])
       if mask.causal and _causal_block_count(q.shape[1]) > 1:

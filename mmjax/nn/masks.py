@@ -46,3 +46,20 @@ def positions_from_attention_mask(attention_mask: jax.Array) -> jax.Array:
   mask = attention_mask.astype(jnp.int32)
   positions = jnp.cumsum(mask, axis=-1) - 1
   return jnp.where(mask == 0, 1, positions)
+
+
+def unmask_empty_rows(mask: jax.Array) -> jax.Array:
+  """A query that may attend no key attends every key: `mask [..., T, S]` with its all-False rows
+  set to True. transformers' Mllama does this to its cross-attention mask (the inverted mask's
+  all-masked rows become an all-zero bias), where the einsum path would give such a row the mean
+  of the values."""
+  return mask | ~jnp.any(mask, axis=-1, keepdims=True)
+
+
+def tile_cross_attention_mask(mask: jax.Array, tokens_per_tile: int) -> jax.Array:
+  """Mllama's processor array `cross_attention_mask [B, T, I, C]` (1 where text token t sees tile
+  c of image i) -> the dense boolean `[B, 1, T, I * C * tokens_per_tile]` over the image states
+  laid out image-major, tile, then token, with rows that see nothing attending every state."""
+  b, t = mask.shape[:2]
+  dense = jnp.repeat(mask.astype(bool), tokens_per_tile, axis=3).reshape(b, t, -1)  # [B, T, S]
+  return unmask_empty_rows(dense)[:, None]

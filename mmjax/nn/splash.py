@@ -9,7 +9,8 @@ fully masked.
 Inside a mesh (`with mesh:` or `jax.set_mesh`), the kernel runs under `shard_map`: batch split
 as the `activation_batch` logical rule says, heads over the `heads` rule's axis when both query
 and key/value heads divide it. `backend='splash_interpret'` runs the same kernel through the
-Pallas interpreter, which is how CPU tests check it against the einsum reference.
+Pallas interpreter, which is how CPU tests check it against the einsum reference. Cross-attention
+(queries and keys of different lengths) builds on these pieces in `mmjax.nn.splash_cross`.
 """
 
 import functools
@@ -28,7 +29,7 @@ LANES = 128
 PAD_SEGMENT = -1
 
 
-def _round_up(x: int, m: int) -> int:
+def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
@@ -44,9 +45,16 @@ def _kernel(heads: int, length: int, causal: bool, window: int | None, interpret
     one = mask_lib.CausalMask(shape)
   else:
     one = mask_lib.FullMask(shape)
-  b = _block(length)
-  sizes = kernel_lib.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
-                                block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  return make_kernel(one, heads, interpret)
+
+
+def make_kernel(one: mask_lib.Mask, heads: int, interpret: bool):
+  """The splash kernel for `heads` query heads, each masked by `one` (`[Lq, Lk]`, both multiples
+  of 128)."""
+  bq, bkv = _block(one.shape[0]), _block(one.shape[1])
+  sizes = kernel_lib.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                                block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                                block_kv_dq=bkv)
   return kernel_lib.make_splash_mha(mask_lib.MultiHeadMask([one] * heads), block_sizes=sizes,
                                     head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -83,40 +91,49 @@ def _logical_axis(name: str):
   return None if spec is None else spec[0]
 
 
+def heads_first(x: jax.Array, length: int) -> jax.Array:
+  """`[B, T, N, H]` -> `[B, N, L, H]`, zero-padded to `length` (the kernel's lane multiple)."""
+  return jnp.pad(x.swapaxes(1, 2), ((0, 0), (0, 0), (0, length - x.shape[1]), (0, 0)))
+
+
+def run_sharded(body, q, k, v, *per_token):
+  """`body(q, k, v, *per_token)` on `q [B, N, Lq, H]`, `k, v [B, K, Lk, H]` and arrays
+  `[B, Lq|Lk]` -> `[B, N, Lq, H]`; inside a mesh under `shard_map`: batch split as the
+  `activation_batch` rule says, heads over the `heads` rule's axis when both N and K divide it."""
+  mesh = _context_mesh()
+  if mesh is None:
+    return body(q, k, v, *per_token)
+  b, n, kv_heads = q.shape[0], q.shape[1], k.shape[1]
+  batch_axes = _logical_axis("activation_batch")
+  if b % _axis_size(mesh, batch_axes):
+    batch_axes = None
+  head_axis = _logical_axis("heads")
+  if n % _axis_size(mesh, head_axis) or kv_heads % _axis_size(mesh, head_axis):
+    head_axis = None
+  qkv = P(batch_axes, head_axis, None, None)
+  tokens = (P(batch_axes, None),) * len(per_token)
+  return jax.shard_map(body, mesh=mesh, in_specs=(qkv, qkv, qkv, *tokens), out_specs=qkv,
+                       check_vma=False)(q, k, v, *per_token)
+
+
 def splash_attention(q, k, v, spec: MaskSpec | None, *, scale: float,
                      interpret: bool = False) -> jax.Array:
   """`q [B, T, N, H]`, `k, v [B, T, K, H]` (self-attention, no cache) -> `[B, T, N, H]`."""
   spec = MaskSpec(causal=False) if spec is None else spec
-  b, t, n, h = q.shape
-  kv_heads = k.shape[2]
+  b, t = q.shape[:2]
   if k.shape[1] != t:
     raise ValueError(f"splash attention is self-attention over one sequence; got {t} queries and "
                      f"{k.shape[1]} keys (cached decoding uses the xla backend)")
-  length = _round_up(t, LANES)
+  length = round_up(t, LANES)
   segments = jnp.ones((b, t), jnp.int32) if spec.segment_ids is None else \
       spec.segment_ids.astype(jnp.int32)
   if spec.valid is not None:
     segments = jnp.where(spec.valid.astype(bool), segments, PAD_SEGMENT)
   segments = jnp.pad(segments, ((0, 0), (0, length - t)), constant_values=PAD_SEGMENT)
 
-  def heads_first(x):  # [B, T, N, H] -> [B, N, L, H], padded to the kernel's lanes
-    return jnp.pad(x.swapaxes(1, 2), ((0, 0), (0, 0), (0, length - t), (0, 0)))
-
-  q = heads_first(q * jnp.asarray(scale, q.dtype))  # the kernel does not scale
-  k, v = heads_first(k), heads_first(v)
+  q = heads_first(q * jnp.asarray(scale, q.dtype), length)  # the kernel does not scale
+  k, v = heads_first(k, length), heads_first(v, length)
   body = functools.partial(_local_attention, causal=spec.causal, window=spec.sliding_window,
                            interpret=interpret)
-  mesh = _context_mesh()
-  if mesh is None:
-    out = body(q, k, v, segments)
-  else:
-    batch_axes = _logical_axis("activation_batch")
-    if b % _axis_size(mesh, batch_axes):
-      batch_axes = None
-    head_axis = _logical_axis("heads")
-    if n % _axis_size(mesh, head_axis) or kv_heads % _axis_size(mesh, head_axis):
-      head_axis = None
-    qkv = P(batch_axes, head_axis, None, None)
-    out = jax.shard_map(body, mesh=mesh, in_specs=(qkv, qkv, qkv, P(batch_axes, None)),
-                        out_specs=qkv, check_vma=False)(q, k, v, segments)
+  out = run_sharded(body, q, k, v, segments)
   return out[:, :, :t].swapaxes(1, 2)  # [B, T, N, H]

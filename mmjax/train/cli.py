@@ -8,6 +8,8 @@ import sys
 
 import ml_collections
 
+from mmjax.errors import ConfigError
+
 
 def load_config(spec: str | None) -> ml_collections.ConfigDict:
   """`FILE[:ARG]` -> `get_config(ARG)` of that file; None -> the embedded default."""
@@ -19,16 +21,37 @@ def load_config(spec: str | None) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"config file {path} not found")
   module_spec = importlib.util.spec_from_file_location("mmjax_user_config", path)
+  if module_spec is None:
+    raise ConfigError(f"config file {path} is not a Python file")
   module = importlib.util.module_from_spec(module_spec)
   # Configs may import their siblings (e.g. stage 2 extends stage 1), as in big_vision.
   sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
   try:
     module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ConfigError(f"{path} has no get_config()")
+    config = module.get_config(arg or None)
+  except ConfigError:
+    raise
+  except Exception as e:  # the config file is user code: any error is its own, named with its line
+    raise ConfigError(f"config file {path} failed{_where(e, path)}: {type(e).__name__}: {e}") from e
   finally:
     sys.path.pop(0)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} has no get_config()")
-  return module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}, not an "
+                      "ml_collections.ConfigDict")
+  return config
+
+
+def _where(error: BaseException, path: str) -> str:
+  """` at line N` of the deepest frame of `error` in the config file `path`."""
+  import traceback
+
+  if isinstance(error, SyntaxError) and error.lineno:
+    return f" at line {error.lineno}"
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f" at line {lines[-1]}" if lines else ""
 
 
 def _parse_value(text: str, current):
@@ -40,12 +63,19 @@ def _parse_value(text: str, current):
     raise ValueError(f"expected true/false, got {text!r}")
   try:
     value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text  # a bare string
-  if isinstance(current, float) and isinstance(value, int):
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    value = text  # a bare string
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
+  if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+    value = int(value)  # steps=1e4
   if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
+  # A number keeps its type (`steps=abc` is an error here, not a TypeError deep in training).
+  if isinstance(current, int) and (isinstance(value, bool) or not isinstance(value, int)):
+    raise ValueError(f"expected an integer, got {text!r}")
+  if isinstance(current, float) and not isinstance(value, float):
+    raise ValueError(f"expected a number, got {text!r}")
   return value
 
 
@@ -70,7 +100,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       node = node[p]
     if leaf not in node:
       raise ValueError(f"--config.{key}: no such key (known here: {sorted(node.keys())})")
-    node[leaf] = _parse_value(text, node[leaf])
+    try:
+      node[leaf] = _parse_value(text, node[leaf])
+    except (ValueError, TypeError) as e:  # TypeError: ml_collections refuses a type change
+      raise ConfigError(f"--config.{key}={text}: {e}") from None
     i += 1
 
 
@@ -107,15 +140,19 @@ def _run(args, overrides) -> int:
     hostmem.keep_freed_memory()  # before JAX starts its threads (mmjax/hostmem.py says why)
 
   distributed.initialize_from_env()  # multi-host: before anything touches the devices
-  from mmjax.train.loop import train
+  from mmjax.train.loop import check_counts, train
 
+  check_counts(config)  # before anything is written to the workdir
   os.makedirs(args.workdir, exist_ok=True)
   if distributed.is_main_process():
     with open(os.path.join(args.workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=1))
   summary = train(config, args.workdir)
+  skipped = summary.get("skipped_samples")
   print(f"done: step {summary['final_step']}"
         + (f", eval_accuracy {summary['eval_accuracy']:.4f}" if "eval_accuracy" in summary else "")
+        + ("" if skipped is None else "; skipped samples: " + (", ".join(
+            f"{reason} {n}" for reason, n in skipped.items()) or "none"))
         + f"; metrics in {os.path.join(args.workdir, 'metrics.jsonl')}")
   return int(summary["exit_code"])
 
@@ -125,7 +162,7 @@ def add_subcommand(sub) -> None:
       "train", help="train or fine-tune from a config (default: the embedded shapes run)",
       description="Train (or resume: re-run the same command) from an ml_collections config "
       "file. With no --config, trains the embedded default: a tiny LLaVA-style model on the "
-      "procedural shapes set, to >= 90%% held-out answer accuracy in minutes on a CPU. "
+      "procedural shapes set, to >= 90% held-out answer accuracy in minutes on a CPU. "
       "Override any key with --config.section.key=value (e.g. --config.train.steps=500). "
       "Writes DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ (Orbax; kept on SIGTERM).",
       epilog="example: mmjax train --config configs/tiny/shapes.py --workdir /tmp/run "

@@ -69,10 +69,13 @@ class ShapesIterator:
 def make_train_iterator(data: Mapping[str, Any], model_config, seed: int):
   """`data.source='shapes'` (the embedded default) or the general pipeline over `data.sources`
   (JSON / ArrayRecord / TFDS); without `source`, the pipeline when `sources` are given."""
+  from mmjax.models.registry import family_of_config
+
+  family = family_of_config(model_config)
   data = dict(data)
   source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
   if source == "shapes":
-    return ShapesIterator(data, model_config.tokens_per_image, seed)
+    return ShapesIterator(data, family.tokens_per_image(model_config), seed)
   if source != "pipeline":
     raise ValueError(f"data.source must be 'shapes' or 'pipeline', got {source!r}")
   from mmjax.data import pipeline  # the general pipeline (JSON / ArrayRecord / TFDS sources)
@@ -84,7 +87,7 @@ def make_train_iterator(data: Mapping[str, Any], model_config, seed: int):
   from mmjax.data.tokenizer import Tokenizer
 
   tokenizer = Tokenizer.load(config.tokenizer)
-  vocab = model_config.decoder.vocab_size
+  vocab = family.decoder_config(model_config).vocab_size
   if tokenizer.vocab_size > vocab:  # ids past the embedding table would gather garbage (NaN)
     raise ValueError(f"the tokenizer {config.tokenizer} has {tokenizer.vocab_size} tokens but the "
                      f"model's vocabulary has {vocab} (model.decoder.vocab_size)")

@@ -11,10 +11,13 @@ from mmjax.nn.masks import positions_from_attention_mask
 
 
 def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500,
-                    max_new_tokens: int = 3, batch_size: int = 100) -> dict[str, float]:
+                    max_new_tokens: int = 3, batch_size: int = 100,
+                    should_stop=lambda: False) -> dict[str, float] | None:
   """Greedy answers for `size` eval-split samples; exact match against the reference answer.
 
   Prompts are left-padded to one length so every row's next token sits in the same column.
+  `should_stop()` is asked before every decoding step (e.g. a preemption): True ends the eval
+  early and returns None.
   """
   cfg = synthetic.ShapesConfig(**dict(data.get("shapes", {}) or {}))
   dataset = synthetic.ShapesDataset(cfg, split="eval", size=size)
@@ -28,7 +31,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
     """Greedy ids after column `last` `[B]`; the columns after it are masked (not yet generated)
     and, attention being causal, change nothing before them: one compile for every step."""
     positions = positions_from_attention_mask(mask)
-    logits, _ = module.apply({"params": params}, ids, pixels, positions, mask)
+    logits = module.apply({"params": params}, ids, pixels, positions, mask).logits
     return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False), axis=-1)
 
   correct, by_kind = 0, {}
@@ -47,6 +50,8 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
     pixels = np.stack(pixels)
     out = []
     for t in range(max_new_tokens):  # fixed shapes: one compile; generated columns fill in
+      if should_stop():
+        return None
       tok = np.asarray(next_tokens(params, ids, mask, pixels, prompt_len + t - 1))
       ids[:, prompt_len + t] = tok
       mask[:, prompt_len + t] = 1

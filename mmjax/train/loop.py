@@ -14,14 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import checkpoint as converted
-from mmjax import distributed, paths
+from mmjax import distributed, limits, paths
+from mmjax.data.validation import REASONS
+from mmjax.errors import UserError
 from mmjax import sharding as shd
 from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
-from mmjax.train import loss
+from mmjax.train import loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
-from mmjax.train.metrics import MetricsWriter, NullMetricsWriter, flops_per_step
+from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.state import TrainState, init_state
@@ -64,9 +66,10 @@ class Trainer:
     trainable = tuple(cfg.train.trainable)
     example = family.example_inputs(model_config)
     components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
-    tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps),
-                                  {k: v for k, v in components.items() if k in trainable})
-    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r),
+    trained, _ = parts.split(components, trainable, family.parts)
+    tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps), trained,
+                                  parts.label_tree(trained, trainable, family.parts))
+    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, family.parts),
                            jax.random.PRNGKey(0))
     with mesh, nn.logical_axis_rules(list(rules)):
       specs = nn.get_partition_spec(boxed)
@@ -100,7 +103,8 @@ class Trainer:
     example = self.family.example_inputs(self.model_config)
     trainable = tuple(self.cfg.train.trainable)
     seed = int(self.cfg.get("seed", 0))
-    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r)),
+    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r,
+                                                 self.family.parts)),
                    out_shardings=self.state_shardings)
     key = jax.random.PRNGKey(seed)
     with self.mesh:
@@ -130,7 +134,7 @@ class Trainer:
     fresh = sorted(set(params) - set(owner))
     print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
     log.info("init_from loaded %s, random %s", owner, fresh)
-    shardings = {**self.state_shardings.params, **self.state_shardings.frozen}
+    shardings = parts.merge(self.state_shardings.params, self.state_shardings.frozen)
     loaded = {}
     for path in sources:
       for name, subtree in converted.load_params(path).items():
@@ -138,8 +142,9 @@ class Trainer:
         loaded[name] = jax.tree.map(
             lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
             subtree, shardings[name], params[name])
-    return state.replace(params={k: loaded.get(k, v) for k, v in state.params.items()},
-                         frozen={k: loaded.get(k, v) for k, v in state.frozen.items()})
+    train, frozen = parts.split({**params, **loaded}, tuple(self.cfg.train.trainable),
+                                self.family.parts)
+    return state.replace(params=train, frozen=frozen)
 
 
 def _check_shapes(path: str, name: str, stored, expected) -> None:
@@ -155,14 +160,15 @@ def _check_shapes(path: str, name: str, stored, expected) -> None:
 
 
 def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> float:
-  """Model FLOPs of one step, from a host-local batch and the other hosts' image counts."""
-  images = distributed.sum_over_processes(
-      int(np.sum(local["image_mask"])) if "image_mask" in local else 0)
-  grid = local.get("image_grid_thw")  # native-resolution families: patches per image
-  rows = int(cfg.data.batch_size)
-  return flops_per_step(trainer.model_config, trainer.abstract_state.all_params(), rows,
-                        local["input_ids"].shape[1], images, tuple(cfg.train.trainable),
-                        None if grid is None else distributed.concat_over_processes(grid))
+  """Model FLOPs of one step, from a host-local batch and the other hosts' image arrays (the
+  family's `flops_batch_keys`)."""
+  family = trainer.family
+  batch = {k: distributed.concat_over_processes(local[k])
+           for k in family.flops_batch_keys if k in local}
+  batch["input_ids"] = jax.ShapeDtypeStruct((int(cfg.data.batch_size), local["input_ids"].shape[1]),
+                                            np.int32)
+  return family.train_flops(trainer.model_config, trainer.abstract_state.all_params(), batch,
+                            tuple(cfg.train.trainable))
 
 
 def _host_copy(tree: Any) -> Any:
@@ -189,6 +195,19 @@ def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str
   return path
 
 
+def _write_plot(workdir: str) -> str | None:
+  """`DIR/plot.png` of the finished run's metrics (what `mmjax plot DIR` draws, ~1 s)."""
+  from mmjax import plot
+
+  try:
+    path = plot.plot_runs([workdir], os.path.join(workdir, plot.PLOT_FILE))
+  except Exception as e:  # pylint: disable=broad-except  # a plot never fails a finished run
+    log.warning("could not plot %s: %s", workdir, e)
+    return None
+  print(f"loss plot: {path}")
+  return path
+
+
 def _init_sources(init_from) -> list[str]:
   if not init_from:
     return []
@@ -211,13 +230,50 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_counts(cfg) -> None:
+  """The config's counts, each an integer in range (`train.steps=-5` used to train nothing and
+  write a random model with exit code 0)."""
+  limits.require_int(cfg.train.steps, "train.steps")
+  limits.require_int(cfg.train.get("log_every", 10), "train.log_every")
+  limits.require_int(cfg.train.get("grad_accum", 1), "train.grad_accum")
+  limits.require_int(cfg.train.get("stop_after", 0), "train.stop_after", minimum=0)
+  limits.require_int(cfg.checkpoint.every_steps, "checkpoint.every_steps")
+  limits.require_int(cfg.checkpoint.get("keep", 3), "checkpoint.keep")
+  limits.require_int(cfg.data.batch_size, "data.batch_size")
+
+
+def _skipped_samples(data_it) -> dict[str, int] | None:
+  """Samples the data pipeline skipped so far, per reason, over every host (a collective); None
+  for iterators that skip nothing (the shapes set)."""
+  if not hasattr(data_it, "stats"):
+    return None
+  total: dict[str, int] = {}
+  for host in distributed.gather_json(data_it.stats()["skipped"]):
+    for reason, n in host.items():
+      total[reason] = total.get(reason, 0) + int(n)
+  return {r: total[r] for r in REASONS if total.get(r)}
+
+
+def _skip_columns(skipped: dict[str, int] | None) -> dict[str, int]:
+  if skipped is None:
+    return {}
+  return {"skipped_samples": sum(skipped.values()),
+          **{f"skipped_samples/{r}": n for r, n in skipped.items()}}
+
+
 def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   """Runs (or resumes) training; returns a summary including the exit code.
 
   `stop_after` (or `train.stop_after`) ends the run after that step with a checkpoint, as a
   preemption would (the schedule still spans `train.steps`); re-running resumes from there.
   Every process of a multi-host job runs this; process 0 writes the metrics and the eval.
+
+  Metrics rows are written every `train.log_every` steps and before every checkpoint, so the rows
+  of the steps a checkpoint holds are on disk when it is; a resumed run drops the rows of later
+  steps and logs them again (the same values: resume is exact). Rows of logged steps carry the
+  samples the data pipeline skipped so far, per reason (`skipped_samples/<reason>`).
   """
+  check_counts(cfg)
   trainer = Trainer.build(cfg)
   steps = int(cfg.train.steps)
   stop_after = stop_after or int(cfg.train.get("stop_after", 0)) or None
@@ -240,9 +296,15 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   summary: dict[str, Any] = {"exit_code": 0, "start_step": start}
   step, last_time, pending = start, time.perf_counter(), []
   flops = None
+  skipped = _skipped_samples(data_it)
   try:
     while step < steps:
-      local = next(data_it)  # this host's rows
+      try:
+        local = next(data_it)  # this host's rows
+      except StopIteration:
+        raise UserError(f"the training data ran out after {step} of {steps} steps "
+                        f"(data.num_epochs={cfg.data.get('num_epochs')}); allow more epochs or "
+                        "fewer steps") from None
       if flops is None:  # from the first batch, counted over every host's rows
         flops = _flops_per_step(trainer, cfg, local)
       batch = train_data.to_global(local, trainer.mesh)
@@ -250,7 +312,11 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
         state, metrics = trainer.step_fn(state, batch)
       step += 1
       pending.append(metrics)
-      if step % log_every == 0 or step == steps:
+      stopping = preemption.requested or step == stop_after
+      logged = step % log_every == 0 or step == steps
+      if logged:
+        skipped = _skipped_samples(data_it)
+      if logged or stopping or ckpts.due(step):  # rows on disk before their checkpoint
         fetched = jax.device_get(pending)
         now = time.perf_counter()
         per_step = (now - last_time) / len(pending)
@@ -259,11 +325,13 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
           record["tokens_per_s"] = rows * batch["input_ids"].shape[1] / per_step
           record["tflops_per_s"] = flops / per_step / 1e12
           record["step_time_s"] = per_step
+          if logged and k == len(fetched) - 1:
+            record.update(_skip_columns(skipped))
           writer.write(step - len(fetched) + k + 1, record)
         writer.advance(len(pending))
         pending, last_time = [], time.perf_counter()
       ckpts.save(step, state, data_it.get_state())
-      if preemption.requested or step == stop_after:
+      if stopping:
         ckpts.save(step, state, data_it.get_state(), force=True)
         ckpts.wait()
         if preemption.requested:
@@ -274,22 +342,48 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       ckpts.save(step, state, data_it.get_state(), force=True)
       ckpts.wait()
       summary["model_dir"] = _write_final_model(trainer, state, workdir)
-      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy" and steps > 0:
-        from mmjax.train.evaluate import shapes_accuracy
-
-        params = _host_copy(state.all_params())  # a collective: every process takes part
-        if distributed.is_main_process():  # greedy decoding on this host's first device
-          with trainer.mesh:
-            result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data,
-                                     size=int(cfg.eval.get("size", 500)))
-          writer.write(step, result)
-          summary.update(result)
-          print(f"eval_accuracy {result['eval_accuracy']:.4f} on {cfg.eval.get('size', 500)} "
-                "held-out images")
+      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy":
+        summary["exit_code"] = _evaluate(trainer, cfg, state, step, writer, summary, preemption)
+      if distributed.is_main_process():
+        summary["plot"] = _write_plot(workdir)
   finally:
     preemption.restore()
     writer.close()
-    ckpts.wait()
-    ckpts.close()
+    try:
+      ckpts.wait()  # raises what failed in an async save (e.g. a full disk)
+    finally:
+      ckpts.close()
   summary.update(final_step=step, skipped=int(jax.device_get(state.skipped)))
+  if skipped is not None:
+    summary["skipped_samples"] = skipped
   return summary
+
+
+def _evaluate(trainer: Trainer, cfg, state, step: int, writer, summary: dict,
+              preemption: _Preemption) -> int:
+  """The held-out accuracy, once: a finished run re-launched reports the one it logged. SIGTERM
+  stops the eval (exit 143; re-running evaluates again)."""
+  from mmjax.train.evaluate import shapes_accuracy
+
+  logged = {k: v for k, v in getattr(writer, "logged_at_start", {}).items()
+            if k.startswith("eval_accuracy")}
+  if distributed.sum_over_processes(int(bool(logged))):  # process 0 decides for all
+    if logged:
+      summary.update(logged)
+      print(f"eval_accuracy {logged['eval_accuracy']:.4f} (evaluated before; in {writer.path})")
+    return 0
+  params = _host_copy(state.all_params())  # a collective: every process takes part
+  if not distributed.is_main_process():
+    return 0
+  size = int(cfg.eval.get("size", 500))
+  with trainer.mesh:  # greedy decoding on this host's first device
+    result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data, size=size,
+                             should_stop=lambda: preemption.requested)
+  if result is None:
+    print(f"preempted (SIGTERM) during the eval at step {step}: the model is saved; re-run the "
+          "command to evaluate")
+    return PREEMPTED_EXIT_CODE
+  writer.write(step, result)
+  summary.update(result)
+  print(f"eval_accuracy {result['eval_accuracy']:.4f} on {size} held-out images")
+  return 0

@@ -100,8 +100,9 @@ def target_cross_entropy(
     return total, (d_params, d_hidden)
 
   def backward(grads, g):  # the loss is linear in its cotangent: scale the saved gradients
-    d_params, d_hidden = grads
-    return jax.tree.map(lambda d: d * g, d_params), (d_hidden * g).astype(d_hidden.dtype)
+    d_params, d_hidden = grads  # each in its primal's dtype (bf16 activations stay bf16)
+    return (jax.tree.map(lambda d: (d * g).astype(d.dtype), d_params),
+            (d_hidden * g).astype(d_hidden.dtype))
 
   summed.defvjp(forward, backward)
   return summed(head_params, hidden), jnp.sum(mask.astype(jnp.float32))

@@ -1,17 +1,13 @@
 """The model a training config describes, or the one a checkpoint was converted from."""
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
-from mmjax.connectors.projector import ProjectorConfig
-from mmjax.decoders.config import DecoderConfig
-from mmjax.encoders.vit import VisionConfig
-from mmjax.models import internvl, qwen_vl
-from mmjax.models.llava import LlavaConfig
-from mmjax.models.registry import FAMILIES, Family
+from mmjax.models.family import EXECUTION_KEYS, Family
+from mmjax.models.registry import family_named
 from mmjax.nn.rope import RopeConfig
 
-EXECUTION_KEYS = ("dtype", "param_dtype", "remat_policy", "attention_backend")
+__all__ = ["EXECUTION_KEYS", "apply_execution", "build_model_config", "with_execution"]
 
 
 def with_execution(config: Any, **execution) -> Any:
@@ -27,41 +23,26 @@ def with_execution(config: Any, **execution) -> Any:
   return dataclasses.replace(config, **changes)
 
 
-# Execution keys set the whole model, or each stack apart: `remat_policy={"encoder": "none",
-# "decoder": "dots"}` (stack -> field of the family config).
-STACK_FIELDS = {"encoder": "vision", "decoder": "decoder"}
-
-
-def apply_execution(config: Any, execution: dict) -> Any:
-  """`with_execution` for values that cover the whole model, then per-stack dict values."""
+def apply_execution(config: Any, execution: dict,
+                    stacks: Mapping[str, str] = {"encoder": "vision", "decoder": "decoder"}) -> Any:
+  """`with_execution` for values that cover the whole model, then per-stack dict values
+  (`remat_policy={"encoder": "none", "decoder": "dots"}`); `stacks` maps a stack name to the
+  field of the family config holding its config ('' for the config itself)."""
   whole = {k: v for k, v in execution.items() if not isinstance(v, dict)}
   config = with_execution(config, **whole)
   for key, per_stack in execution.items():
     if not isinstance(per_stack, dict):
       continue
     for stack, value in per_stack.items():
-      field = STACK_FIELDS.get(stack)
-      if field is None or not hasattr(config, field):
-        raise ValueError(f"model.{key}: unknown stack {stack!r} (known: {sorted(STACK_FIELDS)})")
+      field = stacks.get(stack)
+      if field is None or (field and not hasattr(config, field)):
+        raise ValueError(f"model.{key}: unknown stack {stack!r} (known: {sorted(stacks)})")
+      if not field:
+        config = with_execution(config, **{key: value})
+        continue
       config = dataclasses.replace(
           config, **{field: with_execution(getattr(config, field), **{key: value})})
   return config
-
-
-def llava_from_dict(model: dict) -> LlavaConfig:
-  """`model.{vision, projector, decoder, ...}` dicts of a training config -> LlavaConfig."""
-  execution = {k: _plain(model[k]) for k in EXECUTION_KEYS if model.get(k) is not None}
-  vision = VisionConfig(**dict(model["vision"]))
-  decoder_args = dict(model["decoder"])
-  rope = RopeConfig(**dict(decoder_args.pop("rope", {})))
-  decoder = DecoderConfig(rope=rope, **decoder_args)
-  layers = tuple(model.get("feature_layers", (-1,)))
-  projector = ProjectorConfig(in_features=vision.hidden_size * len(layers),
-                              out_features=decoder.hidden_size, **dict(model["projector"]))
-  config = LlavaConfig(vision=vision, projector=projector, decoder=decoder,
-                       image_token_id=int(model["image_token_id"]), feature_layers=layers,
-                       feature_select=model.get("feature_select", "full"))
-  return apply_execution(config, execution)
 
 
 def _plain(value):
@@ -70,21 +51,12 @@ def _plain(value):
 
 def build_model_config(model: dict, checkpoint_config: tuple[Family, Any] | None = None):
   """(family, config): from the checkpoint when given (execution keys still apply), else from
-  the training config's `model` section."""
+  the training config's `model` section (`model.family`, default 'llava')."""
   execution = {k: _plain(model[k]) for k in EXECUTION_KEYS if model.get(k) is not None}
   if checkpoint_config is not None:
     family, config = checkpoint_config
-    return family, apply_execution(config, execution)
-  family_name = model.get("family", "llava")
-  if family_name in qwen_vl.MODEL_TYPES:
-    config = qwen_vl.config_from_dict({k: v for k, v in model.items() if k not in EXECUTION_KEYS})
-    return FAMILIES[family_name], apply_execution(config, execution)
-  if family_name == "internvl":
-    config = internvl.config_from_dict({k: v for k, v in model.items()
-                                        if k not in EXECUTION_KEYS and k != "family"})
-    return FAMILIES["internvl"], apply_execution(config, execution)
-  if family_name != "llava":
-    raise ValueError(f"training configs can describe model.family 'llava', 'internvl' or "
-                     f"{', '.join(map(repr, qwen_vl.MODEL_TYPES))}, got {family_name!r}; other "
-                     "families train from a converted checkpoint (train.init_from)")
-  return FAMILIES["llava"], llava_from_dict(model)
+  else:
+    family = family_named(model.get("family", "llava"))
+    config = family.config_from_training(
+        {k: _plain(v) for k, v in model.items() if k not in EXECUTION_KEYS})
+  return family, apply_execution(config, execution, family.stacks)

@@ -23,6 +23,10 @@ def _dict_path(path) -> tuple[str, ...]:
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
+def _boxed(x) -> bool:
+  return isinstance(x, nn.Partitioned)
+
+
 def _matrices(params: Mapping[str, Any]) -> dict[tuple[str, ...], bool]:
   """Which leaves are matrices, per layer: a stacked layer's `[L, D]` norm scale is a vector.
   `params` carry their logical axes (`nn.Partitioned`, abstract is enough); the `layers` axes of
@@ -32,8 +36,7 @@ def _matrices(params: Mapping[str, Any]) -> dict[tuple[str, ...], bool]:
       return leaf.value.ndim - sum(name == LAYERS for name in leaf.names)
     return leaf.ndim
 
-  boxed = lambda x: isinstance(x, nn.Partitioned)
-  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=boxed)
+  leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=_boxed)
   return {_dict_path(path): rank(leaf) >= 2 for path, leaf in leaves}
 
 
@@ -67,24 +70,29 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def make_optimizer(optim: Mapping[str, Any], total_steps: int,
-                   trainable: Mapping[str, Any]) -> tuple[optax.GradientTransformation,
-                                                           optax.Schedule]:
+def make_optimizer(optim: Mapping[str, Any], total_steps: int, trainable: Mapping[str, Any],
+                   labels: Mapping[str, Any] | None = None) -> tuple[optax.GradientTransformation,
+                                                                     optax.Schedule]:
   """The optimizer over the trainable subtree, and its base learning-rate schedule. Its `update`
   takes the gradients' global norm as `grad_norm=` (computed when not given).
 
-  `trainable` maps the trainable components to their parameters, boxed with their logical axes
-  (abstract is enough): weight decay goes to the matrices of each layer.
+  `trainable` is the trainable parameter subtree, boxed with its logical axes (abstract is
+  enough): weight decay goes to the matrices of each layer. `labels` has its structure with the
+  name each leaf trains under (`mmjax.train.parts.label_tree`; default: its top-level key).
 
-  `optim.lr_multipliers` maps top-level components (`encoder`, `connector`, `decoder`) to a
-  factor of the base learning rate, e.g. `{'encoder': 0.1}`.
+  `optim.lr_multipliers` maps those names (components such as `encoder`, `connector`, `decoder`,
+  or a family's parts) to a factor of the base learning rate, e.g. `{'encoder': 0.1}`.
   """
   schedule = learning_rate_schedule(optim, total_steps)
   multipliers = dict(optim.get("lr_multipliers", {}) or {})
-  unknown = sorted(set(multipliers) - set(trainable))
+  if labels is None:
+    labels = {name: jax.tree.map(lambda _: name, subtree, is_leaf=_boxed)
+              for name, subtree in trainable.items()}
+  names = sorted(set(jax.tree.leaves(labels)))
+  unknown = sorted(set(multipliers) - set(names))
   if unknown:
     raise ValueError(f"optim.lr_multipliers names {unknown}, which are not trainable components "
-                     f"({sorted(trainable)})")
+                     f"({names})")
 
   decay = _decay_mask(_matrices(trainable))
 
@@ -95,9 +103,8 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int,
         weight_decay=float(optim.get("weight_decay", 0.0)), mask=decay)
 
   if multipliers:
-    labels = {name: name for name in trainable}
-    transforms = {name: adamw(float(multipliers.get(name, 1.0))) for name in trainable}
-    tx = optax.multi_transform(transforms, lambda params: {k: labels[k] for k in params})
+    transforms = {name: adamw(float(multipliers.get(name, 1.0))) for name in names}
+    tx = optax.multi_transform(transforms, labels)
   else:
     tx = adamw(1.0)
   clip = float(optim.get("clip_norm", 0.0) or 0.0)

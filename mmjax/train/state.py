@@ -5,19 +5,21 @@ respect to the trainable subtree only), so they stay bit-identical and cost no m
 their weights.
 """
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.train.parts import merge, split
+
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates applied
-  params: dict  # trainable components {name: subtree}
-  frozen: dict  # frozen components {name: subtree}
+  params: dict  # trainable parameters (nested dict: `mmjax.train.parts`)
+  frozen: dict  # frozen parameters, the same structure without the trainable leaves
   opt_state: Any
   rng: jax.Array
   skipped: jax.Array  # int32 scalar: steps skipped for a non-finite loss or gradient
@@ -26,26 +28,12 @@ class TrainState:
     return merge(self.params, self.frozen)
 
 
-def split(params: dict, trainable: Sequence[str]) -> tuple[dict, dict]:
-  """Top-level components named in `trainable` vs the rest; unknown names are an error."""
-  unknown = sorted(set(trainable) - set(params))
-  if unknown:
-    raise ValueError(f"train.trainable names {unknown}; the model's components are "
-                     f"{sorted(params)}")
-  train = {k: v for k, v in params.items() if k in trainable}
-  frozen = {k: v for k, v in params.items() if k not in trainable}
-  return train, frozen
-
-
-def merge(params: dict, frozen: dict) -> dict:
-  return {**frozen, **params}
-
-
 def init_state(module: nn.Module, example_inputs: tuple, tx, trainable: Sequence[str],
-               rng: jax.Array) -> TrainState:
-  """A fresh state; parameters stay boxed with their logical axes (unbox before use)."""
+               rng: jax.Array, parts: Mapping[str, str] = {}) -> TrainState:
+  """A fresh state; parameters stay boxed with their logical axes (unbox before use).
+  `trainable` names components or `parts` (see `mmjax.train.parts`)."""
   params_rng, state_rng = jax.random.split(rng)
   params = module.init(params_rng, *example_inputs)["params"]
-  train, frozen = split(params, trainable)
+  train, frozen = split(params, trainable, parts)
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, frozen=frozen,
                     opt_state=tx.init(train), rng=state_rng, skipped=jnp.zeros((), jnp.int32))

@@ -8,33 +8,23 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.decoders.llama import HeadLoss
-from mmjax.models import qwen_vl
+from mmjax.models.registry import family_of_module
 from mmjax.train.loss import cross_entropy, target_cross_entropy
 from mmjax.train.state import TrainState, merge
 
 
 def uses_drop_path(module: nn.Module) -> bool:
-  """Whether the module's vision encoder has stochastic depth (InternViT), which trains with
+  """Whether the module trains with stochastic layers (InternViT's drop path), which take
   `train=True` and a 'dropout' rng."""
-  vision = getattr(module.config, "vision", None)
-  return getattr(vision, "drop_path_rate", 0.0) > 0
+  return bool(family_of_module(module).stochastic_kwargs(module, jax.random.PRNGKey(0)))
 
 
 def forward(module: nn.Module, params: dict, batch: dict, rng: jax.Array | None = None,
             head_loss: HeadLoss | None = None) -> Any:
   """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`), or the result of
-  `head_loss` (`Decoder`); families whose inputs are not LLaVA's map the batch themselves
-  (`qwen_vl.train_forward`). `rng` drives drop path where the model has it."""
-  if isinstance(module, qwen_vl.QwenVL):
-    return qwen_vl.train_forward(module, params, batch, head_loss)
-  stochastic = {}
-  if rng is not None and uses_drop_path(module):
-    stochastic = dict(train=True, rngs={"dropout": rng})
-  out, _ = module.apply(
-      {"params": params}, batch["input_ids"], batch.get("pixel_values"), batch["positions"],
-      batch["attention_mask"], batch.get("segment_ids"), image_valid=batch.get("image_mask"),
-      head_loss=head_loss, **stochastic)
-  return out
+  `head_loss` (`Decoder`): the module's family maps the batch to its arguments
+  (`Family.train_forward`). `rng` drives stochastic layers where the model has them."""
+  return family_of_module(module).train_forward(module, params, batch, rng, head_loss)
 
 
 def _microbatches(batch: dict, steps: int) -> dict:

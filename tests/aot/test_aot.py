@@ -92,6 +92,18 @@ def test_generate_step_and_multislice(capsys):
 
 
 @pytest.mark.tpu_compile
+@pytest.mark.parametrize("family", ["qwen2_vl", "mllama"])
+def test_generate_step_of_families_without_a_fixed_image_size(family, capsys):
+  """Qwen-VL's vision config has no `image_size` (native resolution) and Llama 3.2 Vision's
+  images enter through cross-attention: each family's example processor arrays drive the step."""
+  config = os.path.join(CONFIGS, "tiny", f"{family}.py")
+  assert main(["aot", "--config", config, "--topology", "v5e-4", "--step", "generate", "--batch",
+               "4", "--prompt-len", "32", "--max-new-tokens", "4"]) == 0
+  out = capsys.readouterr().out
+  assert "generate step on v5e-4" in out and "fits" in out
+
+
+@pytest.mark.tpu_compile
 def test_out_of_memory_exits_1_with_the_compilers_message(capsys):
   code = main(["aot", "--config", TINY, "--topology", "v5e-1", "--config.data.batch_size=8",
                "--config.data.max_length=32768"])

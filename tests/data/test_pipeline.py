@@ -11,7 +11,7 @@ from mmjax.data import packing
 from mmjax.data.pipeline import DataConfig, DataIterator, SourceConfig, build_dataset, to_global
 from mmjax.data.preprocess import preset
 from mmjax.data.sources import JsonSource
-from mmjax.data.validation import REASONS
+from mmjax.data.validation import REASONS, TooManySkips
 
 
 def _cfg(path, root, **kw):
@@ -120,7 +120,7 @@ def test_all_bad_is_an_error_not_a_hang(llava_dataset, tokenizer):
   path, root = llava_dataset
   it = DataIterator(build_dataset(_cfg(path, root, max_length=8, max_consecutive_skips=50), tokenizer,
                                   process_index=0, process_count=1))
-  with pytest.raises(RuntimeError, match='50 samples in a row were skipped'):
+  with pytest.raises(TooManySkips, match='50 samples in a row were skipped'):
     next(it)
 
 

@@ -142,3 +142,45 @@ def test_config_from_dict():
   assert dataclasses.replace(cfg, max_length=8).max_length == 8
   with pytest.raises(ValueError, match='unknown data config keys'):
     DataConfig.from_dict({'max_lenght': 3})
+
+
+def test_decompression_bomb_is_skipped_not_fatal(tokenizer, tmp_path):
+  from hostile_files import bomb_png
+  bomb = tmp_path / 'bomb.png'
+  bomb.write_bytes(bomb_png())
+  for ref in (str(bomb), bomb.read_bytes()):  # a file, and bytes embedded by `data pack`
+    with pytest.raises(SampleError) as e:
+      SampleProcessor(_cfg(), tokenizer)(_raw([ref], _conv(), 'bomb-1'))
+    assert e.value.reason == 'image_too_large' and 'bomb-1' in str(e.value)
+
+
+@pytest.mark.parametrize('ref', [123, None, [1, 2], {'path': 'a.png'}])
+def test_image_reference_of_the_wrong_type_is_a_bad_record(tokenizer, ref):
+  with pytest.raises(SampleError) as e:
+    SampleProcessor(_cfg(), tokenizer)(_raw([ref], _conv()))
+  assert e.value.reason == 'bad_record'
+
+
+@pytest.mark.parametrize('messages', [[{'role': 'user', 'content': 5}], 'hello', [['user', 'hi']]])
+def test_malformed_messages_are_a_bad_record(tokenizer, messages):
+  with pytest.raises(SampleError) as e:
+    SampleProcessor(_cfg(), tokenizer)(_raw([], messages))
+  assert e.value.reason == 'bad_record'
+
+
+def test_chat_template_rejection_is_a_skip(tokenizer_dir, tmp_path):
+  import json
+  import shutil
+
+  from hostile_files import ALTERNATING_TEMPLATE
+  from mmjax.data.tokenizer import Tokenizer
+  shutil.copy(f'{tokenizer_dir}/tokenizer.json', tmp_path / 'tokenizer.json')
+  config = {'chat_template': ALTERNATING_TEMPLATE}
+  (tmp_path / 'tokenizer_config.json').write_text(json.dumps(config))
+  processor = SampleProcessor(_cfg(template='tokenizer'), Tokenizer.load(str(tmp_path)))
+  assert len(processor(_raw([], _conv(0)))['input_ids'])  # alternating: fine
+  twice = [{'role': 'user', 'content': 'Hi.'}, {'role': 'user', 'content': 'Hi?'},
+           {'role': 'assistant', 'content': 'Yes.'}]
+  with pytest.raises(SampleError) as e:
+    processor(_raw([], twice, 'rude'))
+  assert e.value.reason == 'template_error' and 'roles must alternate' in str(e.value)

@@ -122,3 +122,55 @@ def test_tfds_source(tmp_path):
   assert qa[1]['messages'][0]['content'].startswith('<image>\ncaption')
   broken = TfdsSource('mmjax_tiny_captions', data_dir=str(tmp_path), fields={'image': 'pixels', 'caption': 'caption'})
   assert broken[0]['error'][0] == 'bad_record'
+
+
+def test_json_array_with_a_utf8_bom_is_read_as_json(tmp_path, make_record):
+  records = [make_record(i) for i in range(3)]
+  for name, text in (('d.json', json.dumps(records, indent=1)),
+                     ('d.jsonl', '\n'.join(json.dumps(r) for r in records))):
+    (tmp_path / name).write_bytes(b'\xef\xbb\xbf' + text.encode())
+    src = JsonSource(str(tmp_path / name))
+    assert len(src) == 3 and all('error' not in src[i] for i in range(3)), name
+
+
+@pytest.mark.parametrize('ref', ['../secret.png', '/etc/passwd', 'a/../../b.png',
+                                 'file:///etc/hosts'])
+def test_image_paths_outside_the_root_are_refused(tmp_path, ref):
+  record = {'id': 'x', 'image': ref, 'conversations': []}
+  raw = normalize_record(record, 0, image_root=str(tmp_path))
+  assert raw['error'][0] == 'image_outside_root' and ref.replace('file://', '') in raw['error'][1]
+
+
+def test_image_paths_inside_the_root_resolve(tmp_path):
+  root = str(tmp_path)
+  for ref, want in (('a.png', 'a.png'), ('x/../b.png', 'b.png'), (f'{root}/c/d.png', 'c/d.png')):
+    raw = normalize_record({'id': 'x', 'image': ref, 'conversations': []}, 0, image_root=root)
+    assert raw['images'] == [f'{root}/{want}']
+
+
+def test_json_images_default_to_the_files_directory(tmp_path, make_record):
+  (tmp_path / 'd.json').write_text(json.dumps([make_record(0, image='a.png'),
+                                               make_record(1, image='../a.png')]))
+  src = JsonSource(str(tmp_path / 'd.json'))
+  assert src[0]['images'] == [str(tmp_path / 'a.png')]
+  assert src[1]['error'][0] == 'image_outside_root'
+
+
+@pytest.mark.parametrize('field', [123, [None], [123], {'path': 'a.png'}, [''], [['a.png']]])
+def test_malformed_image_fields_are_bad_records(field):
+  raw = normalize_record({'id': 'x', 'image': field, 'conversations': []}, 0, image_root='/data')
+  assert raw['error'][0] == 'bad_record' and 'image' in raw['error'][1]
+
+
+def test_pack_never_embeds_files_outside_the_image_root(llava_dataset, tmp_path):
+  path, root = llava_dataset
+  records = json.loads(open(path).read())
+  secret = tmp_path / 'secret.png'
+  secret.write_bytes(open(f'{root}/0.png', 'rb').read())  # a real image: only the path is wrong
+  records[0]['image'] = '../secret.png'
+  records[1]['image'] = str(secret)
+  (tmp_path / 'data.json').write_text(json.dumps(records))
+  result = cli.pack_dataset(path, str(tmp_path / 'shards'), root, num_shards=1, verify=False)
+  assert result['skipped'] == {'image_outside_root': 2} and result['usable'] == 6
+  packed = open(result['shards'][0], 'rb').read()
+  assert secret.read_bytes()[-64:] not in packed

@@ -104,3 +104,35 @@ def test_errors_name_what_is_missing(tiny_llava, tmp_path, capsys):
   with pytest.raises(SystemExit):
     _generate("--help")
   assert "--max-new-tokens" in capsys.readouterr().out
+
+
+def test_inputs_outside_the_models_limits_are_refused(tiny_llava, tmp_path, capsys):
+  """Ids outside the vocabulary (NaN logits everywhere before, or zeros from generate; negative
+  ids changed other positions), prompts and generation lengths past the model's positions."""
+  _, hf_cfg, _, config, _, ckpt = tiny_llava
+  vocab, positions = config.decoder.vocab_size, config.decoder.rope.max_position_embeddings
+  good = np.array([[1, 5, 7, 9]], np.int64)
+  cases = {
+      "large": (np.array([[1, 5, vocab, 9]]), 4, f"input_ids[0, 2] is {vocab}, outside the "
+                f"model's vocabulary [0, {vocab})"),
+      "negative": (np.array([[1, -3, 7, 9]]), 4, f"input_ids[0, 1] is -3, outside"),
+      "long_prompt": (np.ones((1, positions + 1), np.int64), 1,
+                      f"the prompt has {positions + 1} tokens, more than the model's {positions}"),
+      "long_generation": (good, 100_000_000, f"--max-new-tokens 100000000 after a 4-token prompt "
+                          f"runs past the model's {positions} positions (max_position_embeddings): "
+                          f"at most {positions - 4}"),
+  }
+  capsys.readouterr()
+  for name, (ids, n, message) in cases.items():
+    np.savez(tmp_path / f"{name}.npz", input_ids=ids)
+    assert _generate("--checkpoint", ckpt, "--inputs", tmp_path / f"{name}.npz", "--out",
+                     tmp_path / f"{name}.npy", "--max-new-tokens", n) == 1, name
+    err = capsys.readouterr().err
+    assert err.startswith(f"mmjax generate: error: {message}"), err
+    assert err.count("\n") == 1 and not (tmp_path / f"{name}.npy").exists(), err
+    if name == "long_generation":
+      continue
+    assert cli.main(["logits", "--checkpoint", ckpt, "--inputs", str(tmp_path / f"{name}.npz"),
+                     "--out", str(tmp_path / f"{name}_logits.npy")]) == 1, name
+    assert capsys.readouterr().err.startswith(f"mmjax logits: error: {message}")
+    assert not (tmp_path / f"{name}_logits.npy").exists()

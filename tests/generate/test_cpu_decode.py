@@ -2,6 +2,8 @@
 per-call transfer of numpy parameters, per-layer views that share the stacked arrays' memory,
 and the same ids as the stacked (scanned) layout."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ CONFIG = DecoderConfig(vocab_size=64, hidden_size=256, intermediate_size=512, nu
 SMALLEST_WEIGHT = 4 * CONFIG.num_kv_heads * CONFIG.head_dim * CONFIG.hidden_size  # k, v: bytes
 
 
+@functools.cache
 def _model():
   family = FAMILIES["causal_lm"]
   params = nn.unbox(family.build(CONFIG).init(jax.random.PRNGKey(0),
@@ -50,15 +53,15 @@ def test_parameters_are_put_on_the_device_once_and_layers_share_their_memory():
   generator = Generator(family, CONFIG, params)
   leaves = jax.tree.leaves(generator.params)
   assert all(isinstance(a, jax.Array) for a in leaves)
-  assert len(generator.params["decoder"]["layers"]) == CONFIG.num_layers
+  assert len(generator.params["decoder"]["layers"]["mlp"]["up"]["kernel"]) == CONFIG.num_layers
   stacked = jax.device_put(params)
-  views = layer_views.split_params(stacked)["decoder"]["layers"]
+  views = layer_views.split_params(stacked, ("layers",))["decoder"]["layers"]
+  views = views["mlp"]["up"]["kernel"]  # Layers: one [F, D] array per layer
   kernel = stacked["decoder"]["layers"]["mlp"]["up"]["kernel"]  # [L, F, D]
   layer_bytes = kernel[0].size * kernel.dtype.itemsize
-  for i, layer in enumerate(views):
-    np.testing.assert_array_equal(layer["mlp"]["up"]["kernel"], kernel[i])
-    assert (layer["mlp"]["up"]["kernel"].unsafe_buffer_pointer()
-            == kernel.unsafe_buffer_pointer() + i * layer_bytes)
+  for i, layer in enumerate(views.arrays):
+    np.testing.assert_array_equal(layer, kernel[i])
+    assert layer.unsafe_buffer_pointer() == kernel.unsafe_buffer_pointer() + i * layer_bytes
 
 
 def test_per_layer_and_stacked_layouts_give_the_same_ids():
@@ -74,7 +77,8 @@ def test_per_layer_and_stacked_layouts_give_the_same_ids():
 def test_a_mesh_or_abstract_parameters_keep_the_stacked_layout():
   family, params = _model()
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-  assert not layer_views.applies(abstract, None)
+  segments = layer_views.segment_names(family, CONFIG)
+  assert not layer_views.applies(abstract, None, segments)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-  assert not layer_views.applies(jax.device_put(params), mesh)
-  assert layer_views.applies(jax.tree.map(jnp.asarray, params), None)
+  assert not layer_views.applies(jax.device_put(params), mesh, segments)
+  assert layer_views.applies(jax.tree.map(jnp.asarray, params), None, segments)

@@ -60,14 +60,14 @@ def _losses(cfg, chunk, deepstack=0):
   floats = {k: inputs.pop(k) for k in ("embeddings", "layer_inputs")}  # differentiated
 
   def dense(params, floats):
-    logits, _ = model.apply({"params": params}, **floats, **inputs)
+    logits = model.apply({"params": params}, **floats, **inputs).logits
     return cross_entropy(logits, labels, mask, z_loss=1e-3)[0] * scale
 
   def chunked(params, floats):
     def head_loss(logits_fn, head, hidden):
       return target_cross_entropy(head, hidden, logits_fn, labels, mask, chunk, z_loss=1e-3,
                                   scale=scale)
-    (loss, count), _ = model.apply({"params": params}, **floats, **inputs, head_loss=head_loss)
+    loss, count = model.apply({"params": params}, **floats, **inputs, head_loss=head_loss).loss
     return loss
 
   grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, floats)

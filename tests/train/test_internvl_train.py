@@ -12,7 +12,7 @@ from PIL import Image
 from mmjax.checkpoint import load_checkpoint
 from mmjax.data.tokenizer import train_tiny_tokenizer
 from mmjax.train.cli import load_config
-from mmjax.train.loop import train
+from mmjax.train.loop import Trainer, train
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                        "configs")
@@ -99,10 +99,7 @@ def test_mlp_only_stage_keeps_backbone_and_llm_bit_identical(tmp_path):
   workdir = str(tmp_path / "mlp")
   train(cfg, workdir)
   _, _, trained = load_checkpoint(os.path.join(workdir, "model"))
-  cfg.train.steps = 0
-  fresh_dir = str(tmp_path / "fresh")
-  train(cfg, fresh_dir)
-  _, _, fresh = load_checkpoint(os.path.join(fresh_dir, "model"))
+  fresh = jax.device_get(Trainer.build(cfg).init().all_params())  # where training started
   for part in ("encoder", "decoder"):
     jax.tree.map(np.testing.assert_array_equal, trained[part], fresh[part])
   changed = jax.tree.leaves(jax.tree.map(lambda x, y: np.any(x != y), trained["connector"],

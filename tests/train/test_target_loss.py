@@ -86,8 +86,8 @@ def test_decoder_head_reads_only_head_params(tied):
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 7)), jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(7), (2, 7))
   params = model.init(jax.random.PRNGKey(0), ids, positions)["params"]
-  want, _ = model.apply({"params": params}, ids, positions)
-  hidden, _ = model.apply({"params": params}, ids, positions, hidden_only=True)
+  want = model.apply({"params": params}, ids, positions).logits
+  hidden = model.apply({"params": params}, ids, positions).hidden
   head = {"decoder": head_params(params["decoder"])}
   assert ("embed" in head["decoder"]) == tied and ("lm_head" in head["decoder"]) != tied
   got = model.apply({"params": head}, hidden, method=lambda m, h: m.decoder.logits(h))

@@ -135,16 +135,30 @@ def losses_of(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def logged_steps(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r["step"] for r in map(json.loads, f) if "loss" in r]
+
+
 def test_resume_logs_the_same_losses_bit_for_bit(tmp_path):
-  cfg = tiny_config(steps=12)
+  """Rows buffered under log_every when the run stops are written (with the checkpoint), and the
+  rows a killed run logged after its last checkpoint (here faked, one cut short) are replaced."""
+  cfg = tiny_config(steps=12, log_every=5)
   cfg.checkpoint.every_steps = 4
   cfg.checkpoint.keep = 2
-  assert train(cfg, str(tmp_path / "straight"))["final_step"] == 12
-  assert train(cfg, str(tmp_path / "resumed"), stop_after=8)["final_step"] == 8
+  straight = train(cfg, str(tmp_path / "straight"))
+  assert straight["final_step"] == 12
+  assert straight["plot"] == os.path.join(tmp_path / "straight", "plot.png")  # a finished run's
+  assert os.path.getsize(straight["plot"]) > 1000
+  stopped = train(cfg, str(tmp_path / "resumed"), stop_after=8)
+  assert stopped["final_step"] == 8 and "plot" not in stopped
+  assert logged_steps(tmp_path / "resumed") == list(range(1, 9))  # 6-8 were under log_every
+  with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # logged, then killed at 10
+    f.write('{"step": 9, "loss": 1.0}\n{"step": 10, "loss": 1.0}\n{"step": 11, "lo')
   summary = train(cfg, str(tmp_path / "resumed"))
   assert summary["start_step"] == 8
   straight, resumed = losses_of(tmp_path / "straight"), losses_of(tmp_path / "resumed")
-  assert sorted(resumed) == list(range(1, 13))
+  assert logged_steps(tmp_path / "resumed") == list(range(1, 13))  # each step once
   assert [straight[s] for s in range(1, 13)] == [resumed[s] for s in range(1, 13)]
 
 
@@ -172,11 +186,53 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path):
 def test_config_overrides_and_errors():
   cfg = load_config(None)
   apply_overrides(cfg, ["--config.optim.lr=1e-4", "--config.train.steps", "7",
-                        "--config.train.trainable=('connector',)"])
+                        "--config.train.trainable=('connector',)", "--config.optim.clip_norm=2",
+                        "--config.train.log_every=1e2"])
   assert cfg.optim.lr == 1e-4 and cfg.train.steps == 7 and cfg.train.trainable == ("connector",)
+  assert cfg.optim.clip_norm == 2.0 and cfg.train.log_every == 100
   with pytest.raises(ValueError, match="no such key"):
     apply_overrides(cfg, ["--config.optim.nope=1"])
   assert mmjax_main(["train", "--config", "/nonexistent.py", "--workdir", "/tmp/x"]) == 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.train.steps=abc", "--config.train.steps=abc: expected an integer, got 'abc'"),
+    ("--config.train.steps=2.5", "expected an integer, got '2.5'"),
+    ("--config.optim.lr=fast", "--config.optim.lr=fast: expected a number, got 'fast'"),
+    ("--config.train.steps=-5", "train.steps must be an integer >= 1, got -5"),
+    ("--config.train.steps=0", "train.steps must be an integer >= 1, got 0"),
+    ("--config.checkpoint.every_steps=0", "checkpoint.every_steps must be an integer >= 1"),
+    ("--config.data.batch_size=-8", "data.batch_size must be an integer >= 1"),
+])
+def test_bad_values_are_one_line_before_anything_is_written(tmp_path, capsys, override, message):
+  workdir = tmp_path / "run"
+  assert mmjax_main(["train", "--workdir", str(workdir), override]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("mmjax train: error: ") and message in err, err
+  assert err.count("\n") == 1 and not workdir.exists(), err
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config(arg=None):\n  width = 64\n  return width / 0\n",
+     "failed at line 3: ZeroDivisionError: division by zero"),
+    ("def get_config(arg=None:\n  pass\n", "failed at line 1: SyntaxError"),
+    ("import not_a_module\n", "failed at line 1: ModuleNotFoundError"),
+    ("def get_config(arg=None):\n  return [1, 2]\n", "get_config() returned a list"),
+    ("x = 1\n", "has no get_config()"),
+])
+def test_a_config_file_that_fails_is_one_line(tmp_path, capsys, source, message):
+  path = tmp_path / "cfg.py"
+  path.write_text(source)
+  assert mmjax_main(["train", "--config", str(path), "--workdir", str(tmp_path / "run")]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"mmjax train: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_help_prints_percent_signs_once(capsys):
+  with pytest.raises(SystemExit):
+    mmjax_main(["train", "--help"])
+  out = capsys.readouterr().out
+  assert ">= 90% held-out" in " ".join(out.split()) and "%%" not in out
 
 
 def test_stage1_init_from_separate_tower_and_language_model(tmp_path, capsys):

@@ -7,7 +7,7 @@ the canonical spelling. The fused `qkv` projection splits into q, k, v by thirds
 """
 
 from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, SAME, Layout, Rule
-from mmjax.convert.tables import _layer, decoder_rules
+from mmjax.convert.tables.common import decoder_rules, prefixed
 
 _MLP_NAMES = {  # HF block MLP name -> mmjax name
     "qwen2_vl": {"fc1": "fc1", "fc2": "fc2"},
@@ -40,25 +40,26 @@ def qwen_vision_rules(kind: str) -> list[Rule]:
   rules = [
       Rule("patch_embed.proj.weight", "patch_embed/kernel", SAME),
       Rule("patch_embed.proj.bias", "patch_embed/bias"),
-      *_layer(block, "blocks.{i}.", "layers/"),
+      *prefixed(block, "blocks.{i}.", "layers/"),
   ]
   if kind == "qwen3_vl":
     rules += [Rule("pos_embed.weight", "pos_embed"),
-              *_layer(_merger("norm", "linear_fc1", "linear_fc2"), "merger.", "merger/"),
-              *_layer(_merger("norm", "linear_fc1", "linear_fc2"), "deepstack_merger_list.{i}.",
+              *prefixed(_merger("norm", "linear_fc1", "linear_fc2"), "merger.", "merger/"),
+              *prefixed(_merger("norm", "linear_fc1", "linear_fc2"), "deepstack_merger_list.{i}.",
                       "deepstack/mergers/")]
   else:
-    rules += _layer(_merger("ln_q", "mlp.0", "mlp.2"), "merger.", "merger/")
+    rules += prefixed(_merger("ln_q", "mlp.0", "mlp.2"), "merger.", "merger/")
   return rules
 
 
-def qwen_vl_rules(kind: str) -> list[Rule]:
-  return (_layer(qwen_vision_rules(kind), "model.visual.", "encoder/")
-          + _layer(decoder_rules(), "model.language_model.", "decoder/")
+def rules(config) -> list[Rule]:
+  kind = config.model_type
+  return (prefixed(qwen_vision_rules(kind), "model.visual.", "encoder/")
+          + prefixed(decoder_rules(), "model.language_model.", "decoder/")
           + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)])
 
 
-QWEN_VL_LAYOUTS = (
+LAYOUTS = (
     Layout("v5"),
     Layout("v4", (("model.language_model.", "model."), ("model.visual.", "visual."))),
 )

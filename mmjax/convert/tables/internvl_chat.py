@@ -1,85 +1,30 @@
-"""Conversion tables for InternVL: transformers' native `internvl` and the original release.
+"""Conversion table of InternVL's original release (`internvl_chat`, `InternVLChatModel`).
 
-Native (canonical: transformers v5 module names `model.vision_tower.*`, `model.language_model.*`,
-`model.multi_modal_projector.*`, `lm_head.*`; `save_pretrained` and the `-hf` hub checkpoints write
-the `v4` spelling). Original (`InternVLChatModel`, trust_remote_code): `vision_model.*` with fused
-`attn.qkv`, layer scale `ls1`/`ls2`, the connector as `mlp1.{0,1,3}`, and `language_model.*`
-holding a Qwen2 / Llama / InternLM2 causal LM. InternLM2 fuses q, k, v into `wqkv`, grouped per KV
-head (the group's query heads, then its key, then its value), which `GroupedQKV` de-interleaves.
+`vision_model.*` with fused `attn.qkv`, layer scale `ls1`/`ls2`, the connector as `mlp1.{0,1,3}`,
+and `language_model.*` holding a Qwen2 / Llama / InternLM2 causal LM. InternLM2 fuses q, k, v into
+`wqkv`, grouped per KV head (the group's query heads, then its key, then its value), which
+`GroupedQKV` de-interleaves. Checkpoints are stored as the native `internvl` family, so export
+writes transformers' layout. The `<IMG_CONTEXT>` id is not in config.json: `read_hf_dir` reads it
+from the tokenizer files beside it.
 """
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 
 from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, Layout, Rule, Transform
-from mmjax.convert.tables import _layer, decoder_rules
+from mmjax.convert.tables.common import decoder_rules, prefixed
+from mmjax.convert.tables.internvl import LeadingOnes
+from mmjax.models.internvl import IMAGE_CONTEXT_TOKEN
+
+STORED_AS = "internvl"
+LAYOUTS = (Layout("original"),)
 
 
-def intern_vit_rules() -> list[Rule]:
-  """transformers' `InternVLVisionModel`, relative to `model.vision_tower.` / `encoder/`."""
-  layer = [
-      *[Rule(f"attention.{n}_proj.weight", f"attn/{n}/kernel", HEADS_MATRIX) for n in "qkv"],
-      *[Rule(f"attention.{n}_proj.bias", f"attn/{n}/bias", FLAT) for n in "qkv"],
-      Rule("attention.q_norm.weight", "attn/q_norm/scale"),
-      Rule("attention.k_norm.weight", "attn/k_norm/scale"),
-      Rule("attention.projection_layer.weight", "attn/o/kernel", MATRIX),
-      Rule("attention.projection_layer.bias", "attn/o/bias"),
-      Rule("lambda_1", "ls1"), Rule("lambda_2", "ls2"),
-      Rule("layernorm_before.weight", "norm1/scale"), Rule("layernorm_before.bias", "norm1/bias"),
-      Rule("layernorm_after.weight", "norm2/scale"), Rule("layernorm_after.bias", "norm2/bias"),
-      Rule("mlp.fc1.weight", "mlp/fc1/kernel", MATRIX), Rule("mlp.fc1.bias", "mlp/fc1/bias"),
-      Rule("mlp.fc2.weight", "mlp/fc2/kernel", MATRIX), Rule("mlp.fc2.bias", "mlp/fc2/bias"),
-  ]
-  return [
-      Rule("embeddings.cls_token", "class_embed", LeadingOnes(2)),
-      Rule("embeddings.patch_embeddings.projection.weight", "patch_embed/kernel"),
-      Rule("embeddings.patch_embeddings.projection.bias", "patch_embed/bias"),
-      Rule("embeddings.position_embeddings", "pos_embed", LeadingOnes(1)),
-      Rule("layernorm.weight", "post_norm/scale"), Rule("layernorm.bias", "post_norm/bias"),
-      *_layer(layer, "encoder.layer.{i}.", "layers/"),
-  ]
-
-
-def projector_rules() -> list[Rule]:
-  return [
-      Rule("layer_norm.weight", "norm/scale"), Rule("layer_norm.bias", "norm/bias"),
-      Rule("linear_1.weight", "linear_1/kernel", MATRIX), Rule("linear_1.bias", "linear_1/bias"),
-      Rule("linear_2.weight", "linear_2/kernel", MATRIX), Rule("linear_2.bias", "linear_2/bias"),
-  ]
-
-
-def internvl_rules() -> list[Rule]:
-  return (_layer(intern_vit_rules(), "model.vision_tower.", "encoder/")
-          + _layer(projector_rules(), "model.multi_modal_projector.", "connector/")
-          + _layer(decoder_rules(), "model.language_model.", "decoder/")
-          + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)])
-
-
-INTERNVL_LAYOUTS = (
-    Layout("v4", (("model.language_model.", "language_model.model."),
-                  ("lm_head.", "language_model.lm_head."),
-                  ("model.vision_tower.", "vision_tower."),
-                  ("model.multi_modal_projector.", "multi_modal_projector."))),
-    Layout("v5"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class LeadingOnes(Transform):
-  """A parameter saved with `count` leading axes of 1 (`[1, 1, D]` <-> `[D]`)."""
-
-  count: int = 1
-  reshape_only = True
-
-  def hf_shape(self, target):
-    return (1,) * self.count + tuple(target)
-
-  def to_params(self, a, target):
-    return a.reshape(target)
-
-  def to_hf(self, p):
-    return p.reshape(self.hf_shape(p.shape))
+def native_hf_config(config) -> dict:
+  return config.to_hf()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +77,7 @@ def _original_vit_rules() -> list[Rule]:
       Rule("embeddings.patch_embedding.weight", "patch_embed/kernel"),
       Rule("embeddings.patch_embedding.bias", "patch_embed/bias"),
       Rule("embeddings.position_embedding", "pos_embed", LeadingOnes(1)),
-      *_layer(layer, "encoder.layers.{i}.", "layers/"),
+      *prefixed(layer, "encoder.layers.{i}.", "layers/"),
   ]
 
 
@@ -151,26 +96,46 @@ def _internlm2_rules(groups: int) -> list[Rule]:
   return [
       Rule("model.tok_embeddings.weight", "decoder/embed/embedding"),
       Rule("model.norm.weight", "decoder/norm/scale"),
-      *_layer(layer, "model.layers.{i}.", "decoder/layers/"),
+      *prefixed(layer, "model.layers.{i}.", "decoder/layers/"),
       Rule("output.weight", "decoder/lm_head/kernel", MATRIX),
   ]
 
 
-def original_rules(config) -> list[Rule]:
+def rules(config) -> list[Rule]:
   """Rules for an original-release checkpoint; the decoder's table depends on its kind."""
   if config.original_decoder == "internlm2":
     llm = _internlm2_rules(config.decoder.num_heads // config.decoder.num_kv_heads)
   else:
-    llm = (_layer(decoder_rules(), "model.", "decoder/")
+    llm = (prefixed(decoder_rules(), "model.", "decoder/")
            + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)])
   connector = [
       Rule("mlp1.0.weight", "norm/scale"), Rule("mlp1.0.bias", "norm/bias"),
       Rule("mlp1.1.weight", "linear_1/kernel", MATRIX), Rule("mlp1.1.bias", "linear_1/bias"),
       Rule("mlp1.3.weight", "linear_2/kernel", MATRIX), Rule("mlp1.3.bias", "linear_2/bias"),
   ]
-  return (_layer(_original_vit_rules(), "vision_model.", "encoder/")
-          + _layer(connector, "", "connector/")
-          + _layer(llm, "language_model.", ""))
+  return (prefixed(_original_vit_rules(), "vision_model.", "encoder/")
+          + prefixed(connector, "", "connector/")
+          + prefixed(llm, "language_model.", ""))
 
 
-ORIGINAL_LAYOUTS = (Layout("original"),)
+def read_hf_dir(hf_dir: str, cfg: dict) -> dict:
+  """Adds `image_token_id` to an original InternVL config from the tokenizer files beside it."""
+  if "image_token_id" in cfg:
+    return cfg
+  for name in ("tokenizer_config.json", "tokenizer.json", "added_tokens.json"):
+    path = os.path.join(hf_dir, name)
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      data = json.load(f)
+    if name == "added_tokens.json":
+      found = data.get(IMAGE_CONTEXT_TOKEN)
+    elif name == "tokenizer.json":
+      found = next((t["id"] for t in data.get("added_tokens", [])
+                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
+    else:
+      found = next((int(i) for i, t in data.get("added_tokens_decoder", {}).items()
+                    if t.get("content") == IMAGE_CONTEXT_TOKEN), None)
+    if found is not None:
+      return {**cfg, "image_token_id": int(found)}
+  return cfg

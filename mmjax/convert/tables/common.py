@@ -1,4 +1,5 @@
-"""Conversion tables: canonical HF keys <-> mmjax parameter paths, one small table per part.
+"""Conversion rules shared by the families' tables: vision towers, Llama-family decoders,
+projectors. Canonical HF keys <-> mmjax parameter paths, one small table per part.
 
 Canonical keys follow transformers v5's naming; `Layout`s say how older or differently nested
 saves spell the same keys. Rules whose parameter does not exist in a given model (a class token
@@ -18,7 +19,7 @@ _ATTN = [
 ]
 
 
-def _layer(rules: list[Rule], hf_prefix: str, path_prefix: str) -> list[Rule]:
+def prefixed(rules: list[Rule], hf_prefix: str, path_prefix: str) -> list[Rule]:
   return [r.prefixed(hf_prefix, path_prefix) for r in rules]
 
 
@@ -55,14 +56,14 @@ def vision_rules() -> list[Rule]:
       Rule("pre_layrnorm.weight", "pre_norm/scale"), Rule("pre_layrnorm.bias", "pre_norm/bias"),
       Rule("post_layernorm.weight", "post_norm/scale"),
       Rule("post_layernorm.bias", "post_norm/bias"),
-      *_layer(layer, "encoder.layers.{i}.", "layers/"),
+      *prefixed(layer, "encoder.layers.{i}.", "layers/"),
       *head,
   ]
 
 
-def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:
-  """Llama-family decoders, relative to the decoder's `model.` prefix; `lm_head` is absolute."""
-  layer = _ATTN + [
+def decoder_layer_rules() -> list[Rule]:
+  """One Llama-family decoder layer, relative to `layers.{i}.` / the layer's parameters."""
+  return _ATTN + [
       Rule("self_attn.o_proj.weight", "attn/o/kernel", MATRIX),
       Rule("self_attn.o_proj.bias", "attn/o/bias"),
       Rule("self_attn.q_norm.weight", "attn/q_norm/scale"),
@@ -72,10 +73,14 @@ def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:
       *[Rule(f"mlp.{n}_proj.weight", f"mlp/{n}/kernel", MATRIX) for n in ("gate", "up", "down")],
       *[Rule(f"mlp.{n}_proj.bias", f"mlp/{n}/bias") for n in ("gate", "up", "down")],
   ]
+
+
+def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:
+  """Llama-family decoders, relative to the decoder's `model.` prefix; `lm_head` is absolute."""
   return [
       Rule("embed_tokens.weight", "embed/embedding"),
       Rule("norm.weight", "norm/scale"),
-      *_layer(layer, "layers.{i}.", "layers/"),
+      *prefixed(decoder_layer_rules(), "layers.{i}.", "layers/"),
   ]
 
 
@@ -88,42 +93,3 @@ def projector_rules() -> list[Rule]:
 
 # Buffers some saves carry that are recomputed, never learned.
 BUFFER_IGNORES = (r".*rotary_emb\.inv_freq$", r".*\.position_ids$")
-
-
-def llava_rules() -> list[Rule]:
-  return (
-      _layer(vision_rules(), "model.vision_tower.", "encoder/")
-      + _layer(decoder_rules(), "model.language_model.", "decoder/")
-      + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)]
-      + _layer(projector_rules(), "model.multi_modal_projector.", "connector/")
-  )
-
-
-LLAVA_LAYOUTS = (
-    Layout("v5"),
-    # transformers v4 (and what v5 itself writes by save_pretrained)
-    Layout("v4", (("model.language_model.", "language_model.model."),
-                  ("lm_head.", "language_model.lm_head."),
-                  ("model.vision_tower.", "vision_tower.vision_model."),
-                  ("model.multi_modal_projector.", "multi_modal_projector."))),
-    Layout("v4_flat_vision", (("model.language_model.", "language_model.model."),
-                              ("lm_head.", "language_model.lm_head."),
-                              ("model.vision_tower.", "vision_tower."),
-                              ("model.multi_modal_projector.", "multi_modal_projector."))),
-    Layout("v5_nested_vision", (("model.vision_tower.", "model.vision_tower.vision_model."),)),
-)
-
-
-def causal_lm_rules() -> list[Rule]:
-  return _layer(decoder_rules(), "model.", "decoder/") + [
-      Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)]
-
-
-CAUSAL_LM_LAYOUTS = (Layout("v5"),)
-
-
-def vision_model_rules() -> list[Rule]:
-  return _layer(vision_rules(), "", "encoder/")
-
-
-VISION_LAYOUTS = (Layout("v5"), Layout("v4", (("", "vision_model."),)))
