@@ -22,12 +22,20 @@ CONFIG = DecoderConfig(vocab_size=64, hidden_size=256, intermediate_size=512, nu
 SMALLEST_WEIGHT = 4 * CONFIG.num_kv_heads * CONFIG.head_dim * CONFIG.hidden_size  # k, v: bytes
 
 
+def _random_params(family, config, seed=0) -> dict:
+  """Noisy numpy parameters (as `load_checkpoint` returns them) from the module's shapes:
+  running an init eagerly takes up to a minute on two loaded cores."""
+  shapes = jax.eval_shape(family.build(config).init, jax.random.PRNGKey(0),
+                          *family.example_inputs(config))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(s.dtype),
+                      nn.unbox(shapes))
+
+
 @functools.cache
 def _model():
   family = FAMILIES["causal_lm"]
-  params = nn.unbox(family.build(CONFIG).init(jax.random.PRNGKey(0),
-                                              *family.example_inputs(CONFIG))["params"])
-  return family, jax.tree.map(np.asarray, params)  # numpy, as load_checkpoint returns them
+  return family, _random_params(family, CONFIG)
 
 
 def _decode_scratch_bytes(generator, ids, mask, gen) -> int:
@@ -82,3 +90,30 @@ def test_a_mesh_or_abstract_parameters_keep_the_stacked_layout():
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
   assert not layer_views.applies(jax.device_put(params), mesh, segments)
   assert layer_views.applies(jax.tree.map(jnp.asarray, params), None, segments)
+
+
+def test_every_segment_and_the_image_keys_values_are_held_per_layer():
+  """Llama 3.2 Vision with cross-attention at layer 1 of 3: two segments (a self + cross group,
+  then a self-attention stack), the images' keys/values in the cache. (Its greedy ids equal
+  transformers' through this path: tests/parity/test_mllama.py.)"""
+  from mllama_models import make_inputs, mllama_config
+
+  hf_cfg = mllama_config(cross_layers=(1,), text_layers=3)
+  family = FAMILIES["mllama"]
+  config = family.config_from_hf(hf_cfg.to_dict())
+  generator = Generator(family, config, _random_params(family, config))
+  segments = layer_views.segment_names(family, config)
+  assert generator.per_layer and segments == ("layers", "layers_1")
+  is_layers = lambda x: isinstance(x, layer_views.Layers)  # noqa: E731
+  for name in segments:
+    leaves = jax.tree.leaves(generator.params["decoder"][name], is_leaf=is_layers)
+    assert leaves and all(is_layers(leaf) for leaf in leaves)
+  inputs = make_inputs(hf_cfg, [[2, (1, 2), 3]], seed=3)
+  carry = generator.prefill(inputs["input_ids"], inputs["attention_mask"],
+                            family.generation_pixels(config, inputs), gen=GenerateConfig(2))
+  cache = carry["state"]["cache"]
+  cross = cache["layers"]["cross_1"]  # the images' keys/values, one array per repeat
+  self_length = carry["mask"].shape[1]
+  assert is_layers(cross["k"]) and cross["k"].arrays[0].shape[1] != self_length
+  leaves = jax.tree.leaves(cache, is_leaf=is_layers)
+  assert len(leaves) == 6 and all(is_layers(leaf) for leaf in leaves)  # 3 layers x (k, v)
