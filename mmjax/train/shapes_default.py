@@ -43,8 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 2-layer decoder trained from scratch binds "the blue object" to its patch within minutes;
   # image-first, it plateaus for thousands of steps with colour and shape questions at chance.
   # Objects of one size at the cell centres keep the shapes apart in one 16 px patch.
-  # 14 tokens: the longest row (`<s>` + 7-token question + 4 image tokens + answer + `</s>`).
-  c.data = dict(source="shapes", batch_size=64, max_length=14, train_size=100_000,
+  # 16 tokens: the longest row (`<s>` + 7-token question + 4 image tokens + answer + `</s>`)
+  # is 14; configs built on this one with a CLS-token tower (CLIP: 5 image tokens) need 15.
+  c.data = dict(source="shapes", batch_size=64, max_length=16, train_size=100_000,
                 image_first=False, shapes=dict(size_range=0, jitter=0))
   c.optim = dict(lr=5e-4, warmup_steps=100, end_lr_ratio=0.05, b1=0.9, b2=0.98,
                  weight_decay=0.01, clip_norm=1.0, z_loss=0.0, lr_multipliers={})
