@@ -342,6 +342,10 @@ def compile_generate(cfg, topology: tpu.Topology, batch: int, prompt_len: int,
                               f"{dec.temporaries / GIB:.2f} GiB; a while loop: its body is "
                               "counted once in the compiled FLOPs)",
            "parameters": f"{metrics.count_params(all_params) / 1e9:.2f} B"}
+  from mmjax import serving_cost
+
+  extra["decode roofline"] = serving_cost.decode_roofline(
+      params, carry["state"]["cache"], batch, len(devices), topology.chip).describe()
   return Report("generate", topology, {k: int(v) for k, v in mesh.shape.items()},
                 f"{batch} prompts x {prompt_len} tokens + {max_new_tokens} new tokens",
                 memory, compiled, analytic, extra)

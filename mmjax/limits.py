@@ -26,7 +26,10 @@ def max_positions(config: Any) -> int:
 
 def check_token_ids(ids: Any, config: Any, what: str = "input_ids") -> None:
   ids = np.asarray(ids)
-  vocab = int(decoder_of(config).vocab_size)
+  decoder = decoder_of(config)
+  # The embedding table's rows: rows past the vocabulary are real tokens too (Llama 3.2 Vision's
+  # `<|image|>` is the first of its 8 `extra_embeddings`).
+  vocab = int(decoder.vocab_size) + int(getattr(decoder, "extra_embeddings", 0))
   if not np.issubdtype(ids.dtype, np.integer):
     raise ValueError(f"{what} must be integer token ids, got {ids.dtype}")
   bad = (ids < 0) | (ids >= vocab)

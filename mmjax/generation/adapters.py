@@ -65,11 +65,11 @@ class EmbeddingFusion:
 
     def run(m, input_ids, pixels, positions, mask, cache):
       x = m.embed(input_ids, pixels) if has_images else m.decoder.embed(input_ids)  # [B, T, D]
-      return m.decoder(x, positions, mask, None, cache, 0)
+      return last_logits(m.decoder, m.decoder(x, positions, mask, None, cache, 0))
 
-    out = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
-                            state["cache"], method=run)
-    return out.logits[:, -1], {**state, "cache": out.cache}
+    logits, cache = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
+                                      state["cache"], method=run)
+    return logits, {**state, "cache": cache}
 
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """One token per row: `tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`.
@@ -88,6 +88,13 @@ def checked_positions(positions, input_ids):
   if positions.shape != input_ids.shape:
     raise ValueError(f"positions {positions.shape} do not match input_ids {input_ids.shape}")
   return positions
+
+
+def last_logits(decoder, out) -> tuple:
+  """The prompt's last position's float32 logits `[B, V]` and the cache, from a prefill's
+  `DecoderOutput` (inside `apply`): only the next token is sampled, so the LM head runs on that
+  position alone, as transformers' `generate` does (XLA drops the unused `[B, T, V]` logits)."""
+  return decoder.logits(out.hidden[:, -1:])[:, 0], out.cache  # the head takes [B, T, D]
 
 
 def text_step(module, params, tokens, positions, mask, state: DecodeState, index):

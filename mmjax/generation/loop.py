@@ -7,6 +7,7 @@ per token (on every M-RoPE axis), as transformers' `generate` extends `position_
 The cache holds `T + N - 1` slots: the prompt, then each generated token but the last.
 """
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -18,9 +19,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax import limits
+from mmjax.generation import layer_views
 from mmjax.generation.models import adapter_for
 from mmjax.generation.sampling import Knobs, Sampling, next_token
+from mmjax.nn.linear import matmul_dots
 from mmjax.nn.masks import positions_from_attention_mask
+from mmjax.nn.stack import unrolled_layers
 
 TokenCallback = Callable[[int, np.ndarray, np.ndarray], None]  # (step, tokens [B], done [B])
 
@@ -56,16 +60,41 @@ class Generator:
   """Compiles prefill and decode once per input shape.
 
   With a `mesh`, `params` are expected on it (see `mmjax.generation.partition.shard_params`) and
-  prompt rows are split over its 'data' axis when they divide evenly.
+  prompt rows are split over its 'data' axis when they divide evenly. On one CPU device the
+  decoder's layers run unrolled from per-layer weights and cache (`layer_views` says why).
   """
 
   def __init__(self, family, config, params, mesh: Mesh | None = None):
     self.model = adapter_for(family, config)
     self.config = config
-    self.params = params
+    if mesh is None and any(isinstance(a, np.ndarray) for a in jax.tree.leaves(params)):
+      # Once here: a numpy argument is copied to the device at every call (`load_checkpoint`
+      # returns numpy; on the CPU that was ~0.5 s per prefill and per decode for 124M weights).
+      params = jax.device_put(params)
+    segments = layer_views.segment_names(family, config)
+    self.per_layer = layer_views.applies(params, mesh, segments)
+    self.params = layer_views.split_params(params, segments) if self.per_layer else params
     self.mesh = mesh
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("gen",))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen", "on_token"))
+
+  def _tracing(self) -> contextlib.AbstractContextManager:
+    """What the compiled functions are traced under: on one CPU device, unrolled layers (so
+    the per-layer arrays fold in) and dots as 2-D matrix products (`matmul_dots`)."""
+    stack = contextlib.ExitStack()
+    if self.per_layer:
+      stack.enter_context(unrolled_layers())
+      stack.enter_context(matmul_dots())
+    return stack
+
+  def _run(self, method, params, state, *args, **kwargs):
+    """`self.model.prefill` or `.step` on per-layer parameters and state (when held so)."""
+    if not self.per_layer:
+      return method(params, *args, state=state, **kwargs)
+    cache = layer_views.stack(state["cache"])
+    logits, state = method(layer_views.stack(params), *args,
+                           state={**state, "cache": cache}, **kwargs)
+    return logits, {**state, "cache": layer_views.split(state["cache"])}
 
   def _prefill_fn(self, params, input_ids, mask, positions, pixels, rng, knobs, *,
                   gen: GenerateConfig):
@@ -75,7 +104,11 @@ class Generator:
       positions = positions_from_attention_mask(mask)  # [B, T]
     full_mask = jnp.concatenate([mask, jnp.ones((b, n - 1), mask.dtype)], axis=1)  # [B, S]
     state = self.model.init_state(b, t + n - 1)
-    logits, state = self.model.prefill(params, input_ids, pixels, positions, full_mask, state)
+    if self.per_layer:
+      state = {**state, "cache": layer_views.split(state["cache"])}
+    with self._tracing():
+      logits, state = self._run(self.model.prefill, params, state, input_ids, pixels, positions,
+                                full_mask)
     rng, sub = jax.random.split(rng)
     token = next_token(logits, sub, knobs, gen.sampling.greedy)  # [B]
     out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
@@ -90,8 +123,9 @@ class Generator:
       return (c["step"] < n) & ~jnp.all(c["done"])
 
     def body(c):
-      logits, state = self.model.step(params, c["token"][:, None], c["position"][..., None],
-                                      c["mask"], c["state"], c["index"])
+      with self._tracing():
+        logits, state = self._run(self.model.step, params, c["state"], c["token"][:, None],
+                                  c["position"][..., None], c["mask"], index=c["index"])
       rng, sub = jax.random.split(c["rng"])
       token = next_token(logits, sub, c["knobs"], gen.sampling.greedy)
       token = jnp.where(c["done"], gen.pad_id, token)  # [B]

@@ -15,7 +15,7 @@ import numpy as np
 
 from mmjax.decoders.cross import CrossInputs
 from mmjax.decoders.llama import init_cache
-from mmjax.generation.adapters import DecodeState, checked_positions
+from mmjax.generation.adapters import DecodeState, checked_positions, last_logits
 from mmjax.generation.prompt import PromptBuilder
 from mmjax.models import mllama
 
@@ -43,14 +43,14 @@ class MllamaAdapter:
       if images is not None:
         cross = m.cross_inputs(input_ids, images, m.image_states(images))
       out = m.decoder(m.decoder.embed(input_ids), positions, mask, None, cache, 0, cross=cross)
-      return out, cross
+      return last_logits(m.decoder, out), cross
 
-    out, cross = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
-                                   state["cache"], method=run)
-    state = {**state, "cache": out.cache}
+    (logits, cache), cross = self.module.apply({"params": params}, input_ids, pixels, positions,
+                                               mask, state["cache"], method=run)
+    state = {**state, "cache": cache}
     if cross is not None:  # [B, 1, 1, S] and [B, 1]: what every new token sees
       state["cross"] = CrossInputs(None, cross.mask[:, :, -1:], cross.row_mask[:, -1:])
-    return out.logits[:, -1], state
+    return logits, state
 
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """`tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`."""

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 
 from mmjax.decoders.llama import init_cache
-from mmjax.generation.adapters import DecodeState, text_step
+from mmjax.generation.adapters import DecodeState, last_logits, text_step
 from mmjax.models import qwen_vl
 
 
@@ -45,11 +45,13 @@ class QwenVLFusion:
 
     def run(m, input_ids, images, videos, positions, mask, cache):
       x, layer_inputs = m.embed(input_ids, images, videos)  # [B, T, D], [K, B, T, D] | None
-      return m.decoder(x, positions, mask, None, cache, 0, layer_inputs=layer_inputs)
+      return last_logits(m.decoder, m.decoder(x, positions, mask, None, cache, 0,
+                                              layer_inputs=layer_inputs))
 
-    out = self.module.apply({"params": params}, input_ids, pixels["images"], pixels["videos"],
-                            positions, mask, state["cache"], method=run)
-    return out.logits[:, -1], {**state, "cache": out.cache}
+    logits, cache = self.module.apply({"params": params}, input_ids, pixels["images"],
+                                      pixels["videos"], positions, mask, state["cache"],
+                                      method=run)
+    return logits, {**state, "cache": cache}
 
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """`tokens [B, 1]`, `positions [3, B, 1]`, written at cache slot `index`."""

@@ -2,6 +2,7 @@
 
 import contextlib
 import contextvars
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -11,10 +12,19 @@ import jax.numpy as jnp
 Initializer = Any
 DEFAULT_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
-_FLAT_TOKENS = contextvars.ContextVar("mmjax_flat_token_dots", default=False)
+# What the einsums traced now merge: "" (nothing), "tokens", or "matmul" (tokens and kernel).
+_FLAT = contextvars.ContextVar("mmjax_flat_dots", default="")
 
 
 @contextlib.contextmanager
+def _flat(mode: str):
+  token = _FLAT.set(mode)
+  try:
+    yield
+  finally:
+    _FLAT.reset(token)
+
+
 def flat_token_dots():
   """Einsums traced inside merge the input's leading token dims (`B, T` or `...`) into one
   before the dot and split them after (same result).
@@ -23,41 +33,76 @@ def flat_token_dots():
   which the CPU's YNNPACK dot cannot take, so XLA transposes the output gradient into
   `[F, B*T]` first, in a loop fusion that also recomputes its elementwise producers (SiLU's
   backward, residual adds) at strided reads: ~12 ms per `[642, 2048]` MLP gradient on two
-  cores. With one contracting dim the dot reads the gradient as it is. Not used for TPUs,
-  whose tiled layouts make merging a `T` that is not a multiple of 8 into `B` a copy.
+  cores. With one contracting dim the dot reads the gradient as it is. Not used for TPUs, whose
+  tiled layouts make merging a `T` that is not a multiple of 8 into `B` a copy.
   """
-  token = _FLAT_TOKENS.set(True)
-  try:
-    yield
-  finally:
-    _FLAT_TOKENS.reset(token)
+  return _flat("tokens")
 
 
-def _merged_tokens(equation: str, x_ndim: int) -> tuple[int, str]:
+def matmul_dots():
+  """As `flat_token_dots`, and the kernel's output dims and its contracted dims merge too
+  (`NHD` -> `[N*H, D]`): each einsum is one 2-D matrix product where its letters allow.
+
+  For decoding on XLA:CPU: a kernel with two output dims (`BTD,NHD->BTNH`, the attention
+  projections) is transposed into `[D, N*H]` before its dot, a copy of the weights at every
+  decode step (as much memory traffic as the product itself); as an `[N*H, D]` matrix the dot
+  reads it in place, as it does the MLP's.
+  """
+  return _flat("matmul")
+
+
+def _token_dims(equation: str, x_ndim: int) -> tuple[int, str, str, str]:
   """How many leading dims of the input pass straight to the output (`B, T` of `BTD,DF->BTF`,
-  the `...` of `...I,OI->...O`), and the equation with them merged into one letter."""
+  the `...` and `M` of `...MF,GF->...MG`), and the input's, kernel's and output's letters after
+  them."""
   lhs, rest = equation.split(",")
   kernel, out = rest.split("->")
+  n = 0
   if lhs.startswith("...") and out.startswith("..."):
-    n, letters = x_ndim - (len(lhs) - 3), 3
-  else:
-    n = 0
-    while n < min(len(lhs), len(out)) and lhs[n] == out[n] and lhs[n] not in kernel:
-      n += 1
-    letters = n
-  token = next(c for c in "MNPQRSUVWXYZ" if c not in equation)
-  return n, f"{token}{lhs[letters:]},{kernel}->{token}{out[letters:]}"
+    n, lhs, out = x_ndim - (len(lhs) - 3), lhs[3:], out[3:]
+  k = 0
+  while k < min(len(lhs), len(out)) and lhs[k] == out[k] and lhs[k] not in kernel:
+    k += 1
+  return n + k, lhs[k:], kernel, out[k:]
+
+
+def _as_matmul(lhs: str, kernel: str, out: str) -> str | None:
+  """`'OC'` or `'CO'` when the kernel is its output letters then its contracted letters (or the
+  reverse), each group in the order the input and output spell it: then the einsum is one
+  `[M, C] x [O, C]` (or `[C, O]`) product. None otherwise."""
+  contracted = "".join(c for c in lhs if c in kernel and c not in out)
+  outputs = "".join(c for c in out if c in kernel and c not in lhs)
+  if lhs != contracted or out != outputs or not contracted or not outputs:
+    return None
+  if kernel == outputs + contracted:
+    return "OC"
+  if kernel == contracted + outputs:
+    return "CO"
+  return None
 
 
 def einsum(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`jnp.einsum(equation, x, kernel)`, with the token dims merged inside `flat_token_dots`."""
-  if not _FLAT_TOKENS.get():
+  """`jnp.einsum(equation, x, kernel)`, with dims merged inside `flat_token_dots` or
+  `matmul_dots`."""
+  mode = _FLAT.get()
+  if not mode:
     return jnp.einsum(equation, x, kernel)
-  n, merged = _merged_tokens(equation, x.ndim)
-  if n < 2:
-    return jnp.einsum(equation, x, kernel)
-  y = jnp.einsum(merged, x.reshape(-1, *x.shape[n:]), kernel)  # [B*T, ...]
-  return y.reshape(*x.shape[:n], *y.shape[1:])
+  n, lhs, kernel_letters, out = _token_dims(equation, x.ndim)
+  order = _as_matmul(lhs, kernel_letters, out) if mode == "matmul" else None
+  tokens = x.shape[:n]
+  if order is None:  # merge the token dims alone
+    if n < 2:
+      return jnp.einsum(equation, x, kernel)
+    letter = next(c for c in "MNPQRSUVWXYZ" if c not in equation)
+    y = jnp.einsum(f"{letter}{lhs},{kernel_letters}->{letter}{out}",
+                   x.reshape(-1, *x.shape[n:]), kernel)  # [B*T, ...]
+    return y.reshape(*tokens, *y.shape[1:])
+  sizes = dict(zip(kernel_letters, kernel.shape))
+  c = math.prod(sizes[l] for l in lhs)
+  o = math.prod(sizes[l] for l in out)
+  matrix = kernel.reshape((o, c) if order == "OC" else (c, o))
+  y = jnp.einsum(f"MC,{order}->MO", x.reshape(-1, c), matrix)  # [prod(tokens), O]
+  return y.reshape(*tokens, *(sizes[l] for l in out))
 
 
 class Einsum(nn.Module):

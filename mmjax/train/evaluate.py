@@ -27,10 +27,12 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
   image_first = bool(data.get("image_first", True))
 
   @jax.jit
-  def next_tokens(params, ids, mask, pixels):
+  def next_tokens(params, ids, mask, pixels, last):
+    """Greedy ids after column `last` `[B]`; the columns after it are masked (not yet generated)
+    and, attention being causal, change nothing before them: one compile for every step."""
     positions = positions_from_attention_mask(mask)
     logits = module.apply({"params": params}, ids, pixels, positions, mask).logits
-    return jnp.argmax(logits[:, -1], axis=-1)
+    return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, last, axis=1, keepdims=False), axis=-1)
 
   correct, by_kind = 0, {}
   for start in range(0, size, batch_size):
@@ -50,8 +52,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
     for t in range(max_new_tokens):  # fixed shapes: one compile; generated columns fill in
       if should_stop():
         return None
-      tok = np.asarray(next_tokens(params, ids[:, :prompt_len + t], mask[:, :prompt_len + t],
-                                   pixels))
+      tok = np.asarray(next_tokens(params, ids, mask, pixels, prompt_len + t - 1))
       ids[:, prompt_len + t] = tok
       mask[:, prompt_len + t] = 1
       out.append(tok)

@@ -106,8 +106,13 @@ class Trainer:
     init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r,
                                                  self.family.parts)),
                    out_shardings=self.state_shardings)
+    key = jax.random.PRNGKey(seed)
     with jax.set_mesh(self.mesh):
-      state = init(jax.random.PRNGKey(seed))
+      lowered = init.lower(key)
+      # It runs once: on the CPU, LLVM's lighter optimisation level compiles it in a third of
+      # the time (the shapes default: 9.7 -> 3.2 CPU-seconds), same values.
+      on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
+      state = lowered.compile({"xla_backend_optimization_level": 1} if on_cpu else None)(key)
     sources = _init_sources(self.cfg.train.get("init_from", ""))
     if sources:
       state = self._load_components(state, sources)

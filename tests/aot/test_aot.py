@@ -85,6 +85,7 @@ def test_generate_step_and_multislice(capsys):
                "8", "--prompt-len", "64", "--max-new-tokens", "8"]) == 0
   out = capsys.readouterr().out
   assert "generate step on v5e-4" in out and "fits" in out
+  assert "decode roofline: " in out and "tokens/s per chip" in out
   report = aot.compile_train(load_config(TINY), tpu.parse("2xv5e-8"))
   assert report.mesh == {"data": 16, "fsdp": 1, "tensor": 1} and report.fits
   assert report.topology.num_chips == 16 and report.compiled_flops > 0

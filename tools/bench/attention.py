@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from machine import describe
+
 HEADS, KV_HEADS, HEAD_DIM = 12, 4, 64
 
 
@@ -77,6 +79,7 @@ def main() -> int:
 
   from mmjax.nn.attention import CAUSAL_QUERY_BLOCK
 
+  print(describe())
   print(f"fwd+bwd of causal attention, {HEADS}/{KV_HEADS} heads x {HEAD_DIM}, batch "
         f"{args.batch}, float32, torch threads {torch.get_num_threads()}; query block "
         f"{CAUSAL_QUERY_BLOCK}")

@@ -21,6 +21,8 @@ import time
 import ml_dtypes
 import numpy as np
 
+from machine import describe
+
 GIB = 1 << 30
 
 
@@ -170,6 +172,7 @@ def main() -> int:
   parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
   args = parser.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  print(describe())
   hf_dir, out_dir = os.path.join(args.workdir, "hf"), os.path.join(args.workdir, "mmjax")
   shutil.rmtree(args.workdir, ignore_errors=True)
   cfg = llava15_7b_config(args.text_layers)

@@ -30,6 +30,7 @@ from mmjax.data.preprocess import preset  # pylint: disable=wrong-import-positio
 from mmjax.data.sample import SampleProcessor  # pylint: disable=wrong-import-position
 from mmjax.data.templates import ChatTemplate  # pylint: disable=wrong-import-position
 from mmjax.data.tokenizer import Tokenizer, train_tiny_tokenizer  # pylint: disable=wrong-import-position
+from machine import describe  # pylint: disable=wrong-import-position
 
 WORDS = ('the a picture image shows cat dog red blue square circle on under next to what is in describe '
          'detail color left right man woman street car tree sky water there are two three people').split()
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
       mine = max(mine, time_it(ours, samples, 1))
       theirs = max(theirs, time_it(run_hf, samples, 1))
+  print(describe())
   print(f'LLaVA-1.5 preprocessing, 336 px, vicuna_v1, {args.samples} samples, 1 worker (best of {args.repeats})')
   print(f'  mmjax SampleProcessor      {mine:8.1f} samples/s  (+ labels and loss mask)')
   print(f'  transformers LlavaProcessor {theirs:7.1f} samples/s')

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from llava_100m import build_llava_100m, image_tokens, random_pixels
+from machine import describe, load
 
 LR, CLIP, WEIGHT_DECAY = 1e-4, 1.0, 0.01
 
@@ -146,6 +147,7 @@ def main() -> int:
   data = make_batch(cfg, args.batch, args.text)
   torch_step, n_params = torch_side(hf_dir, data, args.torch_attention)
   mm_step = mmjax_side(mm_dir, data)
+  print(describe())
   print(f"model: {n_params / 1e6:.0f}M parameters, all trainable; batch {args.batch} x "
         f"{data['input_ids'].shape[1]} tokens; float32, AdamW; torch attention "
         f"{args.torch_attention}, threads "
@@ -163,7 +165,8 @@ def main() -> int:
   print(f"{'':14}{'step (s)':>10}{'last loss':>12}")
   print(f"{'torch eager':14}{torch_s:10.3f}{torch_losses[-1]:12.4f}")
   print(f"{'mmjax (jit)':14}{mm_s:10.3f}{mm_losses[-1]:12.4f}")
-  print(f"ratio: torch / mmjax step time = {torch_s / mm_s:.2f}x (target >= 1.5x)")
+  print(f"ratio: torch / mmjax step time = {torch_s / mm_s:.2f}x (target >= 1.5x); {load()} at "
+        "the end")
   return 0 if abs(first_torch - first_mm) < 1e-3 else 1
 
 
