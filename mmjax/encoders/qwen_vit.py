@@ -132,9 +132,9 @@ class QwenVisionConfig:
     if self.rope_theta != 10000.0:  # transformers' fixed value; mmjax reads it when given
       out["rope_parameters"] = {"rope_theta": self.rope_theta}
     if self.kind == "qwen2_vl":
-      ratio = self.intermediate_size / self.hidden_size
-      if int(self.hidden_size * ratio) != self.intermediate_size:
-        raise ValueError(f"Qwen2-VL's mlp_ratio cannot express intermediate_size "
+      ratio = self.intermediate_size // self.hidden_size  # transformers takes an int
+      if self.hidden_size * ratio != self.intermediate_size:
+        raise ValueError(f"Qwen2-VL's (integer) mlp_ratio cannot express intermediate_size "
                          f"{self.intermediate_size} for width {self.hidden_size}")
       return dict(out, model_type="qwen2_vl", embed_dim=self.hidden_size, mlp_ratio=ratio,
                   hidden_size=self.out_hidden_size)
@@ -143,7 +143,8 @@ class QwenVisionConfig:
     if self.kind == "qwen2_5_vl":
       return dict(out, window_size=self.window_size,
                   fullatt_block_indexes=list(self.fullatt_block_indexes),
-                  tokens_per_second=self.tokens_per_second)
+                  tokens_per_second=int(self.tokens_per_second)
+                  if float(self.tokens_per_second).is_integer() else self.tokens_per_second)
     return dict(out, num_position_embeddings=self.num_position_embeddings,
                 deepstack_visual_indexes=list(self.deepstack_visual_indexes))
 
