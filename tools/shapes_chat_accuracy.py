@@ -1,6 +1,6 @@
 """Exact-match accuracy of a trained shapes model through chat mode, as a user meets it.
 
-  python tools/shapes_chat_accuracy.py --workdir RUN [--size 200] [--hf]
+  python tools/shapes_chat_accuracy.py --workdir RUN [--out DIR] [--size 200] [--hf]
 
 Writes `--size` held-out shapes images (the run's `data.shapes` settings, eval split) as PNG files
 with an `{image, question, answers}` JSONL beside them, then answers every question with
@@ -74,7 +74,7 @@ def hf_answers(model: str, out: str, items: list[dict]) -> list[str]:
   import torch
   import transformers
 
-  hf_dir = os.path.join(out, "hf")
+  hf_dir = tempfile.mkdtemp(prefix="hf-", dir=out)
   with contextlib.redirect_stdout(sys.stderr):
     mmjax_main(["export", "--checkpoint", model, "--out", hf_dir])
   hf_model = transformers.AutoModelForImageTextToText.from_pretrained(hf_dir).eval()
@@ -96,10 +96,14 @@ def main() -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--workdir", required=True, help="a finished `mmjax train` run directory")
   p.add_argument("--size", type=int, default=200, help="held-out images (default: 200)")
+  p.add_argument("--out", default=None,
+                 help="where the images and shapes.jsonl go (default: a temporary folder)")
   p.add_argument("--hf", action="store_true", help="also compare transformers on the export")
   args = p.parse_args()
   model = os.path.join(args.workdir, "model")
-  with tempfile.TemporaryDirectory() as out:
+  with tempfile.TemporaryDirectory() as tmp:
+    out = args.out or tmp
+    os.makedirs(out, exist_ok=True)
     items = write_set(args.workdir, out, args.size)
     chat = chat_answers(model, items)
     right = sum(synthetic.exact_match(a, item["answers"][0]) for a, item in zip(chat, items))

@@ -22,9 +22,9 @@ QUESTION = "what color is the circle?"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """(model dir, a held-out shapes image file) after a 2-step run of the default recipe."""
+  """(model dir, a held-out shapes image file) after one step of the default recipe, narrow."""
   root = tmp_path_factory.mktemp("complete")
-  summary = train(tiny_config(steps=2), str(root / "run"))
+  summary = train(tiny_config(steps=1), str(root / "run"))
   sample = synthetic.ShapesDataset(synthetic.ShapesConfig(), split="eval", size=1)[0]
   image = str(root / "shape.png")
   Image.fromarray(sample["image"]).save(image)
