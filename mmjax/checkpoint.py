@@ -9,6 +9,7 @@ DIR/
 ```
 """
 
+import collections
 import contextlib
 import glob
 import json
@@ -141,13 +142,30 @@ def load_checkpoint(ckpt_dir: str) -> tuple[Family, Any, dict]:
   return family, config, load_params(ckpt_dir)
 
 
+_HF_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+def _write_hf_files(ckpt_dir: str, hf_config: dict | None, extras: dict[str, str]) -> None:
+  if hf_config is not None:
+    with open(os.path.join(ckpt_dir, HF_CONFIG_FILE), "w") as f:
+      json.dump(hf_config, f, indent=2)
+  if extras:
+    os.makedirs(os.path.join(ckpt_dir, HF_EXTRAS_DIR))
+  for name, text in extras.items():
+    with open(os.path.join(ckpt_dir, HF_EXTRAS_DIR, name), "w", encoding="utf-8") as f:
+      f.write(text)
+
+
 def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
-                    hf_from: str | None = None) -> None:
+                    hf_from: str | None = None, hf_config: dict | None = None,
+                    hf_extras: dict[str, str] | None = None) -> None:
   """Writes `params` (e.g. trained, possibly sharded) as a checkpoint in the format above.
 
   `hf_from`: a converted checkpoint whose HF details (config, layout, dtypes, tokenizer files) the
-  new one keeps, so `mmjax export` can write it back as a transformers model. Written to a
-  temporary directory and renamed, so a failure leaves nothing at `ckpt_dir`.
+  new one keeps, so `mmjax export` can write it back as a transformers model. Otherwise
+  `hf_config` (config.json) and `hf_extras` (file name -> text: tokenizer, processor settings)
+  are written. Written to a temporary directory and renamed, so a failure leaves nothing at
+  `ckpt_dir`.
   """
   ckpt_dir = absolute(ckpt_dir)
   if os.path.exists(ckpt_dir):
@@ -162,7 +180,12 @@ def save_checkpoint(ckpt_dir: str, family: Family, config: Any, params: Any,
     ocp.save(os.path.join(tmp, PARAMS_DIR), params)
     if jax.process_index() == 0:
       hf = read_metadata(hf_from)[2] if hf_from else {}
+      if not hf_from and hf_config is not None:  # export keeps the parameters' (main) dtype
+        dtypes = collections.Counter(str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(params))
+        hf = {"dtype": _HF_DTYPES.get(dtypes.most_common(1)[0][0], "F32")}
       write_metadata(tmp, family, config, hf)
+      if not hf_from:
+        _write_hf_files(tmp, hf_config, hf_extras or {})
       for name in (HF_CONFIG_FILE, HF_EXTRAS_DIR):
         src = os.path.join(hf_from, name) if hf_from else ""
         if os.path.isdir(src):

@@ -33,6 +33,7 @@ import collections
 import dataclasses
 import hashlib
 import importlib.resources
+import json
 import operator
 import re
 from typing import Any, Iterable, NamedTuple
@@ -443,6 +444,32 @@ def load_tokenizer():
   for name in (*_TOKENIZER_DIR, "tokenizer.json"):
     path = path.joinpath(name)
   return Tokenizer.from_str(path.read_text(encoding="utf-8"))
+
+
+def tokenizer_config() -> dict:
+  """The shipped `tokenizer_config.json` (special tokens), as a dict."""
+  path = importlib.resources.files("mmjax")
+  for name in (*_TOKENIZER_DIR, "tokenizer_config.json"):
+    path = path.joinpath(name)
+  return json.loads(path.read_text(encoding="utf-8"))
+
+
+def chat_template(image_first: bool = True) -> str:
+  """A jinja chat template rendering the layout `encode_example` trains on (`<s>`, the question
+  and one `<image>` marker per image, in `image_first` order, then the answer and `</s>`), for
+  string or structured (transformers processor) user contents; the processor expands each marker
+  to the model's tokens per image."""
+  text = ("{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}"
+          "{%- for part in m['content'] if part['type'] == 'text' -%}{{- part['text'] -}}"
+          "{%- endfor -%}{%- endif -%}")
+  images = ("{%- if m['content'] is not string -%}"
+            "{%- for part in m['content'] if part['type'] == 'image' -%}{{- '" + IMAGE + "' -}}"
+            "{%- endfor -%}{%- endif -%}")
+  user = images + text if image_first else text + images
+  return ("{{- '" + BOS + "' -}}{%- for m in messages -%}"
+          "{%- if m['role'] == 'user' -%}" + user +
+          "{%- elif m['role'] == 'assistant' -%}{{- m['content'] + '" + EOS + "' -}}{%- endif -%}"
+          "{%- endfor -%}")
 
 
 def encode_example(

@@ -180,3 +180,34 @@ class ChatTemplate:
       if len(end_text) > len(start_text):
         spans.append((len(start_text), len(end_text)))
     return text, spans
+
+
+# Turns transformers processors' structured contents ([{'type': 'image'}, {'type': 'text', ...}])
+# into the text the training data held: one placeholder and a newline per image, then the text.
+_STRUCTURED_TO_TEXT = (
+    "{%- set converted = namespace(messages=[]) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['content'] is string -%}{%- set converted.messages = converted.messages + [m] -%}"
+    "{%- else -%}{%- set text = namespace(value='') -%}"
+    "{%- for part in m['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + image_placeholder + '\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set converted.messages = converted.messages + [{'role': m['role'], 'content': text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = converted.messages -%}")
+
+
+def standalone_source(name: str, tokenizer=None, image_placeholder: str = '<image>') -> str:
+  """The jinja source of template ``name`` as a tokenizer_config.json ``chat_template``: it
+  renders what training rendered with no mmjax variables (the system prompt and placeholder are
+  written in) and takes string or structured contents, as transformers' processors pass them."""
+  if name == 'tokenizer':
+    return ChatTemplate.from_name(name, tokenizer).spec.source
+  if name not in BUILTIN:
+    raise ValueError(f'unknown chat template {name!r}; expected one of {sorted(BUILTIN)} or "tokenizer"')
+  spec = BUILTIN[name]
+  settings = (f"{{%- set default_system = {json.dumps(spec.default_system, ensure_ascii=False)} -%}}"
+              f"{{%- set image_placeholder = {json.dumps(image_placeholder)} -%}}")
+  return settings + _STRUCTURED_TO_TEXT + spec.source

@@ -82,3 +82,40 @@ class DecoderConfig:
         model_type=model_type,
         **overrides,
     )
+
+
+def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
+  """A transformers `LlamaConfig` / `MistralConfig` / `Qwen2Config` / `Qwen3Config` dict for the
+  decoder (what `DecoderConfig.from_hf` reads back to `d`, execution settings aside)."""
+  if d.model_type not in _FAMILY_DEFAULTS or d.cross_attention_layers or d.extra_embeddings:
+    raise ValueError(f"cannot write a {d.model_type!r} text config"
+                     + (" with cross-attention layers" if d.cross_attention_layers else ""))
+  family = _FAMILY_DEFAULTS[d.model_type]
+  for name in ("qkv_bias", "o_bias", "qk_norm"):  # what the model type fixes
+    fixed = family[name]
+    if fixed is not None and getattr(d, name) != fixed:
+      raise ValueError(f"a {d.model_type!r} text config cannot say {name}={getattr(d, name)}")
+  out = dict(
+      model_type=d.model_type, vocab_size=d.vocab_size, hidden_size=d.hidden_size,
+      intermediate_size=d.intermediate_size, num_hidden_layers=d.num_layers,
+      num_attention_heads=d.num_heads, num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim,
+      rms_norm_eps=d.rms_norm_eps, hidden_act=d.activation,
+      max_position_embeddings=d.rope.max_position_embeddings,
+      rope_parameters=d.rope.to_hf(), tie_word_embeddings=d.tie_embeddings)
+  if d.rope.partial_rotary_factor != 1.0:
+    out["partial_rotary_factor"] = d.rope.partial_rotary_factor
+  if family["qkv_bias"] is None:  # one attention_bias for q/k/v and o
+    if d.qkv_bias != d.o_bias:
+      raise ValueError(f"a {d.model_type!r} text config has one attention_bias for q/k/v and o")
+    out["attention_bias"] = d.qkv_bias
+  if d.model_type == "llama":
+    out["mlp_bias"] = d.mlp_bias
+  elif d.mlp_bias:
+    raise ValueError(f"a {d.model_type!r} text config has no MLP bias")
+  if d.model_type == "qwen2":
+    out.update(use_sliding_window=d.sliding_window is not None, sliding_window=d.sliding_window)
+  elif d.sliding_window is not None:
+    if d.model_type != "mistral":
+      raise ValueError(f"a {d.model_type!r} text config has no sliding window")
+    out["sliding_window"] = d.sliding_window
+  return out

@@ -123,6 +123,31 @@ class QwenVisionConfig:
                out_hidden_size=cfg["out_hidden_size"], activation=cfg.get("hidden_act", default_act),
                **extra, **overrides)
 
+  def to_hf(self) -> dict[str, Any]:
+    """The `vision_config` dict of a transformers Qwen-VL config (`from_hf` reads it back)."""
+    out = dict(depth=self.num_layers, num_heads=self.num_heads, patch_size=self.patch_size,
+               temporal_patch_size=self.temporal_patch_size,
+               spatial_merge_size=self.spatial_merge_size, in_channels=self.in_channels,
+               hidden_act=self.activation)
+    if self.rope_theta != 10000.0:  # transformers' fixed value; mmjax reads it when given
+      out["rope_parameters"] = {"rope_theta": self.rope_theta}
+    if self.kind == "qwen2_vl":
+      ratio = self.intermediate_size // self.hidden_size  # transformers takes an int
+      if self.hidden_size * ratio != self.intermediate_size:
+        raise ValueError(f"Qwen2-VL's (integer) mlp_ratio cannot express intermediate_size "
+                         f"{self.intermediate_size} for width {self.hidden_size}")
+      return dict(out, model_type="qwen2_vl", embed_dim=self.hidden_size, mlp_ratio=ratio,
+                  hidden_size=self.out_hidden_size)
+    out.update(model_type=self.kind, hidden_size=self.hidden_size,
+               intermediate_size=self.intermediate_size, out_hidden_size=self.out_hidden_size)
+    if self.kind == "qwen2_5_vl":
+      return dict(out, window_size=self.window_size,
+                  fullatt_block_indexes=list(self.fullatt_block_indexes),
+                  tokens_per_second=int(self.tokens_per_second)
+                  if float(self.tokens_per_second).is_integer() else self.tokens_per_second)
+    return dict(out, num_position_embeddings=self.num_position_embeddings,
+                deepstack_visual_indexes=list(self.deepstack_visual_indexes))
+
 
 def vision_rope(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """`positions [..., N, 2]` (row, column) -> float32 `cos, sin [..., N, head_dim]`.

@@ -76,6 +76,20 @@ class VisionConfig:
         **overrides,
     )
 
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' `CLIPVisionConfig` / `SiglipVisionConfig` dict (`from_hf` reads it back)."""
+    if self.kind == "clip" and self.pooling_head:
+      raise ValueError("a CLIP vision config has no attention-pooling head")
+    out = dict(model_type={v: k for k, v in _KINDS.items()}[self.kind],
+               image_size=self.image_size, patch_size=self.patch_size,
+               hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+               num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+               num_channels=self.num_channels, layer_norm_eps=self.layer_norm_eps,
+               hidden_act=self.activation)
+    if self.kind == "siglip":
+      out["vision_use_head"] = self.pooling_head
+    return out
+
 
 class EncoderBlock(nn.Module):
   config: VisionConfig

@@ -53,6 +53,28 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
                      crop_size=crop, pad_to_square=pad, **common_kw)
 
 
+def image_config_to_hf(cfg: ImageConfig) -> dict:
+  """ImageConfig -> the `preprocessor_config.json` of the transformers image processor that
+  preprocesses the same way (`image_config_from_hf` reads it back); single-tile families."""
+  resample = {v: k for k, v in _RESAMPLE.items()}[cfg.resample]
+  out = dict(do_resize=True, resample=resample, do_rescale=True, rescale_factor=cfg.rescale_factor,
+             do_normalize=True, image_mean=list(cfg.mean), image_std=list(cfg.std),
+             do_convert_rgb=True)
+  if cfg.family == "siglip":
+    height, width = cfg.size
+    return dict(image_processor_type="SiglipImageProcessor",
+                size={"height": height, "width": width}, **out)
+  if cfg.family in ("clip", "llava"):
+    crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
+    kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
+    extra = dict(do_pad=cfg.pad_to_square) if cfg.family == "llava" else {}
+    return dict(image_processor_type=kind, size={"shortest_edge": cfg.shortest_edge},
+                do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
+                **extra, **out)
+  raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
+                   "not supported (single-tile families: siglip, clip, llava)")
+
+
 @dataclasses.dataclass
 class PromptBuilder:
   tokenizer: Tokenizer

@@ -64,6 +64,22 @@ class Family:
     raise Unsupported(f"training configs cannot describe a {self.name!r} model; it trains from "
                       "a converted checkpoint (train.init_from)")
 
+  def hf_config(self, config) -> dict[str, Any]:
+    """The transformers config.json dict of this model (`config_from_hf` reads it back to
+    `config`, execution settings aside): what `mmjax export` writes for a trained model."""
+    to_hf = getattr(config, "to_hf", None)
+    if to_hf is None:
+      raise self._unsupported("writing a transformers config")
+    try:
+      return to_hf()
+    except ValueError as e:  # a config transformers cannot express (e.g. a linear projector)
+      raise Unsupported(f"{self.name!r} config has no transformers counterpart: {e}") from None
+
+  def hf_processor_config(self, config, image_token: str) -> dict[str, Any]:
+    """The transformers processor's own settings (`processor_config.json`: its class, LLaVA's
+    patch size, ...) for images marked by `image_token`; none by default."""
+    return {}
+
   def decoder_config(self, config) -> Any:
     """The language model's `DecoderConfig` (vocabulary, positions, cache shape)."""
     return config.decoder

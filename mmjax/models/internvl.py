@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.connectors.pixel_shuffle import PixelShuffleConfig, PixelShuffleMlp
-from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.config import DecoderConfig, decoder_to_hf
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.intern_vit import InternVisionTransformer, InternVitConfig
 from mmjax.models.fusion import check_placeholders, merge_image_features
@@ -118,27 +118,6 @@ def _connector(vision, decoder, cfg, execution) -> PixelShuffleConfig:
       downsample_ratio=cfg.get("downsample_ratio", 0.5),
       activation=cfg.get("projector_hidden_act", "gelu"),
       dtype=execution.get("dtype", "float32"), param_dtype=execution.get("param_dtype", "float32"))
-
-
-def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
-  """A transformers `LlamaConfig` / `Qwen2Config` dict for the decoder."""
-  if d.model_type not in ("llama", "qwen2"):
-    raise ValueError(f"cannot write a {d.model_type!r} text config")
-  out = dict(
-      model_type=d.model_type, vocab_size=d.vocab_size, hidden_size=d.hidden_size,
-      intermediate_size=d.intermediate_size, num_hidden_layers=d.num_layers,
-      num_attention_heads=d.num_heads, num_key_value_heads=d.num_kv_heads, head_dim=d.head_dim,
-      rms_norm_eps=d.rms_norm_eps, hidden_act=d.activation,
-      max_position_embeddings=d.rope.max_position_embeddings,
-      rope_parameters=d.rope.to_hf(), tie_word_embeddings=d.tie_embeddings)
-  if d.model_type == "llama":
-    if d.qkv_bias != d.o_bias:
-      raise ValueError("a Llama text config has one attention_bias for q/k/v and o")
-    out.update(attention_bias=d.qkv_bias, mlp_bias=d.mlp_bias)
-  else:
-    out.update(use_sliding_window=d.sliding_window is not None,
-               sliding_window=d.sliding_window)
-  return out
 
 
 def config_from_dict(model: Mapping[str, Any]) -> InternVLConfig:

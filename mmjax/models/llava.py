@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.connectors.projector import Projector, ProjectorConfig
-from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.config import DecoderConfig, decoder_to_hf
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionConfig, VisionTransformer
 from mmjax.models.fusion import check_placeholders, merge_image_features
@@ -65,6 +65,21 @@ class LlavaConfig:
     return cls(vision=vision, projector=projector, decoder=decoder, image_token_id=image_token,
                feature_layers=layers,
                feature_select=cfg.get("vision_feature_select_strategy", "default"))
+
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' `LlavaConfig` dict (`from_hf` reads it back)."""
+    if self.projector.kind != "mlp2x":
+      raise ValueError(f"transformers' LLaVA has an mlp2x projector, not {self.projector.kind!r}")
+    layers = self.feature_layers
+    return dict(
+        architectures=["LlavaForConditionalGeneration"], model_type="llava",
+        vision_config=self.vision.to_hf(), text_config=decoder_to_hf(self.decoder),
+        image_token_id=self.image_token_id, image_seq_length=self.tokens_per_image,
+        projector_hidden_act=self.projector.activation,
+        multimodal_projector_bias=self.projector.use_bias,
+        vision_feature_layer=layers[0] if len(layers) == 1 else list(layers),
+        vision_feature_select_strategy=self.feature_select,
+        tie_word_embeddings=self.decoder.tie_embeddings)
 
 
 class Llava(nn.Module):
@@ -158,6 +173,14 @@ class LlavaFamily(TiledImageFamily):
 
   def config_from_training(self, model):
     return config_from_dict(model)
+
+  def hf_processor_config(self, config, image_token):
+    """`LlavaProcessor` expands `image_token` to (image / patch)^2 + class token tokens, less one
+    for the 'default' feature selection: `config.tokens_per_image`."""
+    return dict(processor_class="LlavaProcessor", image_token=image_token,
+                patch_size=config.vision.patch_size,
+                num_additional_image_tokens=int(config.vision.class_token),
+                vision_feature_select_strategy=config.feature_select)
 
 
 FAMILIES = (LlavaFamily(),)

@@ -102,8 +102,10 @@ def config_from_dict(model: Mapping[str, Any]) -> MllamaConfig:
   rope = RopeConfig(**dict(decoder.pop("rope", {})))
   decoder["cross_attention_layers"] = tuple(decoder.get("cross_attention_layers", ()))
   decoder.setdefault("extra_embeddings", EXTRA_EMBEDDINGS)
-  return MllamaConfig(vision=MllamaVisionConfig(**vision),
-                      decoder=DecoderConfig(rope=rope, **decoder),
+  tower = MllamaVisionConfig(**vision)
+  if tower.vision_output_dim is None:  # spelled out, as transformers' config (and export) has it
+    tower = dataclasses.replace(tower, vision_output_dim=tower.output_dim)
+  return MllamaConfig(vision=tower, decoder=DecoderConfig(rope=rope, **decoder),
                       image_token_id=int(model["image_token_id"]))
 
 

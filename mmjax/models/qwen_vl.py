@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.config import DecoderConfig, decoder_to_hf
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.qwen_vit import QwenVisionConfig, QwenVisionTransformer
 from mmjax.encoders.qwen_vit_inputs import (PAD_SEGMENT, num_merged_tokens, packed_vision_inputs,
@@ -77,6 +77,21 @@ class QwenVLConfig:
                        f"{decoder.hidden_size}")
     return cls(vision=vision, decoder=decoder, image_token_id=int(cfg.get("image_token_id", 151655)),
                video_token_id=int(cfg.get("video_token_id", 151656)), model_type=model_type)
+
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' Qwen2-VL / Qwen2.5-VL / Qwen3-VL config dict (`from_hf` reads it back)."""
+    d = self.decoder
+    if self.model_type != "qwen3_vl" and d.head_dim != d.hidden_size // d.num_heads:
+      raise ValueError(f"{self.model_type} attention has head_dim hidden_size // num_heads = "
+                       f"{d.hidden_size // d.num_heads}, not {d.head_dim}")
+    text = dict(decoder_to_hf(d), model_type=f"{self.model_type}_text")
+    if self.model_type != "qwen3_vl":
+      text.pop("head_dim")
+    architecture = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "qwen3_vl": "Qwen3VL"}
+    return dict(architectures=[f"{architecture[self.model_type]}ForConditionalGeneration"],
+                model_type=self.model_type, vision_config=self.vision.to_hf(), text_config=text,
+                image_token_id=self.image_token_id, video_token_id=self.video_token_id,
+                tie_word_embeddings=d.tie_embeddings)
 
 
 def config_from_dict(model: Mapping[str, Any]) -> QwenVLConfig:

@@ -25,6 +25,7 @@ from mmjax.train import loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
+from mmjax.train.model_files import model_files
 from mmjax.train.optimizer import make_optimizer
 from mmjax.train.state import TrainState, init_state
 from mmjax.train.step import make_train_step
@@ -188,10 +189,16 @@ def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str
     return path
   sources = _init_sources(trainer.cfg.train.get("init_from", ""))
   hf_from = sources[0] if len(sources) == 1 else None
+  files = None
+  if not (hf_from and os.path.exists(os.path.join(hf_from, converted.HF_CONFIG_FILE))):
+    hf_from = None  # a checkpoint without HF details: the files training used instead
+    files = model_files(trainer.family, trainer.model_config, trainer.cfg.data)
   converted.save_checkpoint(path, trainer.family, trainer.model_config, state.all_params(),
-                            hf_from=hf_from)
-  print(f"model written to {path}" + ("" if hf_from else
-                                      " (no HF config: `mmjax export` needs one, see README)"))
+                            hf_from=hf_from, hf_config=files and files.hf_config,
+                            hf_extras=files and files.extras)
+  print(f"model written to {path}")
+  for what in files.missing if files else ():
+    print(f"  without {what}")
   return path
 
 

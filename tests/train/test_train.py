@@ -17,19 +17,7 @@ from mmjax.cli import main as mmjax_main
 from mmjax.train import data as train_data
 from mmjax.train.cli import apply_overrides, load_config
 from mmjax.train.loop import Trainer, train
-
-
-def tiny_config(**train_kw):
-  cfg = load_config(None)
-  cfg.model.vision.update(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
-  cfg.model.decoder.update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                           num_kv_heads=2, head_dim=8)
-  cfg.data.batch_size = 16
-  cfg.optim.warmup_steps = 2
-  cfg.train.update({"steps": 3, "log_every": 1, **train_kw})
-  cfg.checkpoint.every_steps = 10
-  cfg.eval.kind = ""
-  return cfg
+from tiny_train import tiny_config
 
 
 def batches(cfg, trainer, n):

@@ -1,0 +1,55 @@
+"""Every family writes the transformers config of an mmjax config (what a trained model's export
+carries) and reads it back to the same config, directly and through transformers' own parser."""
+
+import os
+
+import pytest
+import transformers
+
+from hf_models import clip_vision_config, llava_config, text_config
+from internvl_models import internvl_config
+from mllama_models import mllama_config
+from qwen_vl_models import qwen_vl_config
+
+from mmjax.models.family import EXECUTION_KEYS
+from mmjax.models.registry import family_for_hf
+from mmjax.train.cli import load_config
+from mmjax.train.model_config import build_model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _from_training(path):
+  return build_model_config(dict(load_config(path and os.path.join(ROOT, path)).model))
+
+
+def _from_hf(hf_cfg):
+  hf = hf_cfg.to_dict()
+  family = family_for_hf(hf)
+  return family, family.config_from_hf(hf)
+
+
+CASES = {
+    "default": lambda: _from_training(None),
+    "tiny_qwen2_vl": lambda: _from_training("configs/tiny/qwen2_vl.py"),
+    "tiny_internvl": lambda: _from_training("configs/tiny/internvl.py"),
+    "tiny_mllama": lambda: _from_training("configs/tiny/mllama.py"),
+    "llava_clip": lambda: _from_hf(llava_config(clip_vision_config(), text_config("llama"))),
+    "llava_qwen2": lambda: _from_hf(llava_config(text=text_config("qwen2"))),
+    "qwen2_vl": lambda: _from_hf(qwen_vl_config("qwen2_vl")),
+    "qwen2_5_vl": lambda: _from_hf(qwen_vl_config("qwen2_5_vl", tied=True)),
+    "qwen3_vl": lambda: _from_hf(qwen_vl_config("qwen3_vl")),
+    "internvl": lambda: _from_hf(internvl_config()),
+    "mllama": lambda: _from_hf(mllama_config()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_mmjax_config_to_hf_and_back(case):
+  family, config = CASES[case]()
+  execution = {k: getattr(family.decoder_config(config), k) for k in EXECUTION_KEYS}
+  hf = family.hf_config(config)
+  assert family_for_hf(hf) is family or family.name == "internvl_chat"
+  assert family.config_from_hf(hf, **execution) == config
+  parsed = transformers.AutoConfig.for_model(**hf).to_dict()  # as from_pretrained reads it
+  assert family.config_from_hf(parsed, **execution) == config
