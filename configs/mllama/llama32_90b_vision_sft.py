@@ -6,8 +6,8 @@ decoder of 100 layers, 20 of them cross-attention layers (every fifth from layer
         --config.train.init_from=$CKPT --config.data.tokenizer=$CKPT/hf_extras \
         --config.data.sources='[{"path": "gs://BUCKET/sft/*.arrayrecord"}]'
 
-Checked with `mmjax aot --topology v5p-256` (128 chips, mesh fsdp=128, global batch 128 x 2048
-tokens, splash attention, `dots` remat).
+Meant for `mmjax aot --topology v5p-256` (128 chips, mesh fsdp=128, global batch 128 x 2048
+tokens, splash attention, `dots` remat): not compiled yet, so its fit is unchecked.
 """
 
 import ml_collections
