@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmjax.data.sample import SampleProcessor, load_image
+from mmjax.data.sample import SampleProcessor, load_image, next_token_targets
 from mmjax.data.sources import IMAGE
 from mmjax.data.validation import SampleError
 from mmjax.data.video import VideoConfig, VideoError, load_frames, process_video
@@ -166,16 +166,11 @@ class MediaSampleProcessor(SampleProcessor):
         raise SampleError('too_long', sample_id, f'{len(ids)} tokens > max_length {cfg.max_length}')
       ids, assistant, pil_images, processed = self._truncate(ids, assistant, runs, starts,
                                                              pil_images, processed)
-    labels = np.zeros(len(ids), np.int32)
-    labels[:-1] = ids[1:]
-    loss_mask = np.zeros(len(ids), np.float32)
-    loss_mask[:-1] = assistant[1:]
-    if not loss_mask.any():
-      raise SampleError('too_long', sample_id, f'no assistant token within max_length {cfg.max_length}')
+    labels, loss_mask = next_token_targets(ids, assistant, sample_id, cfg.max_length)
 
     images = [self.images(im) for im in pil_images]
-    tiles = [p.patches(cfg.image) for p in images]
-    pixels = np.concatenate(tiles) if tiles else np.zeros((0, self._width), np.float32)
+    tiles = [self.images.sample_tiles(p) for p in images]
+    pixels = np.concatenate(tiles) if tiles else self.images.empty_tiles()
     video_pixels = (np.concatenate([v.patches for v in processed]) if processed
                     else np.zeros((0, self._width), np.float32))
     if len(pixels) > cfg.max_tiles or len(video_pixels) > self.video.max_patches:

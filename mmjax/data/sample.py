@@ -92,6 +92,19 @@ def mrope_positions(input_ids: np.ndarray, image_token_id: int, grids: list[tupl
   return out
 
 
+def next_token_targets(ids: np.ndarray, assistant: np.ndarray, sample_id: str,
+                       max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """labels [L] (labels[t] = ids[t + 1]) and loss_mask [L] (1 where that target is an assistant
+  token); SampleError('too_long') when no assistant token is left."""
+  labels = np.zeros(len(ids), np.int32)
+  labels[:-1] = ids[1:]
+  loss_mask = np.zeros(len(ids), np.float32)
+  loss_mask[:-1] = assistant[1:]
+  if not loss_mask.any():
+    raise SampleError('too_long', sample_id, f'no assistant token within max_length {max_length}')
+  return labels, loss_mask
+
+
 class SampleProcessor:
   """Picklable callable: raw sample dict -> example dict (see module docstring)."""
 
@@ -176,12 +189,7 @@ class SampleProcessor:
       ids, assistant = ids[:cut], assistant[:cut]
       pil_images, counts = pil_images[:keep_images], counts[:keep_images]
 
-    labels = np.zeros(len(ids), np.int32)
-    labels[:-1] = ids[1:]
-    loss_mask = np.zeros(len(ids), np.float32)
-    loss_mask[:-1] = assistant[1:]
-    if not loss_mask.any():
-      raise SampleError('too_long', sample_id, f'no assistant token within max_length {cfg.max_length}')
+    labels, loss_mask = next_token_targets(ids, assistant, sample_id, cfg.max_length)
 
     processed = [self.images(im) for im in pil_images]
     tiles = [self.images.sample_tiles(p) for p in processed]
