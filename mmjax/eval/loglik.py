@@ -1,7 +1,7 @@
 """Log-likelihood of continuations (multiple-choice options) after left-padded prompts.
 
-Runs through the family's generation adapter (`prepare_inputs`, `prefill`, `step`), so it works
-for every family that generates: the prompt is prefilled into a KV cache whose last logits score
+Runs through a `Generator`'s traced prefill and step (the family's generation adapter, on the
+parameters in the layout the generator holds them), so it works for every family that generates: the prompt is prefilled into a KV cache whose last logits score
 the first continuation token, then each continuation token is fed in turn (teacher forcing) and
 scores the next. Continuations are right padded; a padded token comes after every real one of its
 row, so it changes no score that counts.
@@ -20,8 +20,8 @@ class ContinuationScorer:
   """`scorer(input_ids [B, T], mask [B, T], pixels, cont [B, K], cont_mask [B, K])` -> the summed
   log-probabilities `[B]` float32 of each row's continuation tokens."""
 
-  def __init__(self, adapter, params):
-    self.model, self.params = adapter, params
+  def __init__(self, generator):
+    self.generator = generator
     self._score = jax.jit(self._score_fn)
 
   def _score_fn(self, params, input_ids, mask, positions, pixels, cont, cont_mask):
@@ -30,12 +30,13 @@ class ContinuationScorer:
     if positions is None:
       positions = positions_from_attention_mask(mask)  # [B, T]
     full_mask = jnp.concatenate([mask, jnp.ones((b, k - 1), mask.dtype)], axis=1)  # [B, T+K-1]
-    state = self.model.init_state(b, t + k - 1)
-    logits, state = self.model.prefill(params, input_ids, pixels, positions, full_mask, state)
+    gen = self.generator
+    logits, state = gen.prefill_traced(params, input_ids, pixels, positions, full_mask,
+                                       gen.init_state(b, t + k - 1))
     last = positions[..., -1]  # [B] or [3, B]
 
     def feed(state, j):
-      logits, state = self.model.step(params, jax.lax.dynamic_slice_in_dim(cont, j, 1, axis=1),
+      logits, state = gen.step_traced(params, jax.lax.dynamic_slice_in_dim(cont, j, 1, axis=1),
                                       (last + 1 + j)[..., None], full_mask, state, t + j)
       return state, logits
 
@@ -56,6 +57,6 @@ class ContinuationScorer:
     if cont.shape[0] != input_ids.shape[0] or cont.shape != cont_mask.shape:
       raise ValueError(f"continuations {cont.shape} / mask {cont_mask.shape} do not match "
                        f"{input_ids.shape[0]} prompt rows")
-    pixels, positions = self.model.prepare_inputs(input_ids, mask, pixels, None)
-    return np.asarray(self._score(self.params, input_ids, mask, positions, pixels, cont,
+    pixels, positions = self.generator.model.prepare_inputs(input_ids, mask, pixels, None)
+    return np.asarray(self._score(self.generator.params, input_ids, mask, positions, pixels, cont,
                                   cont_mask))

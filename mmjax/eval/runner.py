@@ -110,7 +110,7 @@ class Evaluator:
     from mmjax.eval.loglik import ContinuationScorer
 
     if self._scorer is None:
-      self._scorer = ContinuationScorer(self.generator.model, self.generator.params)
+      self._scorer = ContinuationScorer(self.generator)
     prompts, conts = [], []
     for item in items:
       prompt = self.builder(self.prompt_text(item), item.images)

@@ -96,6 +96,26 @@ class Generator:
                            state={**state, "cache": cache}, **kwargs)
     return logits, {**state, "cache": layer_views.split(state["cache"])}
 
+  # The three traced pieces below take `self.params` as they are held (per layer or stacked);
+  # `mmjax.eval.loglik` builds on them too.
+
+  def init_state(self, batch: int, length: int) -> dict:
+    """The adapter's decoding state for `length` positions, in the layout `self.params` run in."""
+    state = self.model.init_state(batch, length)
+    if self.per_layer:
+      state = {**state, "cache": layer_views.split(state["cache"])}
+    return state
+
+  def prefill_traced(self, params, input_ids, pixels, positions, mask, state):
+    """The adapter's prefill, inside a traced function: (last logits [B, V], state)."""
+    with self._tracing():
+      return self._run(self.model.prefill, params, state, input_ids, pixels, positions, mask)
+
+  def step_traced(self, params, tokens, positions, mask, state, index):
+    """The adapter's one-token step, inside a traced function: (logits [B, V], state)."""
+    with self._tracing():
+      return self._run(self.model.step, params, state, tokens, positions, mask, index=index)
+
   def _prefill_fn(self, params, input_ids, mask, positions, pixels, rng, knobs, *,
                   gen: GenerateConfig):
     b, t = input_ids.shape
@@ -103,12 +123,8 @@ class Generator:
     if positions is None:
       positions = positions_from_attention_mask(mask)  # [B, T]
     full_mask = jnp.concatenate([mask, jnp.ones((b, n - 1), mask.dtype)], axis=1)  # [B, S]
-    state = self.model.init_state(b, t + n - 1)
-    if self.per_layer:
-      state = {**state, "cache": layer_views.split(state["cache"])}
-    with self._tracing():
-      logits, state = self._run(self.model.prefill, params, state, input_ids, pixels, positions,
-                                full_mask)
+    logits, state = self.prefill_traced(params, input_ids, pixels, positions, full_mask,
+                                        self.init_state(b, t + n - 1))
     rng, sub = jax.random.split(rng)
     token = next_token(logits, sub, knobs, gen.sampling.greedy)  # [B]
     out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
@@ -123,9 +139,8 @@ class Generator:
       return (c["step"] < n) & ~jnp.all(c["done"])
 
     def body(c):
-      with self._tracing():
-        logits, state = self._run(self.model.step, params, c["state"], c["token"][:, None],
-                                  c["position"][..., None], c["mask"], index=c["index"])
+      logits, state = self.step_traced(params, c["token"][:, None], c["position"][..., None],
+                                       c["mask"], c["state"], c["index"])
       rng, sub = jax.random.split(c["rng"])
       token = next_token(logits, sub, c["knobs"], gen.sampling.greedy)
       token = jnp.where(c["done"], gen.pad_id, token)  # [B]
