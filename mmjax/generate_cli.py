@@ -6,10 +6,12 @@ import sys
 _DESCRIPTION = """\
 Generate with a KV cache and a compiled decode loop.
 
-Chat mode (--prompt, optional --image, repeatable): applies the checkpoint's chat template and
-tokenizer (kept at conversion under DIR/hf_extras/) and image preprocessing
-(preprocessor_config.json or processor_config.json), then streams the answer to stdout. It stops at the checkpoint's end
-tokens (generation_config.json / tokenizer eos) or after --max-new-tokens.
+Chat mode (--prompt, optional --image, repeatable: a path or an http(s) URL): applies the
+checkpoint's chat template and tokenizer (kept at conversion under DIR/hf_extras/) and image
+preprocessing (preprocessor_config.json or processor_config.json), then streams the answer to
+stdout. It stops at the checkpoint's end tokens (generation_config.json / tokenizer eos) or after
+--max-new-tokens. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within
+a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,
@@ -31,8 +33,14 @@ def add_subcommand(subparsers) -> None:
   p.add_argument("--checkpoint", required=True, metavar="DIR", help="mmjax checkpoint directory")
   chat = p.add_argument_group("chat mode")
   chat.add_argument("--prompt", metavar="TEXT", help="the user's message")
-  chat.add_argument("--image", action="append", default=[], metavar="PATH",
-                    help="an image for the prompt; repeat for several, in order")
+  chat.add_argument("--image", action="append", default=[], metavar="PATH|URL",
+                    help="an image for the prompt (a file or an http(s) URL); repeat for "
+                         "several, in order")
+  chat.add_argument("--min-pixels", type=int, default=None, metavar="N",
+                    help="native-resolution families (Qwen-VL): resize each image to at least N "
+                         "pixels (default: the checkpoint's processor settings)")
+  chat.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                    help="native-resolution families (Qwen-VL): at most N pixels per image")
   chat.add_argument("--no-chat-template", action="store_true",
                     help="use the prompt text as is (one image marker per image in front)")
   arrays = p.add_argument_group("array mode")
@@ -85,15 +93,16 @@ def run(args) -> int:
   import numpy as np
 
   from mmjax.checkpoint import load_checkpoint
-  from mmjax.generation import GenerateConfig, Generator, Sampling
+  from mmjax.generation import GenerateConfig, Generator, Sampling, prompt_images
 
   if (args.inputs is None) == (args.prompt is None):
     raise ValueError("give either --prompt (chat mode) or --inputs (array mode)")
   if args.inputs is not None and (args.out is None or args.image):
     raise ValueError("array mode takes --inputs with --out and no --image")
-  for path in args.image:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path}: no such image")
+  if args.inputs is not None and (args.min_pixels or args.max_pixels):
+    raise ValueError("--min-pixels / --max-pixels are chat-mode options; array mode takes the "
+                     "processor's arrays as they are")
+  prompt_images.check(args.image)
   sampling = Sampling(args.temperature, args.top_k, args.top_p)
   rng = jax.random.PRNGKey(args.seed)
   if args.inputs is not None:
@@ -116,7 +125,15 @@ def _chat(args, sampling, rng) -> int:
   from mmjax.generation import GenerateConfig, Generator
 
   family, config, _ = read_metadata(args.checkpoint)
-  builder = family.prompt_builder(args.checkpoint, config, chat_template=not args.no_chat_template)
+  options = {name: getattr(args, name) for name in ("min_pixels", "max_pixels")
+             if getattr(args, name) is not None}
+  unknown = sorted(set(options) - set(family.chat_image_options))
+  if unknown:
+    flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+    raise ValueError(f"{flags}: {family.name} checkpoints take no such image option "
+                     f"(they take: {', '.join(family.chat_image_options) or 'none'})")
+  builder = family.prompt_builder(args.checkpoint, config,
+                                  chat_template=not args.no_chat_template, **options)
   input_ids, pixels = builder(args.prompt, args.image)
   family, config, params = load_checkpoint(args.checkpoint)
   stop = tuple(builder.stop_ids if args.stop is None else args.stop)

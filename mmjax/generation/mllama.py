@@ -16,7 +16,8 @@ import numpy as np
 from mmjax.decoders.cross import CrossInputs
 from mmjax.decoders.llama import init_cache
 from mmjax.generation.adapters import DecodeState, checked_positions, last_logits
-from mmjax.generation.prompt import PromptBuilder
+from mmjax.generation import prompt_images
+from mmjax.generation.prompt import FamilyPromptBuilder, PromptBuilder
 from mmjax.models import mllama
 
 
@@ -64,26 +65,13 @@ class MllamaAdapter:
 
 
 @dataclasses.dataclass
-class MllamaPromptBuilder:
+class MllamaPromptBuilder(FamilyPromptBuilder):
   """Chat mode: the checkpoint's chat template and tokenizer, one `<|image|>` per image, and the
   Mllama image processor's tiles (`mmjax.data.preprocess.mllama`); returns `input_ids [1, T]`
   and the adapter's image arrays, as MllamaProcessor makes them."""
 
-  text_builder: PromptBuilder
   image_config: Any  # MllamaImageConfig
   image_token_id: int
-
-  @property
-  def tokenizer(self):
-    return self.text_builder.tokenizer
-
-  @property
-  def stop_ids(self):
-    return self.text_builder.stop_ids
-
-  @property
-  def pad_id(self):
-    return self.text_builder.pad_id
 
   @classmethod
   def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True):
@@ -113,17 +101,13 @@ class MllamaPromptBuilder:
     return np.asarray(ids, np.int32)
 
   def __call__(self, prompt: str, images: list[str]):
-    from mmjax.data.preprocess import common
     from mmjax.data.preprocess import mllama as preprocess
 
-    if images and self.image_config is None:
-      raise FileNotFoundError("the checkpoint has no image processor settings to preprocess "
-                              "images with (hf_extras/preprocessor_config.json)")
+    self.check_images(images, self.image_config)
     ids = self.token_ids(self.text_builder.text(prompt, len(images)))  # [T]
     if not images:
       return ids[None], None
-    processed = [preprocess.process(common.decode_image(path), self.image_config)
-                 for path in images]
+    processed = [preprocess.process(prompt_images.load(ref), self.image_config) for ref in images]
     arrays = preprocess.pack([[(tiles, meta["aspect_ratio"]) for tiles, meta in processed]],
                              self.image_config.max_tiles)
     arrays["cross_attention_mask"] = preprocess.cross_attention_mask(

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmjax import checkpoint
 from mmjax.data.preprocess import ImageConfig, ImageProcessor, common
+from mmjax.generation import prompt_images
 from mmjax.data.templates import ChatTemplate, TemplateSpec
 from mmjax.data.tokenizer import Tokenizer
 
@@ -35,7 +36,8 @@ def _pair(value) -> tuple[int, int]:
 
 
 def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> ImageConfig:
-  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP processors) -> ImageConfig."""
+  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP, Qwen2-VL processors) ->
+  ImageConfig."""
   kind = pre.get("image_processor_type", "CLIPImageProcessor")
   size = pre.get("size") or {}
   common_kw = dict(
@@ -44,6 +46,8 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
       rescale_factor=float(pre.get("rescale_factor", 1 / 255)),
       resample=_RESAMPLE.get(pre.get("resample", 3), "bicubic"),
       tokens_per_image=tokens_per_image)
+  if kind.startswith("Qwen2VL"):  # Qwen2-VL, Qwen2.5-VL and Qwen3-VL (patch 16) alike
+    return _qwen_image_config(pre, size, common_kw)
   if "Siglip" in kind or "shortest_edge" not in size:
     return ImageConfig(family="siglip", shortest_edge=None, size=_pair(size), crop_size=None,
                        pad_to_square=False, **common_kw)
@@ -51,6 +55,19 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
   pad = bool(pre.get("do_pad", False)) and "Llava" in kind
   return ImageConfig(family="llava" if pad else "clip", shortest_edge=int(size["shortest_edge"]),
                      crop_size=crop, pad_to_square=pad, **common_kw)
+
+
+def _qwen_image_config(pre: dict, size: dict, common_kw: dict) -> ImageConfig:
+  """Qwen2VLImageProcessor: the pixel budget is `size`'s shortest/longest edge (transformers
+  v5) or the older top-level `min_pixels` / `max_pixels`, which take precedence as there."""
+  default = ImageConfig(family="qwen2_vl")
+  pick = lambda old, new: pre.get(old) or size.get(new) or size.get(old) or getattr(default, old)
+  return ImageConfig(family="qwen2_vl", shortest_edge=None, crop_size=None, pad_to_square=False,
+                     patch_size=int(pre.get("patch_size", 14)),
+                     merge_size=int(pre.get("merge_size", 2)),
+                     temporal_patch_size=int(pre.get("temporal_patch_size", 2)),
+                     min_pixels=int(pick("min_pixels", "shortest_edge")),
+                     max_pixels=int(pick("max_pixels", "longest_edge")), **common_kw)
 
 
 def image_config_to_hf(cfg: ImageConfig) -> dict:
@@ -64,6 +81,10 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     height, width = cfg.size
     return dict(image_processor_type="SiglipImageProcessor",
                 size={"height": height, "width": width}, **out)
+  if cfg.family == "qwen2_vl":
+    return dict(image_processor_type="Qwen2VLImageProcessor", patch_size=cfg.patch_size,
+                merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
+                size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}, **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -72,7 +93,7 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (single-tile families: siglip, clip, llava)")
+                   "not supported (siglip, clip, llava and qwen2_vl are)")
 
 
 @dataclasses.dataclass
@@ -138,7 +159,8 @@ class PromptBuilder:
     return np.asarray(ids, np.int32)
 
   def __call__(self, prompt: str, images: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-    """`input_ids [1, T]` and NHWC `pixels [I, H, W, 3]` (None without images)."""
+    """`input_ids [1, T]` and NHWC `pixels [I, H, W, 3]` (None without images); `images` are
+    paths or http(s) URLs."""
     if images and self.image_token_id is None:
       raise ValueError("this checkpoint is text-only; it takes no --image")
     if images and self.image_processor is None:
@@ -151,9 +173,37 @@ class PromptBuilder:
                             else [i] for i in ids])
     pixels = None
     if images:
-      pixels = np.concatenate([self.image_processor(common.decode_image(path)).pixels
-                               for path in images])
+      pixels = np.concatenate([self.image_processor(prompt_images.load(ref)).pixels
+                               for ref in images])
     return ids.astype(np.int32)[None], pixels
+
+
+@dataclasses.dataclass
+class FamilyPromptBuilder:
+  """Base of a family's own chat-mode builder: the text side is a `PromptBuilder` (template,
+  tokenizer, stop and pad ids); the subclass makes the family's image arrays."""
+
+  text_builder: PromptBuilder
+
+  @property
+  def tokenizer(self) -> Tokenizer:
+    return self.text_builder.tokenizer
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return self.text_builder.stop_ids
+
+  @property
+  def pad_id(self) -> int:
+    return self.text_builder.pad_id
+
+  def check_images(self, images: list[str], image_config) -> None:
+    if images and self.text_builder.image_token_id is None:
+      raise ValueError("this checkpoint is text-only; it takes no --image")
+    if images and image_config is None:
+      raise FileNotFoundError(f"the checkpoint has no image processor settings to preprocess "
+                              f"images with ({checkpoint.HF_EXTRAS_DIR}/preprocessor_config.json "
+                              "or processor_config.json)")
 
 
 def image_processor_config(ckpt_dir: str) -> dict | None:

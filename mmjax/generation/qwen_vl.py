@@ -1,12 +1,18 @@
-"""Generation adapter of Qwen2-VL / Qwen2.5-VL / Qwen3-VL (see `mmjax.generation.adapters`)."""
+"""Generation of Qwen2-VL / Qwen2.5-VL / Qwen3-VL: the adapter (see `mmjax.generation.adapters`)
+and chat mode's prompt builder."""
 
 import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
+import numpy as np
 
+from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.decoders.llama import init_cache
+from mmjax.generation import prompt_images
 from mmjax.generation.adapters import DecodeState, last_logits, text_step
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
+                                     image_processor_config)
 from mmjax.models import qwen_vl
 
 
@@ -56,3 +62,47 @@ class QwenVLFusion:
   def step(self, params, tokens, positions, mask, state: DecodeState, index):
     """`tokens [B, 1]`, `positions [3, B, 1]`, written at cache slot `index`."""
     return text_step(self.module, params, tokens, positions, mask, state, index)
+
+
+@dataclasses.dataclass
+class QwenVLPromptBuilder(FamilyPromptBuilder):
+  """Chat mode: the checkpoint's chat template and tokenizer, and the Qwen2-VL image processor
+  (`mmjax.data.preprocess.qwen2_vl`: each image smart-resized within the pixel budget, as
+  patches); each image's `<|image_pad|>` is expanded to its merged patches, as the Qwen
+  processors do. Returns `input_ids [1, T]` and the processor's `pixel_values [N, C*T*P*P]` and
+  `image_grid_thw [I, 3]` (None without images)."""
+
+  image_config: ImageConfig | None
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True,
+                      min_pixels: int | None = None, max_pixels: int | None = None):
+    """`min_pixels` / `max_pixels` override the checkpoint's pixel budget per image."""
+    text = PromptBuilder.from_checkpoint(ckpt_dir, config, chat_template=chat_template,
+                                         image_processor=False)
+    pre = image_processor_config(ckpt_dir)
+    image_config = None
+    if pre is not None:
+      image_config = image_config_from_hf(pre)
+      overrides = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
+                   if v is not None}
+      image_config = dataclasses.replace(image_config, **overrides)
+      if image_config.min_pixels > image_config.max_pixels:
+        raise ValueError(f"min_pixels {image_config.min_pixels} exceeds max_pixels "
+                         f"{image_config.max_pixels}")
+    return cls(text, image_config)
+
+  def __call__(self, prompt: str, images: list[str]):
+    self.check_images(images, self.image_config)
+    builder = self.text_builder
+    ids = builder.token_ids(builder.text(prompt, len(images)))  # [T], one pad token per image
+    if not images:
+      return ids[None], None
+    processor = ImageProcessor(self.image_config)
+    processed = [processor(prompt_images.load(ref)) for ref in images]
+    counts = iter([p.num_tokens for p in processed])
+    ids = np.concatenate([np.full(next(counts), i) if i == builder.image_token_id else [i]
+                          for i in ids]).astype(np.int32)
+    pixels = {"pixel_values": np.concatenate([processor.sample_tiles(p) for p in processed]),
+              "image_grid_thw": processor.image_features(processed)["image_grid_thw"]}
+    return ids[None], pixels

@@ -116,10 +116,16 @@ class Family:
     """The `pixels` argument of the generation adapter from processor arrays."""
     raise self._unsupported("generation")
 
-  def prompt_builder(self, ckpt_dir: str, config, chat_template: bool = True) -> Any:
-    """Chat mode's `builder(prompt, image_paths) -> (input_ids [1, T], pixels)` from the
-    tokenizer, chat template and processor settings a checkpoint keeps (`hf_extras/`), with
-    `tokenizer`, `stop_ids` and `pad_id` attributes (see `mmjax.generation.prompt`)."""
+  # Image preprocessing options chat mode's `prompt_builder` takes as keyword arguments (the
+  # `mmjax generate` flags of the same names, e.g. Qwen-VL's pixel budget `min_pixels`).
+  chat_image_options: tuple[str, ...] = ()
+
+  def prompt_builder(self, ckpt_dir: str, config, chat_template: bool = True,
+                     **image_options) -> Any:
+    """Chat mode's `builder(prompt, images) -> (input_ids [1, T], pixels)` from the tokenizer,
+    chat template and processor settings a checkpoint keeps (`hf_extras/`), with `tokenizer`,
+    `stop_ids` and `pad_id` attributes (see `mmjax.generation.prompt`); `images` are paths or
+    http(s) URLs, `image_options` some of `chat_image_options`."""
     raise self._unsupported("chat mode")
 
   # ---- training -----------------------------------------------------------------------------

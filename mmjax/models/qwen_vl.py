@@ -351,9 +351,12 @@ class QwenVLFamily(Family):
 
     return QwenVLFusion(self.build(config), config)
 
-  def prompt_builder(self, ckpt_dir, config, chat_template=True):
-    raise Unsupported(f"chat mode does not take {self.name} checkpoints yet (native-resolution "
-                      "preprocessing); pass the Qwen processor's arrays with --inputs FILE.npz")
+  chat_image_options = ("min_pixels", "max_pixels")
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True, **image_options):
+    from mmjax.generation.qwen_vl import QwenVLPromptBuilder
+
+    return QwenVLPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template, **image_options)
 
   def generation_pixels(self, config, inputs):
     return {k: inputs[k] for k in PROCESSOR_KEYS if k in inputs}  # the processor's arrays as are

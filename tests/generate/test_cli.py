@@ -101,6 +101,8 @@ def test_errors_name_what_is_missing(tiny_llava, tmp_path, capsys):
   assert "either --prompt" in capsys.readouterr().err
   assert _generate("--checkpoint", ckpt, "--prompt", "hi", "--image", tmp_path / "no.png") == 1
   assert "no.png: no such image" in capsys.readouterr().err
+  assert _generate("--checkpoint", ckpt, "--prompt", "hi", "--max-pixels", 100) == 1
+  assert "--max-pixels: llava checkpoints take no such image option" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     _generate("--help")
   assert "--max-new-tokens" in capsys.readouterr().out
