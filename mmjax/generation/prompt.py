@@ -36,8 +36,8 @@ def _pair(value) -> tuple[int, int]:
 
 
 def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> ImageConfig:
-  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP, Qwen2-VL processors) ->
-  ImageConfig."""
+  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP, Qwen2-VL, GotOcr2 (InternVL)
+  processors) -> ImageConfig."""
   kind = pre.get("image_processor_type", "CLIPImageProcessor")
   size = pre.get("size") or {}
   common_kw = dict(
@@ -48,6 +48,11 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
       tokens_per_image=tokens_per_image)
   if kind.startswith("Qwen2VL"):  # Qwen2-VL, Qwen2.5-VL and Qwen3-VL (patch 16) alike
     return _qwen_image_config(pre, size, common_kw)
+  if kind.startswith("GotOcr2"):  # InternVL's: dynamic tiles when `crop_to_patches`
+    tiles = ((int(pre.get("min_patches", 1)), int(pre.get("max_patches", 12)))
+             if pre.get("crop_to_patches") else (1, 1))
+    return ImageConfig(family="internvl", shortest_edge=None, size=_pair(size), crop_size=None,
+                       pad_to_square=False, min_tiles=tiles[0], max_tiles=tiles[1], **common_kw)
   if "Siglip" in kind or "shortest_edge" not in size:
     return ImageConfig(family="siglip", shortest_edge=None, size=_pair(size), crop_size=None,
                        pad_to_square=False, **common_kw)
@@ -85,6 +90,11 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     return dict(image_processor_type="Qwen2VLImageProcessor", patch_size=cfg.patch_size,
                 merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
                 size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}, **out)
+  if cfg.family == "internvl":
+    height, width = cfg.size
+    return dict(image_processor_type="GotOcr2ImageProcessor", size={"height": height,
+                "width": width}, crop_to_patches=True, min_patches=cfg.min_tiles,
+                max_patches=cfg.max_tiles, **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -93,7 +103,7 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava and qwen2_vl are)")
+                   "not supported (siglip, clip, llava, internvl and qwen2_vl are)")
 
 
 @dataclasses.dataclass

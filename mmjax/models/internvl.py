@@ -220,6 +220,11 @@ class InternVLFamily(TiledImageFamily):
   def config_from_training(self, model):
     return config_from_dict({k: v for k, v in model.items() if k != "family"})
 
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    from mmjax.generation.internvl import InternVLPromptBuilder
+
+    return InternVLPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template)
+
   def stochastic_kwargs(self, module, rng):
     """InternViT's drop path trains with `train=True` and a 'dropout' rng."""
     if module.config.vision.drop_path_rate > 0:
