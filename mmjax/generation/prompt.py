@@ -95,6 +95,10 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     return dict(image_processor_type="GotOcr2ImageProcessor", size={"height": height,
                 "width": width}, crop_to_patches=True, min_patches=cfg.min_tiles,
                 max_patches=cfg.max_tiles, **out)
+  if cfg.family == "mllama":  # `MllamaImageConfig.from_hf` reads it back
+    height, width = cfg.size
+    return dict(image_processor_type="MllamaImageProcessor", size={"height": height,
+                "width": width}, max_image_tiles=cfg.max_tiles, do_pad=True, **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -103,7 +107,7 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava, internvl and qwen2_vl are)")
+                   "not supported (siglip, clip, llava, internvl, qwen2_vl and mllama are)")
 
 
 @dataclasses.dataclass
