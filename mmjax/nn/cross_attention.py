@@ -15,7 +15,7 @@ from mmjax.nn.axes import Axes
 from mmjax.nn.linear import Einsum
 from mmjax.nn.mask_spec import CrossMaskSpec
 from mmjax.nn.multihead import KVCache
-from mmjax.nn.norms import RMSNorm
+from mmjax.nn.norms import LayerNorm, RMSNorm
 
 
 class _ToHeads(nn.Module):
@@ -31,6 +31,7 @@ class _ToHeads(nn.Module):
   bias: bool
   proj: str
   norm: str | None
+  norm_kind: str
   norm_eps: float
   dtype: Any
   param_dtype: Any
@@ -46,7 +47,8 @@ class _ToHeads(nn.Module):
         param_dtype=self.param_dtype,
     )(x)  # [B, T, N, H]
     if self.norm is not None:
-      y = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name=self.norm)(y)
+      norm = LayerNorm if self.norm_kind == "layer" else RMSNorm
+      y = norm(self.norm_eps, a.head_dim, self.param_dtype, name=self.norm)(y)
     return y
 
 
@@ -73,8 +75,9 @@ class CrossAttention(nn.Module):
   """Grouped-query attention from `x [B, T, D]` to `states [B, S, D_kv]` (D_kv may differ).
 
   Kernels are out-major like `MultiHeadAttention`'s: q `[N, H, D]`, k and v `[K, H, D_kv]`, o
-  `[D, N, H]`, so torch `Linear` weights convert by reshaping. `qk_norm`: RMSNorm over head_dim
-  of queries and keys after the split into heads (Mllama's q_norm / k_norm).
+  `[D, N, H]`, so torch `Linear` weights convert by reshaping. `qk_norm`: a norm over head_dim
+  of queries and keys after the split into heads: RMSNorm (Mllama's q_norm / k_norm) or, with
+  `qk_norm_kind="layer"`, LayerNorm (IDEFICS' perceiver).
   """
 
   num_heads: int
@@ -82,6 +85,7 @@ class CrossAttention(nn.Module):
   head_dim: int
   axes: Axes
   qk_norm: bool = False
+  qk_norm_kind: str = "rms"  # "rms" | "layer"
   norm_eps: float = 1e-6
   q_bias: bool = False
   kv_bias: bool = False
@@ -92,8 +96,8 @@ class CrossAttention(nn.Module):
 
   def setup(self):
     a = self.axes
-    kw = dict(head_dim=self.head_dim, axes=a, norm_eps=self.norm_eps, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+    kw = dict(head_dim=self.head_dim, axes=a, norm_kind=self.qk_norm_kind,
+              norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
     norm = lambda name: name if self.qk_norm else None
     self.to_q = _ToHeads(self.num_heads, heads_axis=a.heads, bias=self.q_bias, proj="q",
                          norm=norm("q_norm"), **kw)

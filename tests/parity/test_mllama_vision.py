@@ -4,7 +4,6 @@
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +12,7 @@ import torch
 import transformers
 
 from hf_models import TOLERANCE, add_noise, max_diff, record
-from mmjax.convert.plan import chunk_of, flatten, make_plan
-from mmjax.convert.rules import Layout
+from module_params import load_params
 from mmjax.convert.tables.mllama_vision import mllama_vision_rules
 from mmjax.encoders.mllama_vit import MllamaVisionConfig, MllamaVisionTransformer
 
@@ -67,27 +65,6 @@ def _inputs(cfg: MllamaVisionConfig, rows, seed=0):
   return pixels.astype(np.float32), ids, mask
 
 
-def load_params(model: nn.Module, args, state_dict) -> dict:
-  """Fills the module's parameter tree from a torch state dict through the conversion rules."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
-  shapes = {path: leaf.shape for path, leaf in flatten(nn.unbox(abstract)).items()}
-  saved = {k: v.numpy() for k, v in state_dict.items()}
-  plan = make_plan(mllama_vision_rules(), shapes, saved, (Layout("v5"),), ())
-  params: dict = {}
-  for path, parts in plan.leaves.items():
-    leaf = np.zeros(shapes[path], np.float32)
-    for part in parts:
-      array = chunk_of(saved[part.key], part.rule.chunk)
-      dest = leaf if part.layer is None else leaf[part.layer]
-      dest[...] = part.rule.transform.to_params(array, dest.shape)
-    *parents, name = path.split("/")
-    node = params
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[name] = leaf
-  return params
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_vision_tower_matches_transformers(name):
   overrides, rows = CASES[name]
@@ -98,7 +75,7 @@ def test_vision_tower_matches_transformers(name):
   args = (jnp.asarray(pixels.reshape(b * images, *pixels.shape[2:]).transpose(0, 1, 3, 4, 2)),
           jnp.asarray(ids.reshape(-1), jnp.int32), jnp.asarray(mask.reshape(b * images, -1)))
   model = MllamaVisionTransformer(cfg)
-  params = load_params(model, args, hf.state_dict())
+  params = load_params(model, args, hf.state_dict(), mllama_vision_rules())
   ours = np.asarray(jax.jit(model.apply)({"params": params}, *args))
   s = cfg.num_positions
   assert ours.shape == (b * images, cfg.max_num_tiles, s, cfg.output_dim)
