@@ -39,6 +39,10 @@ class DecoderConfig:
   # `cross_attention_kind`, the module `mmjax.decoders.<kind>` that defines its `BLOCK`.
   cross_attention_layers: tuple[int, ...] = ()
   cross_attention_kind: str = "cross"
+  # Options of the `gated_cross` kind (IDEFICS): its tanh gates, one scalar ("float") or one per
+  # channel ("vector"), and RMS q/k norms over head_dim.
+  cross_attention_gate: str = "float"
+  cross_attention_qk_norm: bool = False
   # Embedding rows beyond the vocabulary, which the LM head does not predict (Llama 3.2
   # Vision's 8: its image token and reserved ids).
   extra_embeddings: int = 0

@@ -49,10 +49,12 @@ class CrossInputs:
     return self.replace(mask=mask, row_mask=take_rows(self.row_mask, rows))
 
 
-def _gate(module: nn.Module, name: str, param_dtype) -> jax.Array:
-  """A scalar gate `[1]`, zero at initialisation so a fresh layer adds nothing."""
-  return module.param(name, nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)),
-                      (1,), param_dtype)
+def gate(module: nn.Module, name: str, param_dtype, features: int | None = None) -> jax.Array:
+  """A gate, zero at initialisation so a fresh layer adds nothing: a scalar `[1]`, or one per
+  channel `[features]`."""
+  shape, axes = ((1,), (None,)) if features is None else ((features,), (TEXT_AXES.embed,))
+  return module.param(name, nn.with_logical_partitioning(nn.initializers.zeros_init(), axes),
+                      shape, param_dtype)
 
 
 class CrossDecoderBlock(nn.Module):
@@ -78,12 +80,12 @@ class CrossDecoderBlock(nn.Module):
     kv = cache if cross.states is None else attn.keys_values(cross.states)
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="attn_norm")(x)
     h = attn(h, cross.mask, kv=kv)  # [B, T, D]
-    x = x + jnp.tanh(_gate(self, "attn_gate", param_dtype)).astype(x.dtype) * h
+    x = x + jnp.tanh(gate(self, "attn_gate", param_dtype)).astype(x.dtype) * h
     h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="mlp_norm")(x)
     h = GatedMlp(cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias, dtype=dtype,
                  param_dtype=param_dtype, name="mlp")(h)
     h = h * cross.row_mask[..., None].astype(h.dtype)
-    x = x + jnp.tanh(_gate(self, "mlp_gate", param_dtype)).astype(x.dtype) * h
+    x = x + jnp.tanh(gate(self, "mlp_gate", param_dtype)).astype(x.dtype) * h
     x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, ax.EMBED))
     return x, (kv if ctx.generating else None)
 
