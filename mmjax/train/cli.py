@@ -117,6 +117,9 @@ OPTIONAL_KEYS = {"train": {
     # small model's step is ~5% faster without the scan's stacked residual buffers; keep the
     # scan for deep models and TPUs (compile time grows with depth).
     "unroll_layers": False,
+    # How a sample's target tokens weigh in the loss: "token" (every target alike), "sample"
+    # (every sample alike), "square" (InternVL3: a sample of n targets weighs sqrt(n)).
+    "loss_weighting": "token",
 }}
 
 

@@ -78,7 +78,8 @@ class Trainer:
     abstract_state = nn.unbox(boxed)
     step = make_train_step(module, tx, schedule, grad_accum=int(cfg.train.get("grad_accum", 1)),
                            z_loss=float(cfg.optim.get("z_loss", 0.0)),
-                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)))
+                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
+                           loss_weighting=str(cfg.train.get("loss_weighting", "token")))
     batch_sharding = shd.batch_sharding(mesh)
 
     unroll = bool(cfg.train.get("unroll_layers", False))
