@@ -231,8 +231,8 @@ def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str
     hf_from = None  # a checkpoint without HF details: the files training used instead
     files = model_files(trainer.family, trainer.model_config, trainer.cfg.data)
   converted.save_checkpoint(path, trainer.family, trainer.model_config,
-                            trainer.model_params(state), hf_from=hf_from, hf_config=files and files.hf_config,
-                            hf_extras=files and files.extras)
+                            trainer.model_params(state), hf_from=hf_from,
+                            hf_config=files and files.hf_config, hf_extras=files and files.extras)
   print(f"model written to {path}")
   for what in files.missing if files else ():
     print(f"  without {what}")

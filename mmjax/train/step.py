@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.decoders.llama import HeadLoss
-from mmjax.nn import lora as lora_lib
 from mmjax.models.registry import family_of_module
-from mmjax.train.loss import cross_entropy, loss_weights, target_cross_entropy
+from mmjax.nn import lora as lora_lib
+from mmjax.train.loss import WEIGHTING_POWERS, cross_entropy, loss_weights, target_cross_entropy
 from mmjax.train.state import TrainState, merge
 
 
@@ -44,7 +44,8 @@ def _microbatches(batch: dict, steps: int) -> dict:
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int = 1, z_loss: float = 0.0,
                     loss_chunk: int = 0, loss_weighting: str = "token",
-                    lora: lora_lib.LoraConfig | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    lora: lora_lib.LoraConfig | None = None,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation).
 
   `loss_chunk > 0` computes logits only for target positions, that many per row at a time
@@ -55,7 +56,9 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
   """
   if loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
-  loss_weights(jnp.zeros((1, 1)), None, loss_weighting)  # a wrong name fails here, not traced
+  if loss_weighting not in WEIGHTING_POWERS:  # here, not when the step is traced
+    raise ValueError(f"train.loss_weighting must be one of {sorted(WEIGHTING_POWERS)}, "
+                     f"got {loss_weighting!r}")
 
   def mean_loss(params, frozen, batch, rng, denom):
     """The weighted loss summed over the batch's targets and divided by `denom`, the global
