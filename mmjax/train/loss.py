@@ -25,6 +25,12 @@ DEFAULT_CHUNK = 64
 WEIGHTING_POWERS = {"token": 0.0, "sample": 1.0, "square": 0.5}
 
 
+def check_weighting(weighting: str) -> None:
+  if weighting not in WEIGHTING_POWERS:
+    raise ValueError(f"train.loss_weighting must be one of {sorted(WEIGHTING_POWERS)}, "
+                     f"got {weighting!r}")
+
+
 def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array | None,
                  weighting: str = "token") -> jax.Array:
   """Per-token loss weights `[B, T]` float32: `loss_mask / n^p`, n the target count of the
@@ -35,9 +41,7 @@ def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array | None,
 
   `segment_ids [B, T]` (0 = padding; None: each row is one sample).
   """
-  if weighting not in WEIGHTING_POWERS:
-    raise ValueError(f"train.loss_weighting must be one of {sorted(WEIGHTING_POWERS)}, "
-                     f"got {weighting!r}")
+  check_weighting(weighting)
   mask = loss_mask.astype(jnp.float32)
   power = WEIGHTING_POWERS[weighting]
   if not power:

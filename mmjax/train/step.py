@@ -10,7 +10,7 @@ import optax
 from mmjax.decoders.llama import HeadLoss
 from mmjax.models.registry import family_of_module
 from mmjax.nn import lora as lora_lib
-from mmjax.train.loss import WEIGHTING_POWERS, cross_entropy, loss_weights, target_cross_entropy
+from mmjax.train.loss import check_weighting, cross_entropy, loss_weights, target_cross_entropy
 from mmjax.train.state import TrainState, merge
 
 
@@ -56,9 +56,7 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
   """
   if loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
-  if loss_weighting not in WEIGHTING_POWERS:  # here, not when the step is traced
-    raise ValueError(f"train.loss_weighting must be one of {sorted(WEIGHTING_POWERS)}, "
-                     f"got {loss_weighting!r}")
+  check_weighting(loss_weighting)  # here, not when the step is traced
 
   def mean_loss(params, frozen, batch, rng, denom):
     """The weighted loss summed over the batch's targets and divided by `denom`, the global
