@@ -1,6 +1,7 @@
 """The `mmjax` command: convert, export, logits (and more as families and tools land)."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,11 +22,25 @@ def _convert(args) -> int:
 
 
 def _export(args) -> int:
+  import tempfile
+
   from mmjax.convert.exporter import export_hf
 
-  report = export_hf(args.checkpoint, args.out, dtype=args.dtype, layout=args.layout,
-                     max_shard_bytes=int(args.max_shard_gb * 10**9), progress=not args.quiet)
-  print(f"exported {args.checkpoint} -> {args.out}: {json.dumps(report)}")
+  source = args.checkpoint
+  with contextlib.ExitStack() as scratch:
+    if args.merge_lora:  # merged into a scratch checkpoint beside --out, then exported
+      from mmjax.train.adapters import merge_into_checkpoint
+
+      if os.path.exists(args.out) and os.listdir(args.out):
+        raise FileExistsError(f"{args.out} exists and is not empty; choose a new output directory")
+      parent = os.path.dirname(os.path.abspath(args.out))
+      os.makedirs(parent, exist_ok=True)
+      tmp = scratch.enter_context(tempfile.TemporaryDirectory(dir=parent, prefix=".merge-lora-"))
+      source = merge_into_checkpoint(args.checkpoint, args.merge_lora, os.path.join(tmp, "model"))
+    report = export_hf(source, args.out, dtype=args.dtype, layout=args.layout,
+                       max_shard_bytes=int(args.max_shard_gb * 10**9), progress=not args.quiet)
+  merged = f" + LoRA {args.merge_lora}" if args.merge_lora else ""
+  print(f"exported {args.checkpoint}{merged} -> {args.out}: {json.dumps(report)}")
   return 0
 
 
@@ -81,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--layout", default=None,
                  help="key spelling, e.g. v5 or v4 for LLaVA (default: as in the source)")
   p.add_argument("--max-shard-gb", type=float, default=5.0, help="shard size (default: 5 GB)")
+  p.add_argument("--merge-lora", default=None, metavar="ADAPTER",
+                 help="a LoRA adapter directory (a LoRA run's DIR/adapter) to merge into "
+                 "--checkpoint's weights (W + alpha/r * A B) before export; --checkpoint is the "
+                 "run's base model (its train.init_from)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.set_defaults(func=_export)
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from mmjax.decoders.config import DecoderConfig
 from mmjax.decoders.layout import SELF, Segment, plan_layers
 from mmjax.nn import axes as ax
+from mmjax.nn import lora
 from mmjax.nn.axes import TEXT_AXES
 from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
 from mmjax.nn.mask_spec import MaskSpec
@@ -294,8 +295,8 @@ class Decoder(nn.Module):
     norm and the LM head, to `head_loss` as its `logits_fn` over the rows it asks for: the last
     layer's output at a position only feeds that position's logits, so where the loss reads no
     logits (image and prompt tokens) its queries, attention output and MLP are never computed.
-    (Not when DeepStack adds inputs after the last layer: then all layers run and the head is
-    the final norm and the LM head alone.)
+    (Not when DeepStack adds inputs after the last layer, nor under partial LoRA: then all
+    layers run and the head is the final norm and the LM head alone.)
 
     The last segment's leading repeats and the last layer are applied as functions of explicit
     slices of the stacked parameters, so that `head_loss` can differentiate them as arguments
@@ -310,7 +311,9 @@ class Decoder(nn.Module):
       p = {name: p[name] for name in names}
       return Decoder(cfg, parent=None).apply({"params": p}, h, method=Decoder.logits)
 
-    if ctx.layer_inputs is not None and ctx.layer_inputs.shape[0] > cfg.num_layers - 1:
+    # Partial LoRA masks the layers' updates by the batch's positions, which rows would reorder.
+    if lora.partial_active() or (ctx.layer_inputs is not None and
+                                 ctx.layer_inputs.shape[0] > cfg.num_layers - 1):
       x, _ = self._stack(x, ctx, None)
       return head_loss(lambda p, h, rows: final_logits(p, take_rows(h, rows)), head, x)
     *leading, last = self.plan

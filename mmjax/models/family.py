@@ -136,6 +136,11 @@ class Family:
     of `head_loss` (see `mmjax.decoders.llama.Decoder`); `rng` drives stochastic layers."""
     raise self._unsupported("training")
 
+  def image_token_mask(self, config, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """`[B, T]` bool: the training batch's positions that hold image (or video) features in the
+    decoder's input (where partial LoRA applies its update)."""
+    raise self._unsupported("partial LoRA (image positions in the decoder's input)")
+
   def stochastic_kwargs(self, module, rng) -> dict:
     """Extra arguments of the module's call that turn on stochastic layers (drop path) in
     training, with `rng`; none by default."""

@@ -374,6 +374,10 @@ class QwenVLFamily(Family):
   def train_forward(self, module, params, batch, rng=None, head_loss=None):
     return train_forward(module, params, batch, head_loss)
 
+  def image_token_mask(self, config, batch):
+    ids = batch["input_ids"]
+    return (ids == config.image_token_id) | (ids == config.video_token_id)
+
   def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
     """The decoder per token; the ViT per patch of the batch's grids (`image_grid_thw [M, 3]`,
     zero rows for unused slots), attending within its frame; the merger (and DeepStack

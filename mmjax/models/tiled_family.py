@@ -66,6 +66,9 @@ class TiledImageFamily(Family):
     pixels = inputs.get("pixel_values")
     return None if pixels is None else nchw_to_nhwc(pixels)
 
+  def image_token_mask(self, config, batch):
+    return batch["input_ids"] == config.image_token_id
+
   def train_forward(self, module, params, batch, rng=None, head_loss=None):
     stochastic = self.stochastic_kwargs(module, rng) if rng is not None else {}
     out = module.apply(

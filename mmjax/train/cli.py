@@ -70,6 +70,8 @@ def _parse_value(text: str, current):
     value = int(value)  # steps=1e4
   if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
+  if isinstance(current, tuple) and isinstance(value, str):  # one item: targets='decoder/.*'
+    value = (value,)
   # A number keeps its type (`steps=abc` is an error here, not a TypeError deep in training).
   if isinstance(current, int) and (isinstance(value, bool) or not isinstance(value, int)):
     raise ValueError(f"expected an integer, got {text!r}")
@@ -117,6 +119,15 @@ OPTIONAL_KEYS = {"train": {
     # small model's step is ~5% faster without the scan's stacked residual buffers; keep the
     # scan for deep models and TPUs (compile time grows with depth).
     "unroll_layers": False,
+    # How a sample's target tokens weigh in the loss: "token" (every target alike), "sample"
+    # (every sample alike), "square" (InternVL3: a sample of n targets weighs sqrt(n)).
+    "loss_weighting": "token",
+}, "lora": {  # low-rank adapters (mmjax.nn.lora); rank 0: off
+    "rank": 0,
+    "alpha": 16.0,  # the update is scaled by alpha / rank (peft's lora_alpha)
+    "targets": (),  # regexes over linear-layer paths, e.g. 'decoder/layers/attn/(q|k|v|o)'
+    "positions": "all",  # 'image': the update only at image-token positions (partial LoRA)
+    "init": "kaiming",  # A's init as peft's: 'kaiming' (uniform) or 'gaussian' (std 1/rank)
 }}
 
 
@@ -124,6 +135,8 @@ def add_optional_keys(config: ml_collections.ConfigDict) -> None:
   """Fills in the `OPTIONAL_KEYS` a config file leaves out, so overrides can set them."""
   with config.unlocked():
     for section, keys in OPTIONAL_KEYS.items():
+      if section not in config:
+        config[section] = ml_collections.ConfigDict()
       for key, default in keys.items():
         if key not in config[section]:
           config[section][key] = default

@@ -21,7 +21,8 @@ from mmjax import sharding as shd
 from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
-from mmjax.train import loss, parts
+from mmjax.nn import lora as lora_lib
+from mmjax.train import adapters, loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
@@ -48,6 +49,9 @@ class Trainer:
   state_shardings: Any
   abstract_state: Any
   step_fn: Any
+  lora: lora_lib.LoraConfig | None = None
+  trainable: tuple[str, ...] = ()  # train.trainable, plus 'lora' with LoRA
+  parts: Any = None  # the family's parts, plus the LoRA factors' with LoRA
 
   @classmethod
   def build(cls, cfg, devices=None) -> "Trainer":
@@ -64,13 +68,17 @@ class Trainer:
       ckpt_config = (family, config)
     family, model_config = build_model_config(dict(cfg.model), ckpt_config)
     module = family.build(model_config)
-    trainable = tuple(cfg.train.trainable)
+    lora = lora_lib.LoraConfig.from_section(cfg.get("lora"))
+    layouts = adapters.layouts_of(family, model_config, lora) if lora else {}
+    trainable, part_map = adapters.trainable_parts(family, tuple(cfg.train.trainable), lora,
+                                                   layouts)
     example = family.example_inputs(model_config)
-    components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
-    trained, _ = parts.split(components, trainable, family.parts)
+    with lora_lib.applied(lora):
+      components = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example))["params"]
+    trained, _ = parts.split(components, trainable, part_map)
     tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps), trained,
-                                  parts.label_tree(trained, trainable, family.parts))
-    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, family.parts),
+                                  parts.label_tree(trained, trainable, part_map))
+    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, part_map, lora),
                            jax.random.PRNGKey(0))
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
       specs = nn.get_partition_spec(boxed)
@@ -78,7 +86,9 @@ class Trainer:
     abstract_state = nn.unbox(boxed)
     step = make_train_step(module, tx, schedule, grad_accum=int(cfg.train.get("grad_accum", 1)),
                            z_loss=float(cfg.optim.get("z_loss", 0.0)),
-                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)))
+                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
+                           loss_weighting=str(cfg.train.get("loss_weighting", "token")),
+                           lora=lora)
     batch_sharding = shd.batch_sharding(mesh)
 
     unroll = bool(cfg.train.get("unroll_layers", False))
@@ -97,15 +107,14 @@ class Trainer:
     step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
     return cls(cfg, mesh, family, model_config, module, tx, schedule, state_shardings,
-               abstract_state, step_fn)
+               abstract_state, step_fn, lora, trainable, part_map)
 
   def init(self) -> TrainState:
     """A fresh state (random init, then `train.init_from` components), sharded on the mesh."""
     example = self.family.example_inputs(self.model_config)
-    trainable = tuple(self.cfg.train.trainable)
     seed = int(self.cfg.get("seed", 0))
-    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, trainable, r,
-                                                 self.family.parts)),
+    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, self.trainable, r,
+                                                 self.parts, self.lora)),
                    out_shardings=self.state_shardings)
     key = jax.random.PRNGKey(seed)
     with jax.set_mesh(self.mesh):
@@ -130,7 +139,7 @@ class Trainer:
                            f"({sorted(params)})")
         if name in owner:
           raise ValueError(f"component {name!r} is in both {owner[name]} and {path}")
-        _check_shapes(path, name, subtree, params[name])
+        _check_shapes(path, name, subtree, _without_factors(params[name]))
         owner[name] = path
     fresh = sorted(set(params) - set(owner))
     print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
@@ -140,12 +149,27 @@ class Trainer:
     for path in sources:
       for name, subtree in converted.load_params(path).items():
         # Cast to the training param dtype (e.g. a bf16 checkpoint into float32 master weights).
-        loaded[name] = jax.tree.map(
+        base = jax.tree.map(
             lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
-            subtree, shardings[name], params[name])
-    train, frozen = parts.split({**params, **loaded}, tuple(self.cfg.train.trainable),
-                                self.family.parts)
+            subtree, _without_factors(shardings[name]), _without_factors(params[name]))
+        loaded[name] = parts.merge(lora_lib.adapter(params[name]), base)  # fresh LoRA factors
+    train, frozen = parts.split({**params, **loaded}, self.trainable, self.parts)
     return state.replace(params=train, frozen=frozen)
+
+  def model_params(self, state: TrainState) -> dict:
+    """The parameters the model without LoRA reads: the factors merged into their kernels
+    (full LoRA; partial LoRA cannot be merged)."""
+    params = state.all_params()
+    if self.lora is None:
+      return params
+    return adapters.merged(self.family, self.model_config, params, self.lora)
+
+
+def _without_factors(tree):
+  """A parameter subtree without its LoRA factors."""
+  if not isinstance(tree, Mapping):
+    return tree
+  return {k: _without_factors(v) for k, v in tree.items() if k not in lora_lib.FACTORS}
 
 
 def _check_shapes(path: str, name: str, stored, expected) -> None:
@@ -168,7 +192,9 @@ def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> f
            for k in family.flops_batch_keys if k in local}
   batch["input_ids"] = jax.ShapeDtypeStruct((int(cfg.data.batch_size), local["input_ids"].shape[1]),
                                             np.int32)
-  return family.train_flops(trainer.model_config, trainer.abstract_state.all_params(), batch,
+  # LoRA factors aside (their FLOPs are a rank-r fraction of their layers').
+  return family.train_flops(trainer.model_config,
+                            _without_factors(trainer.abstract_state.all_params()), batch,
                             tuple(cfg.train.trainable))
 
 
@@ -181,21 +207,32 @@ def _host_copy(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str:
+def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str | None:
   """The trained parameters as a converted-style checkpoint at `DIR/model`: the next stage's
-  `train.init_from`, and what `generate`, `logits` and (given HF details) `export` read."""
+  `train.init_from`, and what `generate`, `logits` and (given HF details) `export` read. With
+  LoRA, the adapter alone goes to `DIR/adapter` and `DIR/model` holds the merged weights
+  (partial LoRA: none, it cannot be merged)."""
   path = os.path.join(paths.absolute(workdir), "model")
+  sources = _init_sources(trainer.cfg.train.get("init_from", ""))
+  if trainer.lora is not None:
+    adapter_path = os.path.join(paths.absolute(workdir), adapters.ADAPTER_DIR)
+    if not os.path.exists(adapter_path):
+      adapters.save_adapter(adapter_path, trainer.lora, trainer.family, state.params,
+                            ",".join(sources) or None)
+      print(f"LoRA adapter written to {adapter_path}")
+    if trainer.lora.positions != "all":
+      print("partial LoRA is not a weight change: no merged model is written")
+      return None
   if os.path.exists(path):  # a finished run re-launched: the model is already there
     return path
-  sources = _init_sources(trainer.cfg.train.get("init_from", ""))
   hf_from = sources[0] if len(sources) == 1 else None
   files = None
   if not (hf_from and os.path.exists(os.path.join(hf_from, converted.HF_CONFIG_FILE))):
     hf_from = None  # a checkpoint without HF details: the files training used instead
     files = model_files(trainer.family, trainer.model_config, trainer.cfg.data)
-  converted.save_checkpoint(path, trainer.family, trainer.model_config, state.all_params(),
-                            hf_from=hf_from, hf_config=files and files.hf_config,
-                            hf_extras=files and files.extras)
+  converted.save_checkpoint(path, trainer.family, trainer.model_config,
+                            trainer.model_params(state), hf_from=hf_from,
+                            hf_config=files and files.hf_config, hf_extras=files and files.extras)
   print(f"model written to {path}")
   for what in files.missing if files else ():
     print(f"  without {what}")
@@ -282,6 +319,10 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   """
   check_counts(cfg)
   trainer = Trainer.build(cfg)
+  if trainer.lora and trainer.lora.positions != "all" and cfg.get("eval") and \
+      cfg.eval.get("kind") == "shapes_accuracy":
+    raise UserError("eval.kind='shapes_accuracy' decodes with merged weights, which partial LoRA "
+                    "(lora.positions='image') has not; set eval.kind=''")
   steps = int(cfg.train.steps)
   stop_after = stop_after or int(cfg.train.get("stop_after", 0)) or None
   ckpts = Checkpoints(workdir, int(cfg.checkpoint.every_steps), int(cfg.checkpoint.get("keep", 3)),
@@ -379,7 +420,7 @@ def _evaluate(trainer: Trainer, cfg, state, step: int, writer, summary: dict,
       summary.update(logged)
       print(f"eval_accuracy {logged['eval_accuracy']:.4f} (evaluated before; in {writer.path})")
     return 0
-  params = _host_copy(state.all_params())  # a collective: every process takes part
+  params = _host_copy(trainer.model_params(state))  # a collective: every process takes part
   if not distributed.is_main_process():
     return 0
   size = int(cfg.eval.get("size", 500))

@@ -20,6 +20,42 @@ import jax.numpy as jnp
 # Target positions per row per LM-head call (`train.loss_chunk`; 0: dense logits everywhere).
 DEFAULT_CHUNK = 64
 
+# `train.loss_weighting`: the power of a sample's target count that divides its tokens' losses
+# (InternVL's `token`, `sample` and `square` averaging).
+WEIGHTING_POWERS = {"token": 0.0, "sample": 1.0, "square": 0.5}
+
+
+def check_weighting(weighting: str) -> None:
+  if weighting not in WEIGHTING_POWERS:
+    raise ValueError(f"train.loss_weighting must be one of {sorted(WEIGHTING_POWERS)}, "
+                     f"got {weighting!r}")
+
+
+def loss_weights(loss_mask: jax.Array, segment_ids: jax.Array | None,
+                 weighting: str = "token") -> jax.Array:
+  """Per-token loss weights `[B, T]` float32: `loss_mask / n^p`, n the target count of the
+  token's sample (a segment of its row: packed rows hold several samples), p from
+  `WEIGHTING_POWERS`. The train step divides the weighted sum by the weights' sum over the
+  global batch, as InternVL normalises (`token`: the mean over targets; `sample`: the mean of
+  the samples' mean losses; `square`: each sample weighs sqrt(n)).
+
+  `segment_ids [B, T]` (0 = padding; None: each row is one sample).
+  """
+  check_weighting(weighting)
+  mask = loss_mask.astype(jnp.float32)
+  power = WEIGHTING_POWERS[weighting]
+  if not power:
+    return mask
+  if segment_ids is None:
+    segment_ids = jnp.ones(mask.shape, jnp.int32)
+  t = mask.shape[1]
+
+  def row_counts(m, seg):  # [T], [T] -> each position's sample target count [T]
+    return jax.ops.segment_sum(m, seg, num_segments=t + 1)[seg]
+
+  counts = jax.vmap(row_counts)(mask, segment_ids.astype(jnp.int32))  # per row: stays sharded
+  return mask * jnp.power(jnp.maximum(counts, 1.0), -power)
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array,
                   z_loss: float = 0.0) -> tuple[jax.Array, jax.Array]:

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.nn import lora as lora_lib
 from mmjax.train.parts import merge, split
 
 
@@ -29,11 +30,14 @@ class TrainState:
 
 
 def init_state(module: nn.Module, example_inputs: tuple, tx, trainable: Sequence[str],
-               rng: jax.Array, parts: Mapping[str, str] = {}) -> TrainState:
+               rng: jax.Array, parts: Mapping[str, str] = {},
+               lora: lora_lib.LoraConfig | None = None) -> TrainState:
   """A fresh state; parameters stay boxed with their logical axes (unbox before use).
-  `trainable` names components or `parts` (see `mmjax.train.parts`)."""
+  `trainable` names components or `parts` (see `mmjax.train.parts`); `lora` adds its factors
+  (`mmjax.train.adapters.trainable_parts` names them)."""
   params_rng, state_rng = jax.random.split(rng)
-  params = module.init(params_rng, *example_inputs)["params"]
+  with lora_lib.applied(lora):
+    params = module.init(params_rng, *example_inputs)["params"]
   train, frozen = split(params, trainable, parts)
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, frozen=frozen,
                     opt_state=tx.init(train), rng=state_rng, skipped=jnp.zeros((), jnp.int32))

@@ -9,7 +9,8 @@ import optax
 
 from mmjax.decoders.llama import HeadLoss
 from mmjax.models.registry import family_of_module
-from mmjax.train.loss import cross_entropy, target_cross_entropy
+from mmjax.nn import lora as lora_lib
+from mmjax.train.loss import check_weighting, cross_entropy, loss_weights, target_cross_entropy
 from mmjax.train.state import TrainState, merge
 
 
@@ -20,11 +21,17 @@ def uses_drop_path(module: nn.Module) -> bool:
 
 
 def forward(module: nn.Module, params: dict, batch: dict, rng: jax.Array | None = None,
-            head_loss: HeadLoss | None = None) -> Any:
+            head_loss: HeadLoss | None = None, lora: lora_lib.LoraConfig | None = None) -> Any:
   """Logits `[B, T, V]` for a training batch (schema: `mmjax.data.pipeline`), or the result of
   `head_loss` (`Decoder`): the module's family maps the batch to its arguments
-  (`Family.train_forward`). `rng` drives stochastic layers where the model has them."""
-  return family_of_module(module).train_forward(module, params, batch, rng, head_loss)
+  (`Family.train_forward`). `rng` drives stochastic layers where the model has them; `lora`
+  applies the factors `params` hold (partial LoRA at the family's image positions)."""
+  family = family_of_module(module)
+  positions = None
+  if lora is not None and lora.positions == "image":
+    positions = family.image_token_mask(module.config, batch)
+  with lora_lib.applied(lora, positions):
+    return family.train_forward(module, params, batch, rng, head_loss)
 
 
 def _microbatches(batch: dict, steps: int) -> dict:
@@ -36,35 +43,46 @@ def _microbatches(batch: dict, steps: int) -> dict:
 
 def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int = 1, z_loss: float = 0.0,
-                    loss_chunk: int = 0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    loss_chunk: int = 0, loss_weighting: str = "token",
+                    lora: lora_lib.LoraConfig | None = None,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns `step(state, batch) -> (state, metrics)` (jit it with shardings and donation).
 
   `loss_chunk > 0` computes logits only for target positions, that many per row at a time
   (`mmjax.train.loss.target_cross_entropy`), and runs the decoder's last layer only there
-  (`Decoder(head_loss=...)`); 0 computes every position's logits.
+  (`Decoder(head_loss=...)`); 0 computes every position's logits. `loss_weighting` weighs each
+  sample's tokens (`mmjax.train.loss.loss_weights`: `token`, `sample` or `square`). `lora`:
+  the parameters hold its factors (`mmjax.nn.lora`).
   """
   if loss_chunk < 0:
     raise ValueError(f"train.loss_chunk must be >= 0 (0: dense logits), got {loss_chunk}")
+  check_weighting(loss_weighting)  # here, not when the step is traced
 
   def mean_loss(params, frozen, batch, rng, denom):
-    """The loss summed over the batch's targets and divided by `denom`, the global batch's
-    target count (inside the differentiated function, so no pass of its own scales the
-    gradients), and the batch's target count."""
+    """The weighted loss summed over the batch's targets and divided by `denom`, the global
+    batch's summed weights (inside the differentiated function, so no pass of its own scales
+    the gradients), and the batch's target count."""
     params = merge(params, frozen)
+    weights = batch["loss_weights"]
+    count = jnp.sum(batch["loss_mask"].astype(jnp.float32))
     if loss_chunk:
       def head_loss(logits_fn, head, hidden):
-        return target_cross_entropy(head, hidden, logits_fn, batch["labels"],
-                                    batch["loss_mask"], loss_chunk, z_loss, scale=1 / denom)
-      return forward(module, params, batch, rng, head_loss)
-    logits = forward(module, params, batch, rng)
-    total, count = cross_entropy(logits, batch["labels"], batch["loss_mask"], z_loss)
+        return target_cross_entropy(head, hidden, logits_fn, batch["labels"], weights,
+                                    loss_chunk, z_loss, scale=1 / denom)[0]
+      return forward(module, params, batch, rng, head_loss, lora), count
+    logits = forward(module, params, batch, rng, lora=lora)
+    total, _ = cross_entropy(logits, batch["labels"], weights, z_loss)
     return total / denom, count
 
   grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
 
   def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    # The mean over the global batch's targets: every microbatch divides by the same count.
-    denom = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    # Per-token weights from the whole rows (before any microbatch split), and the weighted
+    # mean over the global batch: every microbatch divides by the same sum.
+    weights = loss_weights(batch["loss_mask"], batch.get("segment_ids"), loss_weighting)
+    batch = {**batch, "loss_weights": weights}
+    # (At least 1 whenever there is a target: each sample's weights sum to n^(1-p) >= 1.)
+    denom = jnp.maximum(jnp.sum(weights), 1.0)
     if grad_accum == 1:
       (loss, count), grads = grad_fn(state.params, state.frozen, batch, state.rng, denom)
     else:
