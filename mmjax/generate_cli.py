@@ -15,7 +15,8 @@ a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,
-optional position_ids, pixel_values [I, C, H, W] NCHW; for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the
+optional position_ids, pixel_values [I, C, H, W] NCHW; for LLaVA-NeXT LlavaNextProcessor's
+pixel_values [I, tiles, C, H, W] and image_sizes [I, 2]; for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the
 Qwen processor's pixel_values [N, C*T*P*P], image_grid_thw, pixel_values_videos, video_grid_thw,
 mm_token_type_ids, second_per_grid_ts), and writes the generated ids [B, N] int32: exactly N
 tokens per row unless --stop ids are given, after which a row is padded with the pad id.
