@@ -10,7 +10,8 @@ Chat mode (--prompt, optional --image, repeatable: a path or an http(s) URL): ap
 checkpoint's chat template and tokenizer (kept at conversion under DIR/hf_extras/) and image
 preprocessing (preprocessor_config.json or processor_config.json), then streams the answer to
 stdout. It stops at the checkpoint's end tokens (generation_config.json / tokenizer eos) or after
---max-new-tokens. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within
+--max-new-tokens. LLaVA-NeXT cuts each image into AnyRes tiles (base view + grid) as
+LlavaNextImageProcessor does. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within
 a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,

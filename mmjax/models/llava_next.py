@@ -245,5 +245,10 @@ class LlavaNextFamily(Family):
             "pixel_values": np.zeros((batch, tiles, v.num_channels, v.image_size, v.image_size),
                                      np.float32)}
 
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    from mmjax.generation.llava_next import LlavaNextPromptBuilder
+
+    return LlavaNextPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template)
+
 
 FAMILIES = (LlavaNextFamily(),)
