@@ -11,8 +11,8 @@ checkpoint's chat template and tokenizer (kept at conversion under DIR/hf_extras
 preprocessing (preprocessor_config.json or processor_config.json), then streams the answer to
 stdout. It stops at the checkpoint's end tokens (generation_config.json / tokenizer eos) or after
 --max-new-tokens. LLaVA-NeXT cuts each image into AnyRes tiles (base view + grid) as
-LlavaNextImageProcessor does. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within
-a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
+LlavaNextImageProcessor does. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own
+resolution within a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,

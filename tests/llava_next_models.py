@@ -5,7 +5,8 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil)
 from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
 
 from hf_models import clip_vision_config, save, text_config

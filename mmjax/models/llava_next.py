@@ -129,8 +129,9 @@ def anyres_images(config: LlavaNextConfig, pixel_values, image_sizes) -> AnyResI
   counts, index = feature_layout(config, sizes)
   for i, n in enumerate(counts):
     if n > pixels.shape[1]:
-      raise ValueError(f"image {i} of size {tuple(int(x) for x in sizes[i])} takes {n} tiles (base view + grid) "
-                       f"but pixel_values holds {pixels.shape[1]} per image")
+      size = tuple(int(x) for x in sizes[i])
+      raise ValueError(f"image {i} of size {size} takes {n} tiles (base view + grid) but "
+                       f"pixel_values holds {pixels.shape[1]} per image")
   tiles = np.concatenate([pixels[i, :n] for i, n in enumerate(counts)])  # [N, C, H, W]
   return {"tiles": np.transpose(tiles, (0, 2, 3, 1)), "index": index}
 

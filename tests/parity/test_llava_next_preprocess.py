@@ -8,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 from PIL import Image
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil)
 from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
 
 from mmjax.data.preprocess import ImageProcessor, anyres, preset
