@@ -9,7 +9,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import (
     LlavaNextImageProcessorPil)
 from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
 
-from hf_models import clip_vision_config, save, text_config
+from hf_models import clip_vision_config, left_padded, save, text_config
 
 IMAGE = 127  # the image token in the tiny vocab of 128
 TINY_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
@@ -70,12 +70,7 @@ def make_inputs(hf_cfg, rows, seed: int = 0) -> dict[str, np.ndarray]:
       seq += [IMAGE] * tokens_per_image(hf_cfg, h, w) + list(rng.integers(3, vocab - 1, 2))
       sizes.append((h, w))
     seqs.append(seq)
-  t = max(len(s) for s in seqs)
-  ids = np.zeros((len(seqs), t), np.int64)
-  mask = np.zeros_like(ids)
-  for i, s in enumerate(seqs):
-    ids[i, t - len(s):] = s
-    mask[i, t - len(s):] = 1
+  ids, mask = left_padded(seqs)
   inputs = {"input_ids": ids, "attention_mask": mask}
   if sizes:
     out = image_processor(hf_cfg)(images=random_images(sizes, seed), return_tensors="np")

@@ -10,8 +10,8 @@ from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.decoders.llama import init_cache
 from mmjax.generation import prompt_images
 from mmjax.generation.adapters import DecodeState, checked_positions, last_logits, text_step
-from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
-                                     image_processor_config)
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, expand_placeholders,
+                                     image_config_from_hf, image_processor_config)
 from mmjax.models import llava_next
 
 
@@ -92,9 +92,7 @@ class LlavaNextPromptBuilder(FamilyPromptBuilder):
       return ids[None], None
     processor = ImageProcessor(self.image_config)
     processed = [processor(prompt_images.load(ref)) for ref in images]
-    counts = iter([p.num_tokens for p in processed])
-    ids = np.concatenate([np.full(next(counts), i) if i == builder.image_token_id else [i]
-                          for i in ids]).astype(np.int32)
+    ids = expand_placeholders(ids, builder.image_token_id, [p.num_tokens for p in processed])
     tiles = max(p.pixels.shape[0] for p in processed)
     pixels = np.stack([np.pad(p.pixels, ((0, tiles - p.pixels.shape[0]), (0, 0), (0, 0), (0, 0)))
                        for p in processed])  # [I, P, H, W, C]

@@ -204,13 +204,19 @@ class PromptBuilder:
                               "or processor_config.json)")
     ids = self.token_ids(self.text(prompt, len(images)))
     if images:
-      ids = np.concatenate([np.full(self.tokens_per_image, i) if i == self.image_token_id
-                            else [i] for i in ids])
+      ids = expand_placeholders(ids, self.image_token_id, [self.tokens_per_image] * len(images))
     pixels = None
     if images:
       pixels = np.concatenate([self.image_processor(prompt_images.load(ref)).pixels
                                for ref in images])
     return ids.astype(np.int32)[None], pixels
+
+
+def expand_placeholders(ids: np.ndarray, placeholder: int, counts) -> np.ndarray:
+  """`ids [T]` with the i-th `placeholder` repeated `counts[i]` times (int32)."""
+  counts = iter(counts)
+  return np.concatenate([np.full(next(counts), i) if i == placeholder else [i]
+                         for i in ids]).astype(np.int32)
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from hf_files import load_tensors, rename_prefixes, rewrite
+from hf_files import V4_TO_V5, assert_same_tensors, load_tensors, rename_prefixes, rewrite
 from hf_models import siglip_vision_config, text_config
 from llava_next_models import llava_next_config, tiny
 from mmjax import cli
@@ -15,17 +15,7 @@ from mmjax.convert.exporter import export_hf
 from mmjax.convert.importer import convert_hf
 from mmjax.convert.plan import ConversionError
 
-V4_TO_V5 = (("language_model.model.", "model.language_model."),
-            ("language_model.lm_head.", "lm_head."),
-            ("vision_tower.", "model.vision_tower."),
-            ("multi_modal_projector.", "model.multi_modal_projector."),
-            ("image_newline", "model.image_newline"))
-
-
-def assert_same_tensors(a: dict, b: dict):
-  assert sorted(a) == sorted(b)
-  for key in a:
-    assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+NEXT_V4_TO_V5 = (*V4_TO_V5, ("image_newline", "model.image_newline"))
 
 
 def loads_cleanly(path: str):
@@ -54,7 +44,7 @@ def test_saved_layout_round_trips_bit_for_bit(tmp_path, dtype, vision, tied):
 def test_v5_spelling_reads_and_exports_either_spelling(tmp_path):
   hf_dir = tiny(str(tmp_path / "hf"), llava_next_config(), seed=2)
   v4 = load_tensors(hf_dir)
-  rewrite(hf_dir, lambda t: rename_prefixes(t, V4_TO_V5))
+  rewrite(hf_dir, lambda t: rename_prefixes(t, NEXT_V4_TO_V5))
   assert "model.image_newline" in load_tensors(hf_dir)
   convert_hf(hf_dir, str(tmp_path / "mm"), progress=False)
   assert read_metadata(str(tmp_path / "mm"))[2]["layout"] == "v5"
