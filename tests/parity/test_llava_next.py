@@ -94,3 +94,14 @@ def test_inputs_that_disagree_are_named(converted):
     run(pixel_values=inputs["pixel_values"][0])
   with pytest.raises(ValueError, match=r"of size \(20, 70\) takes 4 tiles .* holds 2"):
     run(pixel_values=inputs["pixel_values"][:, :2])
+
+
+def test_configs_transformers_cannot_run_are_named():
+  """A pinpoint that is no multiple of the tile (transformers' grid view fails on it) and CLIP
+  with 'full' selection (its class token breaks the patch grid; transformers raises too)."""
+  from mmjax.models.llava_next import LlavaNextConfig
+
+  with pytest.raises(ValueError, match=r"image_grid_pinpoint \[48, 64\].*image_size 32"):
+    LlavaNextConfig.from_hf(llava_next_config(image_grid_pinpoints=[[48, 64]]).to_dict())
+  with pytest.raises(ValueError, match="class token.*'default'"):
+    LlavaNextConfig.from_hf(llava_next_config(vision_feature_select_strategy="full").to_dict())
