@@ -44,6 +44,13 @@ V4_TO_V5 = (("language_model.model.", "model.language_model."),
             ("multi_modal_projector.", "model.multi_modal_projector."))
 
 
+def assert_same_tensors(a: dict, b: dict) -> None:
+  """The same keys, dtypes and values, bit for bit."""
+  assert sorted(a) == sorted(b)
+  for key in a:
+    assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
 def rename_prefixes(tensors: dict, pairs) -> dict:
   out = {}
   for key, value in tensors.items():

@@ -65,6 +65,18 @@ def llava_config(vision=None, text=None, **kw):
   return transformers.LlavaConfig(vision_config=vision, text_config=text, **kw)
 
 
+def left_padded(rows, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Token rows of different lengths -> `input_ids [B, T]` and `attention_mask [B, T]`, padded on
+  the left as transformers' processors do for generation."""
+  t = max(len(r) for r in rows)
+  ids = np.full((len(rows), t), pad, np.int64)
+  mask = np.zeros_like(ids)
+  for i, row in enumerate(rows):
+    ids[i, t - len(row):] = row
+    mask[i, t - len(row):] = 1
+  return ids, mask
+
+
 def max_diff(a, b, mask=None) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   diff = np.abs(a - b)

@@ -36,8 +36,8 @@ def _pair(value) -> tuple[int, int]:
 
 
 def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> ImageConfig:
-  """A transformers `preprocessor_config.json` (CLIP, LLaVA, SigLIP, Qwen2-VL, GotOcr2 (InternVL)
-  processors) -> ImageConfig."""
+  """A transformers `preprocessor_config.json` (CLIP, LLaVA, LLaVA-NeXT, SigLIP, Qwen2-VL,
+  GotOcr2 (InternVL) processors) -> ImageConfig."""
   kind = pre.get("image_processor_type", "CLIPImageProcessor")
   size = pre.get("size") or {}
   common_kw = dict(
@@ -53,6 +53,8 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
              if pre.get("crop_to_patches") else (1, 1))
     return ImageConfig(family="internvl", shortest_edge=None, size=_pair(size), crop_size=None,
                        pad_to_square=False, min_tiles=tiles[0], max_tiles=tiles[1], **common_kw)
+  if kind.startswith("LlavaNext"):  # AnyRes: a base view + tiles at the best pinpoint
+    return _anyres_image_config(pre, size, common_kw)
   if "Siglip" in kind or "shortest_edge" not in size:
     return ImageConfig(family="siglip", shortest_edge=None, size=_pair(size), crop_size=None,
                        pad_to_square=False, **common_kw)
@@ -60,6 +62,18 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
   pad = bool(pre.get("do_pad", False)) and "Llava" in kind
   return ImageConfig(family="llava" if pad else "clip", shortest_edge=int(size["shortest_edge"]),
                      crop_size=crop, pad_to_square=pad, **common_kw)
+
+
+def _anyres_image_config(pre: dict, size: dict, common_kw: dict) -> ImageConfig:
+  """LlavaNextImageProcessor: `size` (a shortest edge, or height and width), the crop and the
+  grid pinpoints (transformers' default ones when absent)."""
+  edge = size.get("shortest_edge")
+  crop = pre.get("crop_size") if pre.get("do_center_crop", True) else None
+  pinpoints = pre.get("image_grid_pinpoints")
+  return ImageConfig(family="anyres", shortest_edge=None if edge is None else int(edge),
+                     size=None if edge is not None else _pair(size),
+                     crop_size=None if not crop else _pair(crop), pad_to_square=False,
+                     **({"grid_pinpoints": pinpoints} if pinpoints else {}), **common_kw)
 
 
 def _qwen_image_config(pre: dict, size: dict, common_kw: dict) -> ImageConfig:
@@ -99,6 +113,13 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     height, width = cfg.size
     return dict(image_processor_type="MllamaImageProcessor", size={"height": height,
                 "width": width}, max_image_tiles=cfg.max_tiles, do_pad=True, **out)
+  if cfg.family == "anyres":
+    size = ({"shortest_edge": cfg.shortest_edge} if cfg.shortest_edge
+            else {"height": cfg.size[0], "width": cfg.size[1]})
+    crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
+    return dict(image_processor_type="LlavaNextImageProcessor", size=size,
+                do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
+                image_grid_pinpoints=[list(p) for p in cfg.grid_pinpoints], do_pad=True, **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -107,7 +128,7 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava, internvl, qwen2_vl and mllama are)")
+                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl and mllama are)")
 
 
 @dataclasses.dataclass
@@ -183,13 +204,19 @@ class PromptBuilder:
                               "or processor_config.json)")
     ids = self.token_ids(self.text(prompt, len(images)))
     if images:
-      ids = np.concatenate([np.full(self.tokens_per_image, i) if i == self.image_token_id
-                            else [i] for i in ids])
+      ids = expand_placeholders(ids, self.image_token_id, [self.tokens_per_image] * len(images))
     pixels = None
     if images:
       pixels = np.concatenate([self.image_processor(prompt_images.load(ref)).pixels
                                for ref in images])
     return ids.astype(np.int32)[None], pixels
+
+
+def expand_placeholders(ids: np.ndarray, placeholder: int, counts) -> np.ndarray:
+  """`ids [T]` with the i-th `placeholder` repeated `counts[i]` times (int32)."""
+  counts = iter(counts)
+  return np.concatenate([np.full(next(counts), i) if i == placeholder else [i]
+                         for i in ids]).astype(np.int32)
 
 
 @dataclasses.dataclass

@@ -11,8 +11,8 @@ from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.decoders.llama import init_cache
 from mmjax.generation import prompt_images
 from mmjax.generation.adapters import DecodeState, last_logits, text_step
-from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
-                                     image_processor_config)
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, expand_placeholders,
+                                     image_config_from_hf, image_processor_config)
 from mmjax.models import qwen_vl
 
 
@@ -100,9 +100,7 @@ class QwenVLPromptBuilder(FamilyPromptBuilder):
       return ids[None], None
     processor = ImageProcessor(self.image_config)
     processed = [processor(prompt_images.load(ref)) for ref in images]
-    counts = iter([p.num_tokens for p in processed])
-    ids = np.concatenate([np.full(next(counts), i) if i == builder.image_token_id else [i]
-                          for i in ids]).astype(np.int32)
+    ids = expand_placeholders(ids, builder.image_token_id, [p.num_tokens for p in processed])
     pixels = {"pixel_values": np.concatenate([processor.sample_tiles(p) for p in processed]),
               "image_grid_thw": processor.image_features(processed)["image_grid_thw"]}
     return ids[None], pixels

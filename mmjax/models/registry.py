@@ -17,6 +17,7 @@ from mmjax.models.family import Family, Unsupported
 # Modules under mmjax/models/ that declare `FAMILIES` (a tuple of Family objects).
 FAMILY_MODULES = (
     "llava",
+    "llava_next",
     "standalone",
     "qwen_vl",
     "internvl",

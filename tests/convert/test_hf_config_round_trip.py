@@ -8,6 +8,7 @@ import transformers
 
 from hf_models import clip_vision_config, llava_config, text_config
 from internvl_models import internvl_config
+from llava_next_models import llava_next_config
 from mllama_models import mllama_config
 from qwen_vl_models import qwen_vl_config
 
@@ -40,6 +41,7 @@ CASES = {
     "qwen2_5_vl": lambda: _from_hf(qwen_vl_config("qwen2_5_vl", tied=True)),
     "qwen3_vl": lambda: _from_hf(qwen_vl_config("qwen3_vl")),
     "internvl": lambda: _from_hf(internvl_config()),
+    "llava_next": lambda: _from_hf(llava_next_config(vision_feature_layer=[-1, 0])),
     "mllama": lambda: _from_hf(mllama_config()),
 }
 

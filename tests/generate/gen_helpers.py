@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import transformers
 
-from hf_models import llava_config, save, text_config
+from hf_models import left_padded, llava_config, save, text_config
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
 
@@ -38,16 +38,6 @@ def build_causal_lm(tmp_path, text, seed=0):
   model = transformers.AutoModelForCausalLM.from_pretrained(
       hf_dir, attn_implementation="eager").eval()
   return (model, *load_checkpoint(str(tmp_path / "mm")))
-
-
-def left_padded(rows):
-  t = max(len(r) for r in rows)
-  ids = np.full((len(rows), t), PAD, np.int64)
-  mask = np.zeros_like(ids)
-  for i, row in enumerate(rows):
-    ids[i, t - len(row):] = row
-    mask[i, t - len(row):] = 1
-  return ids, mask
 
 
 def llava_prompts(hf_cfg, images_per_row, seed=0):

@@ -15,6 +15,7 @@ CASES = {
     "clip336": dict(shortest_edge=32, crop_size=32),
     "llava15": dict(shortest_edge=32, crop_size=32),
     "siglip384": dict(size=32),
+    "llava_next": dict(shortest_edge=32, crop_size=32, grid_pinpoints=((32, 64), (64, 32))),
     "internvl": dict(size=32, max_tiles=6),
     "qwen2_vl": dict(patch_size=4, min_pixels=64 * 4, max_pixels=64 * 40),
     "mllama": dict(size=32, max_tiles=4),
@@ -28,6 +29,8 @@ def _hf_pixels(out, family, cfg) -> np.ndarray:
     return pixels  # [N, C*T*P*P] both
   if family == "mllama":
     pixels = pixels[0, 0]  # [tiles, C, H, W]
+  if family == "anyres":
+    pixels = pixels[0]  # [1 + tiles, C, H, W]
   return np.transpose(pixels, (0, 2, 3, 1))
 
 
@@ -59,7 +62,8 @@ def test_written_settings_read_back(name):
   back = image_config_from_hf(settings)
   fields = {"clip": ("shortest_edge", "crop_size"), "llava": ("shortest_edge", "crop_size",
                                                              "pad_to_square"),
-            "siglip": ("size",), "internvl": ("size", "min_tiles", "max_tiles"),
+            "siglip": ("size",), "anyres": ("shortest_edge", "crop_size", "grid_pinpoints"),
+            "internvl": ("size", "min_tiles", "max_tiles"),
             "qwen2_vl": ("patch_size", "merge_size", "temporal_patch_size", "min_pixels",
                          "max_pixels")}[cfg.family]
   common = ("family", "mean", "std", "rescale_factor", "resample")

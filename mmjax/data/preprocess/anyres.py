@@ -2,8 +2,10 @@
 
 Matches ``LlavaNextImageProcessorPil``: choose the pinpoint resolution that keeps the most
 effective pixels and wastes the fewest, resize keeping the aspect ratio (ceil on the free side),
-zero-pad centered to the pinpoint, cut into crop-size tiles row-major; the base view is the whole
-image resized (without keeping aspect) to the tile size and comes first.
+zero-pad centered to the pinpoint and cut it into square tiles of the crop height, row-major; the
+base view is the whole image resized (without keeping aspect) to the `size` square and comes
+first. Every view then takes the processor's resize and center crop (no-ops when the tiles
+already have the crop size, as in the released checkpoints).
 """
 
 from __future__ import annotations
@@ -37,24 +39,67 @@ def fit_size(height: int, width: int, target_h: int, target_w: int) -> tuple[int
   return target_h, min(math.ceil(width * scale_h), target_w)
 
 
+def tile_side(cfg) -> int:
+  """Side of the square tiles the padded image is cut into: the crop height (else `size`'s)."""
+  if cfg.crop_size:
+    return cfg.crop_size[0]
+  return cfg.size[0] if cfg.size else cfg.shortest_edge
+
+
+def view_size(cfg) -> tuple[int, int]:
+  """(h, w) of every view the processor returns (its crop size, else its resize target)."""
+  if cfg.crop_size:
+    return tuple(cfg.crop_size)
+  return tuple(cfg.size) if cfg.size else (cfg.shortest_edge, cfg.shortest_edge)
+
+
+def unpadded_grid(height: int, width: int, grid_h: int, grid_w: int) -> tuple[int, int, int, int]:
+  """(top, rows, left, cols): the part of a `grid_h x grid_w` feature grid an image of (height,
+  width) covers once its centered zero padding is cut off, rounded as transformers'
+  `unpad_image` does (`int(round(x, 7))`, then equal margins of the floored half)."""
+  if width / height > grid_w / grid_h:
+    new_h = int(round(height * (grid_w / width), 7))
+    top = (grid_h - new_h) // 2
+    return top, grid_h - 2 * top, 0, grid_w
+  new_w = int(round(width * (grid_h / height), 7))
+  left = (grid_w - new_w) // 2
+  return 0, grid_h, left, grid_w - 2 * left
+
+
 def num_tokens(height: int, width: int, cfg) -> int:
-  """Image tokens LLaVA-NeXT produces: base grid + unpadded tile features + one newline per row."""
-  tile_h, tile_w = cfg.crop_size
+  """Image tokens LLaVA-NeXT produces: base grid + unpadded tile features + one newline per row
+  (as `LlavaNextProcessor` counts them without the class token)."""
+  tile_h, tile_w = view_size(cfg)
   best_h, best_w = select_best_resolution(height, width, cfg.grid_pinpoints)
   grid_h, grid_w = tile_h // cfg.patch_size, tile_w // cfg.patch_size
-  cur_h, cur_w = grid_h * (best_h // tile_h), grid_w * (best_w // tile_w)
-  if width / height > cur_w / cur_h:
-    new_h = int(round(height * (cur_w / width), 7))
-    cur_h -= 2 * ((cur_h - new_h) // 2)
+  _, rows, _, cols = unpadded_grid(height, width, grid_h * (best_h // tile_h),
+                                   grid_w * (best_w // tile_w))
+  return grid_h * grid_w + rows * cols + rows
+
+
+def base_size(cfg) -> tuple[int, int]:
+  """(h, w) the whole image is first resized to for the base view: `size` as a square of its
+  shortest edge, or its (height, width)."""
+  return (cfg.shortest_edge, cfg.shortest_edge) if cfg.shortest_edge else tuple(cfg.size)
+
+
+def _finish(view: Image.Image, cfg) -> np.ndarray:
+  """The per-view resize (shortest edge, or exact size) and center crop HF applies to the base
+  view and to every grid tile alike (no-ops when the tile is already the crop size)."""
+  w, h = view.size
+  if cfg.shortest_edge:
+    new_h, new_w = common.shortest_edge_size(h, w, cfg.shortest_edge)
   else:
-    new_w = int(round(width * (cur_h / height), 7))
-    cur_w -= 2 * ((cur_w - new_w) // 2)
-  return grid_h * grid_w + cur_h * cur_w + cur_h
+    new_h, new_w = cfg.size
+  view = common.resize(view, new_h, new_w, cfg.resample)
+  if cfg.crop_size:
+    view = common.center_crop(view, *cfg.crop_size)
+  return np.asarray(view)
 
 
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
-  """Returns pixels [1 + n_tiles, H, W, 3] float32 and {'image_size': (h, w)} of the original."""
-  tile_h, tile_w = cfg.crop_size
+  """Returns pixels [1 + n_tiles, H, W, 3] float32 (base view first) and {'image_size': (h, w)}."""
+  tile = tile_side(cfg)
   w, h = image.size
   best_h, best_w = select_best_resolution(h, w, cfg.grid_pinpoints)
   new_h, new_w = fit_size(h, w, best_h, best_w)
@@ -62,9 +107,8 @@ def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   top, left = (best_h - new_h) // 2, (best_w - new_w) // 2
   canvas = np.zeros((best_h, best_w, 3), np.uint8)  # [best_h, best_w, 3]
   canvas[top:top + new_h, left:left + new_w] = resized
-  tiles = [np.asarray(common.resize(image, tile_h, tile_w, cfg.resample))]
-  for y in range(0, best_h, tile_h):
-    for x in range(0, best_w, tile_w):
-      tiles.append(canvas[y:y + tile_h, x:x + tile_w])
-  pixels = common.normalize(np.stack(tiles), cfg.mean, cfg.std, cfg.rescale_factor)  # [n, H, W, 3]
-  return pixels, {'image_size': (h, w)}
+  views = [common.resize(image, *base_size(cfg), cfg.resample)]
+  views += [Image.fromarray(canvas[y:y + tile, x:x + tile])
+            for y in range(0, best_h, tile) for x in range(0, best_w, tile)]
+  tiles = np.stack([_finish(view, cfg) for view in views])  # [1 + n_tiles, H, W, 3] uint8
+  return common.normalize(tiles, cfg.mean, cfg.std, cfg.rescale_factor), {'image_size': (h, w)}

@@ -1,0 +1,100 @@
+"""Generation of LLaVA-NeXT: the adapter (see `mmjax.generation.adapters`) and chat mode's
+prompt builder."""
+
+import dataclasses
+
+import flax.linen as nn
+import numpy as np
+
+from mmjax.data.preprocess import ImageConfig, ImageProcessor
+from mmjax.decoders.llama import init_cache
+from mmjax.generation import prompt_images
+from mmjax.generation.adapters import DecodeState, checked_positions, last_logits, text_step
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, expand_placeholders,
+                                     image_config_from_hf, image_processor_config)
+from mmjax.models import llava_next
+
+
+@dataclasses.dataclass(frozen=True)
+class AnyResFusion:
+  """Image features (base view, unpadded grid rows each ended by `image_newline`) replace the
+  placeholder embeddings in the prefill; new tokens are text.
+
+  `pixels` is a mapping of LlavaNextProcessor's arrays (`pixel_values [I, P, C, H, W]`,
+  `image_sizes [I, 2]`), or None for text-only prompts.
+  """
+
+  module: nn.Module
+  config: llava_next.LlavaNextConfig
+
+  def prepare_inputs(self, input_ids, mask, pixels, positions):
+    """The model's images (`llava_next.anyres_images`: tiles NHWC and their layout) and
+    `positions [B, T]` (or None); raises `PlaceholderMismatchError` when the placeholders and
+    the images' features disagree."""
+    pixels = dict(pixels or {})
+    unknown = set(pixels) - set(llava_next.PROCESSOR_KEYS)
+    if unknown:
+      raise ValueError(f"unknown LLaVA-NeXT inputs {sorted(unknown)}; expected some of "
+                       f"{llava_next.PROCESSOR_KEYS}")
+    images = llava_next.anyres_images(self.config, pixels.get("pixel_values"),
+                                      pixels.get("image_sizes"))
+    llava_next.check_image_placeholders(self.config, input_ids, images)
+    return images, checked_positions(positions, input_ids)
+
+  def init_state(self, batch: int, length: int) -> DecodeState:
+    return {"cache": init_cache(self.config.decoder, batch, length)}
+
+  def prefill(self, params, input_ids, pixels, positions, mask, state: DecodeState):
+    """`pixels` as `prepare_inputs` returns them -> last logits `[B, V]`, new state."""
+
+    def run(m, input_ids, images, positions, mask, cache):
+      x = m.embed(input_ids, images)  # [B, T, D]
+      return last_logits(m.decoder, m.decoder(x, positions, mask, None, cache, 0))
+
+    logits, cache = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
+                                      state["cache"], method=run)
+    return logits, {**state, "cache": cache}
+
+  def step(self, params, tokens, positions, mask, state: DecodeState, index):
+    """One token per row: `tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`."""
+    return text_step(self.module, params, tokens, positions, mask, state, index)
+
+
+@dataclasses.dataclass
+class LlavaNextPromptBuilder(FamilyPromptBuilder):
+  """Chat mode: the checkpoint's chat template and tokenizer, and LlavaNextImageProcessor's
+  settings (`mmjax.data.preprocess.anyres`); each image's `<image>` is expanded to its tokens as
+  LlavaNextProcessor counts them. Returns `input_ids [1, T]` and the processor's arrays:
+  `pixel_values [I, P, C, H, W]` (tiles zero-padded to the most any image has) and
+  `image_sizes [I, 2]` (None without images)."""
+
+  image_config: ImageConfig | None
+
+  @classmethod
+  def from_checkpoint(cls, ckpt_dir: str, config, chat_template: bool = True):
+    text = PromptBuilder.from_checkpoint(ckpt_dir, config, chat_template=chat_template,
+                                         image_processor=False)
+    pre = image_processor_config(ckpt_dir)
+    image_config = None
+    if pre is not None:  # the tower's patch size counts the tokens, as LlavaNextProcessor's
+      image_config = dataclasses.replace(image_config_from_hf(pre),
+                                         patch_size=config.vision.patch_size)
+      if image_config.family != "anyres":
+        raise ValueError(f"the checkpoint's image processor ({pre.get('image_processor_type')}) "
+                         "is not LLaVA-NeXT's LlavaNextImageProcessor")
+    return cls(text, image_config)
+
+  def __call__(self, prompt: str, images: list[str]):
+    self.check_images(images, self.image_config)
+    builder = self.text_builder
+    ids = builder.token_ids(builder.text(prompt, len(images)))  # [T], one <image> per image
+    if not images:
+      return ids[None], None
+    processor = ImageProcessor(self.image_config)
+    processed = [processor(prompt_images.load(ref)) for ref in images]
+    ids = expand_placeholders(ids, builder.image_token_id, [p.num_tokens for p in processed])
+    tiles = max(p.pixels.shape[0] for p in processed)
+    pixels = np.stack([np.pad(p.pixels, ((0, tiles - p.pixels.shape[0]), (0, 0), (0, 0), (0, 0)))
+                       for p in processed])  # [I, P, H, W, C]
+    return ids[None], {"pixel_values": np.transpose(pixels, (0, 1, 4, 2, 3)),
+                       "image_sizes": np.asarray([p.image_size for p in processed], np.int64)}
