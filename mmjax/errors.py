@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 
 
 class UserError(Exception):
@@ -120,6 +121,9 @@ def quiet_background_failures() -> None:
       previous_hook(unraisable)
 
   sys.unraisablehook = hook
+  # Orbax's abandoned array writes, collected at exit after the failure was reported.
+  warnings.filterwarnings("ignore", message=r"coroutine 'async_serialize.*' was never awaited",
+                          category=RuntimeWarning)
 
 
 def report(command: str, exc: BaseException) -> int | None:

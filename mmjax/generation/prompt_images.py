@@ -23,8 +23,8 @@ class ImageFetchError(UserError):
   """An image URL that could not be fetched."""
 
 
-def is_url(ref: str) -> bool:
-  return ref.startswith(("http://", "https://"))
+def is_url(ref) -> bool:
+  return isinstance(ref, str) and ref.startswith(("http://", "https://"))
 
 
 def check(refs: list[str]) -> None:
@@ -52,12 +52,14 @@ def fetch(url: str, timeout: float = TIMEOUT_S) -> bytes:
   return data
 
 
-def load(ref: str) -> Image.Image:
-  """The RGB image at a path or URL; a ValueError naming `ref` when it is no image."""
+def load(ref: str | bytes) -> Image.Image:
+  """The RGB image at a path or URL, or encoded in bytes (evaluation sets embed them); a
+  ValueError naming `ref` when it is no image."""
   data = fetch(ref) if is_url(ref) else ref
   try:
     return common.decode_image(data)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # not an image
     if isinstance(e, FileNotFoundError):
       raise
-    raise ValueError(f"{ref}: not a readable image ({e})") from None
+    name = ref if isinstance(ref, str) else f"{len(ref)} bytes of image data"
+    raise ValueError(f"{name}: not a readable image ({e})") from None
