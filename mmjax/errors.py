@@ -95,8 +95,9 @@ class _DropOrbaxRepeats(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not record.exc_info:
       return True
-    if record.name == "asyncio":
-      return not _from_orbax(record.exc_info[1])
+    if record.name == "asyncio":  # TensorStore's write errors may carry no Orbax frame
+      error = record.exc_info[1]
+      return not (_from_orbax(error) or disk_full(error) is not None)
     return "orbax" not in record.pathname
 
 
