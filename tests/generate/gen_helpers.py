@@ -73,3 +73,13 @@ def hf_greedy(model, ids, mask, pixels=None, n=16, eos=None):
 
 def nhwc(pixels):
   return None if pixels is None else np.transpose(pixels, (0, 2, 3, 1))
+
+
+def hf_answer(model, inputs, tokenizer, n, eos=None) -> str:
+  """transformers' greedy answer text after the prompt of processor arrays `inputs` (batch 1):
+  `n` new tokens, or up to `eos`."""
+  model.generation_config.eos_token_id = eos
+  with torch.no_grad():
+    out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
+                         max_new_tokens=n, pad_token_id=0)
+  return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -4,13 +4,13 @@ InternVLProcessor's, and `mmjax generate --image --prompt` answers as transforme
 generate."""
 
 import numpy as np
-import torch
 import transformers
 from PIL import Image
 from transformers import processing_utils
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
 from internvl_models import internvl_config, tiny, tokens_per_tile
+from gen_helpers import hf_answer
 from hf_models import text_config
 from mmjax import cli
 from mmjax.checkpoint import read_metadata
@@ -71,11 +71,7 @@ def test_chat_mode_answers_like_internvl_processor(tmp_path, monkeypatch, capsys
 
   model = transformers.InternVLForConditionalGeneration.from_pretrained(
       hf_dir, attn_implementation="eager").eval()
-  model.generation_config.eos_token_id = None
-  with torch.no_grad():
-    out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
-                         max_new_tokens=N, pad_token_id=0)
-  expected = fast.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+  expected = hf_answer(model, inputs, fast, N)
   assert expected.strip()
   capsys.readouterr()
   assert cli.main(["generate", "--checkpoint", ckpt, "--image", paths[0], "--image", paths[1],

@@ -4,10 +4,10 @@ ids (`<image>` expanded per image as LlavaNextProcessor counts) and arrays (`pix
 `apply_chat_template`, and `mmjax generate --image --prompt` answers as transformers' generate."""
 
 import numpy as np
-import torch
 import transformers
 from PIL import Image
 
+from gen_helpers import hf_answer
 from hf_models import text_config
 from llava_next_models import image_processor, llava_next_config, load_reference, tiny
 from mmjax import cli
@@ -62,11 +62,7 @@ def test_chat_mode_answers_like_llava_next_processor(tmp_path, capsys):
   np.testing.assert_allclose(pixels["pixel_values"], inputs["pixel_values"], atol=1e-5, rtol=0)
 
   model = load_reference(hf_dir)
-  model.generation_config.eos_token_id = None
-  with torch.no_grad():
-    out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
-                         max_new_tokens=N, pad_token_id=0)
-  expected = fast.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+  expected = hf_answer(model, inputs, fast, N)
   assert expected.strip()
   capsys.readouterr()
   assert cli.main(["generate", "--checkpoint", ckpt, *[a for p in paths for a in ("--image", p)],

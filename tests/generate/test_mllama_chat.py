@@ -4,10 +4,10 @@ prompt's ids, tiles, aspect ratios and cross-attention mask equal MllamaProcesso
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from PIL import Image
 
+from gen_helpers import hf_answer
 from hf_models import save
 from mllama_models import build, mllama_config
 from mmjax import cli
@@ -69,11 +69,7 @@ def test_chat_mode_answers_like_mllama_processor(template, tmp_path, capsys):
 
   model = transformers.MllamaForConditionalGeneration.from_pretrained(
       hf_dir, attn_implementation="eager").eval()
-  model.generation_config.eos_token_id = None
-  with torch.no_grad():
-    out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
-                         max_new_tokens=N, pad_token_id=0)
-  expected = fast.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+  expected = hf_answer(model, inputs, fast, N)
   assert expected.strip()
   capsys.readouterr()
   assert cli.main(["generate", "--checkpoint", str(tmp_path / "mm"), "--image", paths[0],

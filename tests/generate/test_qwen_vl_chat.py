@@ -16,6 +16,7 @@ import transformers
 from PIL import Image
 from transformers import processing_utils
 
+from gen_helpers import hf_answer
 from hf_models import save
 from mmjax import cli
 from mmjax.checkpoint import read_metadata
@@ -132,11 +133,7 @@ def _hf_answer(kind, hf_dir, fast, image_processor, paths, monkeypatch, stop=Non
   """transformers' greedy answer to PROMPT about `paths` (to `stop` or N tokens)."""
   inputs = _hf_inputs(kind, fast, image_processor, paths, monkeypatch)
   model = CLASSES[kind][1].from_pretrained(hf_dir, attn_implementation="eager").eval()
-  model.generation_config.eos_token_id = stop
-  with torch.no_grad():
-    out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
-                         max_new_tokens=N, pad_token_id=0)
-  return fast.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+  return hf_answer(model, inputs, fast, N, eos=stop)
 
 
 def test_chat_answers_like_transformers_from_paths_and_urls(qwen_chat, image_server, monkeypatch,
