@@ -8,8 +8,8 @@ import numpy as np
 
 from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.generation import prompt_images
-from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
-                                     image_processor_config)
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, expand_placeholders,
+                                     image_config_from_hf, image_processor_config)
 
 
 @dataclasses.dataclass
@@ -44,8 +44,7 @@ class InternVLPromptBuilder(FamilyPromptBuilder):
       return ids[None], None
     processor = ImageProcessor(self.image_config)
     tiles = [processor(prompt_images.load(ref)).pixels for ref in images]  # [tiles_i, H, W, 3]
-    counts = iter([t.shape[0] * self.tokens_per_tile for t in tiles])
-    image = builder.image_token_id
-    ids = np.concatenate([[self.start_id] + [image] * next(counts) + [self.end_id]
-                          if i == image else [i] for i in ids]).astype(np.int32)
+    ids = expand_placeholders(ids, builder.image_token_id,
+                              [t.shape[0] * self.tokens_per_tile for t in tiles],
+                              wrap=(self.start_id, self.end_id))
     return ids[None], np.concatenate(tiles)

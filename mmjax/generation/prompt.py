@@ -212,10 +212,13 @@ class PromptBuilder:
     return ids.astype(np.int32)[None], pixels
 
 
-def expand_placeholders(ids: np.ndarray, placeholder: int, counts) -> np.ndarray:
-  """`ids [T]` with the i-th `placeholder` repeated `counts[i]` times (int32)."""
+def expand_placeholders(ids: np.ndarray, placeholder: int, counts,
+                        wrap: tuple[int, int] | None = None) -> np.ndarray:
+  """`ids [T]` with the i-th `placeholder` repeated `counts[i]` times (int32), between the
+  `wrap` (start, end) ids when given (InternVL's `<img>` ... `</img>`)."""
   counts = iter(counts)
-  return np.concatenate([np.full(next(counts), i) if i == placeholder else [i]
+  start, end = ([wrap[0]], [wrap[1]]) if wrap else ([], [])
+  return np.concatenate([start + [i] * next(counts) + end if i == placeholder else [i]
                          for i in ids]).astype(np.int32)
 
 
