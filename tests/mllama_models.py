@@ -5,6 +5,8 @@ import torch
 import transformers
 from transformers.models.mllama import processing_mllama
 
+from hf_models import left_padded
+
 PAD = 0
 IMAGE = 128  # the image token: the first of the 8 embedding rows past the vocabulary
 VOCAB = 128
@@ -56,12 +58,7 @@ def make_inputs(hf_cfg, rows, seed=0):
         ids += list(rng.integers(3, VOCAB, item))
     ids_rows.append(ids)
     images_rows.append(images)
-  length = max(len(r) for r in ids_rows)
-  input_ids = np.full((len(rows), length), PAD, np.int64)
-  attention_mask = np.zeros_like(input_ids)
-  for b, ids in enumerate(ids_rows):
-    input_ids[b, length - len(ids):] = ids
-    attention_mask[b, length - len(ids):] = 1
+  input_ids, attention_mask = left_padded(ids_rows, PAD)
   out = {"input_ids": input_ids, "attention_mask": attention_mask,
          "position_ids": np.where(attention_mask == 1, np.cumsum(attention_mask, 1) - 1, 1)}
   images = max(len(r) for r in images_rows)
@@ -82,7 +79,7 @@ def make_inputs(hf_cfg, rows, seed=0):
   spans = [processing_mllama.get_cross_attention_token_mask(list(ids), IMAGE)
            for ids in input_ids]
   cross = processing_mllama.convert_sparse_cross_attention_mask_to_dense(
-      spans, tiles, max_num_tiles=t, length=length)
+      spans, tiles, max_num_tiles=t, length=input_ids.shape[1])
   out.update(pixel_values=pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask,
              cross_attention_mask=cross)
   return out
