@@ -222,7 +222,17 @@ def compiled_train_flops(cfg, devices) -> float:
     return _flops(compiled, len(devices))
 
   base = flops({})
-  return base + sum((depth - 1) * (flops({name: 2}) - base) for name, depth in depths.items())
+  _progress(f"1 layer per stack: {base:.4g} FLOPs")
+  total = base
+  for name, depth in depths.items():
+    per_layer = flops({name: 2}) - base
+    _progress(f"{name}: {per_layer:.4g} FLOPs per layer x {depth}")
+    total += (depth - 1) * per_layer
+  return total
+
+
+def _progress(message: str) -> None:
+  print(f"[aot] {message}", file=sys.stderr, flush=True)
 
 
 def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
@@ -236,6 +246,9 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   devices = tpu.compile_only_devices(topology)
   trainer, batch, compiled = _build_and_compile_train(cfg, devices, offload_optimizer)
   state = trainer.abstract_state
+  if count_flops:  # the counting compiles take as long again: say what is known already
+    _progress(f"step compiled: {Memory.of(compiled).total / GIB:.2f} GiB per chip; "
+              "counting FLOPs with shallow unrolled compiles")
   extra = {}
   if offload_optimizer:
     extra["optimizer state"] = "offloaded to pinned host memory"
