@@ -68,7 +68,7 @@ class CrossDecoderBlock(nn.Module):
     those rows) and the images' keys/values when generating (else None)."""
     cross = ctx.cross
     if cross is None:  # no images in the batch: the layer is skipped, as in transformers
-      return x, cache
+      return (x if rows is None else take_rows(x, rows)), cache
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if rows is not None:  # a token's output depends on its own input and the images only

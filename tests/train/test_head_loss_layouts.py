@@ -81,3 +81,21 @@ def test_head_loss_equals_the_dense_loss(name):
   for (path, g), (_, w) in zip(flat, want_flat):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
   assert float(jnp.abs(got_grads[2]).max()) > 0  # the image states are differentiated
+
+
+@pytest.mark.parametrize("kind", ["cross", "gated_cross"])
+def test_head_loss_of_a_text_only_batch_when_the_last_layer_is_cross(kind):
+  """A batch without images skips the cross layers; the last one still returns target rows."""
+  cfg = DecoderConfig(num_layers=4, cross_attention_layers=(1, 3), cross_attention_kind=kind,
+                      **BASE)
+  inputs, embeddings, states, cross, labels, mask = _inputs()
+  model = Decoder(cfg)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), embeddings, **inputs,
+                               cross=cross.replace(states=states))["params"])
+  dense = cross_entropy(model.apply({"params": params}, embeddings, **inputs).logits,
+                        labels, mask)[0] / jnp.sum(mask)
+
+  def head_loss(logits_fn, head, hidden):
+    return target_cross_entropy(head, hidden, logits_fn, labels, mask, 4, scale=1 / jnp.sum(mask))
+  chunked = model.apply({"params": params}, embeddings, **inputs, head_loss=head_loss).loss[0]
+  np.testing.assert_allclose(chunked, dense, rtol=1e-6, atol=1e-6)
