@@ -2,6 +2,10 @@
 inputs (random images through PixtralImageProcessorPil, `[IMG]` rows as the processor lays them
 out) for tests."""
 
+import importlib
+import sys
+import types
+
 import numpy as np
 import torch
 import transformers
@@ -12,6 +16,25 @@ from hf_models import left_padded, save, text_config
 
 IMAGE, BREAK, END = 125, 126, 127  # [IMG], [IMG_BREAK], [IMG_END] in the tiny vocab of 128
 LONGEST_EDGE = 48  # the tiny processors' longest side
+
+
+def pixtral_processor_class():
+  """transformers' `PixtralProcessor`. Its module imports torchvision (for the torchvision image
+  processor, which the tests do not use: they compare with `PixtralImageProcessorPil`), and the
+  test extra leaves torchvision out (its PyPI wheels are CUDA builds). Without it, stand-in
+  modules let the import run and are removed again, so nothing else sees them."""
+  name = "transformers.models.pixtral.processing_pixtral"
+  if name in sys.modules or importlib.util.find_spec("torchvision") is not None:
+    return importlib.import_module(name).PixtralProcessor
+  stubs = ("torchvision", "torchvision.transforms", "torchvision.transforms.v2",
+           "torchvision.transforms.v2.functional")
+  for stub in stubs:
+    sys.modules[stub] = types.ModuleType(stub)
+  try:
+    return importlib.import_module(name).PixtralProcessor
+  finally:
+    for stub in stubs:
+      del sys.modules[stub]
 
 
 def pixtral_vision_config(**kw):

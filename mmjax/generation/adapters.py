@@ -13,7 +13,7 @@ loop) or, for M-RoPE families, `[3, B, T]`; `step` gets `[B, 1]` or `[3, B, 1]`.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import numpy as np
@@ -77,6 +77,51 @@ class EmbeddingFusion:
     Generated ids are embedded as text even when one equals the image placeholder (as in
     transformers, where pixels only enter the first forward pass).
     """
+    return text_step(self.module, params, tokens, positions, mask, state, index)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostImagesFusion:
+  """Families whose images the host lays out from the processor's arrays (LLaVA-NeXT's tiles,
+  Pixtral's packed patches): a subclass names the arrays it takes (`keys`) and turns them into
+  the module's images (`images_from`, which checks them against the placeholders). The module's
+  `embed(input_ids, images)` merges their features in the prefill; new tokens are text.
+  """
+
+  module: nn.Module
+  config: Any
+  keys: ClassVar[tuple[str, ...]] = ()
+
+  def images_from(self, input_ids, pixels: dict) -> Any:
+    """The module's images from the processor's arrays `pixels` (or None without images);
+    raises `PlaceholderMismatchError` when they disagree with `input_ids`' placeholders."""
+    raise NotImplementedError
+
+  def prepare_inputs(self, input_ids, mask, pixels, positions):
+    """`pixels`: a mapping of the processor's arrays, or None for text-only prompts."""
+    pixels = dict(pixels or {})
+    unknown = set(pixels) - set(self.keys)
+    if unknown:
+      raise ValueError(f"unknown inputs {sorted(unknown)} for a {type(self.config).__name__} "
+                       f"model; expected some of {self.keys}")
+    return self.images_from(input_ids, pixels), checked_positions(positions, input_ids)
+
+  def init_state(self, batch: int, length: int) -> DecodeState:
+    return {"cache": init_cache(self.config.decoder, batch, length)}
+
+  def prefill(self, params, input_ids, pixels, positions, mask, state: DecodeState):
+    """`pixels` as `prepare_inputs` returns them -> last logits `[B, V]`, new state."""
+
+    def run(m, input_ids, images, positions, mask, cache):
+      x = m.embed(input_ids, images)  # [B, T, D]
+      return last_logits(m.decoder, m.decoder(x, positions, mask, None, cache, 0))
+
+    logits, cache = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
+                                      state["cache"], method=run)
+    return logits, {**state, "cache": cache}
+
+  def step(self, params, tokens, positions, mask, state: DecodeState, index):
+    """One token per row: `tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`."""
     return text_step(self.module, params, tokens, positions, mask, state, index)
 
 

@@ -63,8 +63,9 @@ class PixtralConfig(LlavaConfig):
     return self.vision.patch_size * self.merge_size
 
   @property
-  def tokens_per_image(self) -> int:
-    raise ValueError("Pixtral images take as many tokens as their size gives (tokens_for)")
+  def tokens_per_image(self) -> None:
+    """None: an image's tokens depend on its size (`tokens_for`)."""
+    return None
 
   def tokens_for(self, height: int, width: int) -> int:
     """`[IMG]` placeholders of an image of (height, width) pixels as the processor resized it."""
