@@ -63,3 +63,10 @@ def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
 
 def empty_tiles(cfg) -> np.ndarray:
   return np.zeros((0, *cfg.size, 3), np.float32)
+
+
+def check_row_budget(cfg, max_tiles: int, max_images: int) -> None:
+  """The training pipeline batches fixed-size tiles or Qwen-VL's patch rows; Pixtral's images keep
+  their own sizes and are preprocessed for inference (chat mode) only so far."""
+  raise ValueError("the pixtral image preset is for inference (mmjax generate): the training "
+                   "pipeline does not batch images of their own sizes for Pixtral yet")
