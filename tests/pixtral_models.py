@@ -106,7 +106,6 @@ def make_inputs(hf_cfg, rows, seed: int = 0) -> dict[str, np.ndarray]:
   Returns PixtralProcessor's arrays (`pixel_values [I, C, H, W]` padded to the largest,
   `image_sizes [I, 2]` resized)."""
   rng = np.random.default_rng(seed)
-  vocab = hf_cfg.text_config.vocab_size
   images = random_images([s for row in rows for s in row], seed)
   out = image_processor(hf_cfg)(images=images, return_tensors="np") if images else None
   seqs, i = [], 0
@@ -123,13 +122,3 @@ def make_inputs(hf_cfg, rows, seed: int = 0) -> dict[str, np.ndarray]:
                   image_sizes=np.asarray(out["image_sizes"], np.int64))
   return inputs
 
-
-def torch_inputs(inputs: dict) -> dict:
-  return {k: torch.tensor(v) for k, v in inputs.items()}
-
-
-def reference_logits(model, inputs: dict) -> np.ndarray:
-  mask = inputs["attention_mask"]
-  positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
-  with torch.no_grad():
-    return model(**torch_inputs(inputs), position_ids=torch.tensor(positions)).logits.numpy()

@@ -26,7 +26,7 @@ from mmjax.encoders.pixtral_vit import (PixtralVisionConfig, PixtralVisionTransf
                                         pack_images, patch_grids)
 from mmjax.models.family import Family
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.inputs import text_inputs
+from mmjax.models.host_images import HostImagesFamily
 from mmjax.models.llava import LlavaConfig
 from mmjax.nn.multihead import KVCache
 
@@ -199,7 +199,7 @@ class Pixtral(nn.Module):
                         head_loss=head_loss)
 
 
-class PixtralFamily(Family):
+class PixtralFamily(HostImagesFamily):
   """transformers' `llava` checkpoints with a Pixtral tower (inference: logits, generation,
   chat mode)."""
 
@@ -231,22 +231,15 @@ class PixtralFamily(Family):
     ids = jnp.full((1, num_features(images)), config.image_token_id, jnp.int32)
     return ids, jax.tree.map(jnp.asarray, images), jnp.zeros_like(ids)
 
-  def forward_from_hf_inputs(self, config, params, inputs):
-    """`input_ids [B, T]`, `attention_mask`, `position_ids` (optional), `pixel_values
-    [I, C, H, W]` and `image_sizes [I, 2]` as PixtralProcessor makes them -> float32 logits
-    `[B, T, V]`."""
-    input_ids, mask, positions = text_inputs(inputs)
-    images = packed_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
-    out = self.build(config).apply({"params": params}, input_ids, images, positions, mask)
-    return np.asarray(out.logits, np.float32)
+  def images_from_processor(self, config, inputs):
+    """PixtralProcessor's `pixel_values [I, C, H, W]` and `image_sizes [I, 2]` -> the packed
+    images (`packed_images`)."""
+    return packed_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
 
-  def generation_adapter(self, config):
+  def fusion(self):
     from mmjax.generation.pixtral import PixtralFusion
 
-    return PixtralFusion(self.build(config), config)
-
-  def generation_pixels(self, config, inputs):
-    return {k: inputs[k] for k in PROCESSOR_KEYS if k in inputs}  # the processor's arrays as are
+    return PixtralFusion
 
   def example_processor_inputs(self, config, batch, length):
     """One square image of `vision.image_size` per row (the processor's largest)."""

@@ -6,14 +6,14 @@ feature layers and decoders, left padding and a text-only row."""
 import numpy as np
 import pytest
 
-from hf_models import TOLERANCE, max_diff, record, text_config
+from hf_models import TOLERANCE, cli_logits, max_diff, record, reference_logits, text_config
 from mmjax import cli
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import forward_from_hf_inputs
 from pixtral_models import (IMAGE, load_reference, make_inputs, mistral3_config, pixtral_config,
-                            pixtral_vision_config, reference_logits, tiny)
+                            pixtral_vision_config, tiny)
 
 # name -> (family, config, image sizes (h, w) per row, before the processor resizes them)
 CASES = {
@@ -67,14 +67,10 @@ def converted(tmp_path_factory):
 def test_logits_command_takes_the_processor_arrays(converted):
   root, hf_cfg, hf_dir, ckpt = converted
   inputs = make_inputs(hf_cfg, [[(40, 90)], [(90, 40), (3, 3)]], seed=4)
-  np.savez(root / "inputs.npz", **inputs)
-  assert cli.main(["logits", "--checkpoint", ckpt, "--inputs", str(root / "inputs.npz"),
-                   "--out", str(root / "logits.npy")]) == 0
-  ours = np.load(root / "logits.npy")
-  ids = inputs["input_ids"]
-  assert ours.dtype == np.float32 and ours.shape == (*ids.shape, hf_cfg.text_config.vocab_size)
-  diff = max_diff(ours, reference_logits(load_reference(hf_dir, hf_cfg), inputs),
-                  inputs["attention_mask"])
+  ours = cli_logits(ckpt, inputs, root)
+  assert ours.shape[-1] == hf_cfg.text_config.vocab_size
+  ref = reference_logits(load_reference(hf_dir, hf_cfg), inputs)
+  diff = max_diff(ours, ref, inputs["attention_mask"])
   record("mistral3/logits_cli", diff)
   assert diff <= TOLERANCE, diff
 
