@@ -13,7 +13,7 @@ loop) or, for M-RoPE families, `[3, B, T]`; `step` gets `[B, 1]` or `[3, B, 1]`.
 """
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import numpy as np
@@ -83,28 +83,27 @@ class EmbeddingFusion:
 @dataclasses.dataclass(frozen=True)
 class HostImagesFusion:
   """Families whose images the host lays out from the processor's arrays (LLaVA-NeXT's tiles,
-  Pixtral's packed patches): a subclass names the arrays it takes (`keys`) and turns them into
-  the module's images (`images_from`, which checks them against the placeholders). The module's
-  `embed(input_ids, images)` merges their features in the prefill; new tokens are text.
+  Pixtral's packed patches; `mmjax.models.host_images.HostImagesFamily`): the family turns its
+  `processor_keys` arrays into the module's images and checks them against the placeholders;
+  the module's `embed(input_ids, images)` merges their features in the prefill; new tokens are
+  text.
   """
 
   module: nn.Module
   config: Any
-  keys: ClassVar[tuple[str, ...]] = ()
-
-  def images_from(self, input_ids, pixels: dict) -> Any:
-    """The module's images from the processor's arrays `pixels` (or None without images);
-    raises `PlaceholderMismatchError` when they disagree with `input_ids`' placeholders."""
-    raise NotImplementedError
+  family: Any  # a HostImagesFamily
 
   def prepare_inputs(self, input_ids, mask, pixels, positions):
     """`pixels`: a mapping of the processor's arrays, or None for text-only prompts."""
     pixels = dict(pixels or {})
-    unknown = set(pixels) - set(self.keys)
+    keys = self.family.processor_keys
+    unknown = set(pixels) - set(keys)
     if unknown:
-      raise ValueError(f"unknown inputs {sorted(unknown)} for a {type(self.config).__name__} "
-                       f"model; expected some of {self.keys}")
-    return self.images_from(input_ids, pixels), checked_positions(positions, input_ids)
+      raise ValueError(f"unknown inputs {sorted(unknown)} for a {self.family.name!r} model; "
+                       f"expected some of {keys}")
+    images = self.family.images_from_processor(self.config, pixels)
+    self.family.check_image_placeholders(self.config, input_ids, images)
+    return images, checked_positions(positions, input_ids)
 
   def init_state(self, batch: int, length: int) -> DecodeState:
     return {"cache": init_cache(self.config.decoder, batch, length)}

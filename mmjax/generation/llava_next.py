@@ -1,5 +1,5 @@
-"""Generation of LLaVA-NeXT: the adapter (see `mmjax.generation.adapters`) and chat mode's
-prompt builder."""
+"""Chat mode's prompt builder for LLaVA-NeXT (its adapter:
+`mmjax.generation.adapters.HostImagesFusion`)."""
 
 import dataclasses
 
@@ -7,29 +7,8 @@ import numpy as np
 
 from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.generation import prompt_images
-from mmjax.generation.adapters import HostImagesFusion
 from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, expand_placeholders,
                                      image_config_from_hf, image_processor_config)
-from mmjax.models import llava_next
-
-
-@dataclasses.dataclass(frozen=True)
-class AnyResFusion(HostImagesFusion):
-  """Image features (base view, unpadded grid rows each ended by `image_newline`) replace the
-  placeholder embeddings in the prefill; new tokens are text.
-
-  `pixels` is a mapping of LlavaNextProcessor's arrays (`pixel_values [I, P, C, H, W]`,
-  `image_sizes [I, 2]`), or None for text-only prompts.
-  """
-
-  keys = llava_next.PROCESSOR_KEYS
-
-  def images_from(self, input_ids, pixels):
-    """The model's images (`llava_next.anyres_images`: tiles NHWC and their layout)."""
-    images = llava_next.anyres_images(self.config, pixels.get("pixel_values"),
-                                      pixels.get("image_sizes"))
-    llava_next.check_image_placeholders(self.config, input_ids, images)
-    return images
 
 
 @dataclasses.dataclass

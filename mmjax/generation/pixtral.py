@@ -1,5 +1,5 @@
-"""Generation of Pixtral and Mistral3: the adapter (see `mmjax.generation.adapters`) and chat
-mode's prompt builder."""
+"""Chat mode's prompt builder for Pixtral and Mistral3 (their adapter:
+`mmjax.generation.adapters.HostImagesFusion`)."""
 
 import dataclasses
 import json
@@ -10,30 +10,8 @@ import numpy as np
 from mmjax import checkpoint
 from mmjax.data.preprocess import ImageConfig, ImageProcessor, pixtral as pixtral_images
 from mmjax.generation import prompt_images
-from mmjax.generation.adapters import HostImagesFusion
 from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
                                      image_processor_config, replace_placeholders)
-from mmjax.models import pixtral
-
-
-@dataclasses.dataclass(frozen=True)
-class PixtralFusion(HostImagesFusion):
-  """Every image's features (one per patch, or per merged block) replace the `[IMG]` embeddings
-  in the prefill; new tokens are text.
-
-  `pixels` is a mapping of PixtralProcessor's arrays (`pixel_values [I, C, H, W]` padded to the
-  largest image, `image_sizes [I, 2]`), or None for text-only prompts.
-  """
-
-  keys = pixtral.PROCESSOR_KEYS
-
-  def images_from(self, input_ids, pixels):
-    """The packed patches of every image (`pixtral.packed_images`)."""
-    images = pixtral.packed_images(self.config, pixels.get("pixel_values"),
-                                   pixels.get("image_sizes"))
-    pixtral.check_image_placeholders(self.config, input_ids, images)
-    return images
-
 
 # PixtralProcessor's defaults for the tokens that lay an image out in the prompt.
 DEFAULT_TOKENS = {"image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"}

@@ -3,9 +3,10 @@ them (LLaVA-NeXT's tiles and feature layout, Pixtral's packed patches): the part
 they share.
 
 A subclass names its processor arrays (`processor_keys`), turns them into the module's images
-(`images_from_processor`) and gives its generation adapter class (`fusion`, a
-`mmjax.generation.adapters.HostImagesFusion`); its module is called as
-`module(input_ids [B, T], images, positions [B, T], attention_mask [B, T])`.
+(`images_from_processor`) and checks those against the placeholders
+(`check_image_placeholders`); generation runs through `mmjax.generation.adapters.HostImagesFusion`.
+Its module is called as `module(input_ids [B, T], images, positions [B, T], attention_mask
+[B, T])` and has `embed(input_ids, images)` and a `decoder`.
 """
 
 from typing import Any, Mapping
@@ -22,8 +23,8 @@ class HostImagesFamily(Family):
     """The module's images from the processor's arrays (None without images)."""
     raise NotImplementedError
 
-  def fusion(self) -> type:
-    """The generation adapter class (`HostImagesFusion` subclass)."""
+  def check_image_placeholders(self, config, input_ids, images) -> None:
+    """`PlaceholderMismatchError` unless the placeholders take exactly the images' features."""
     raise NotImplementedError
 
   def forward_from_hf_inputs(self, config, params, inputs):
@@ -35,7 +36,9 @@ class HostImagesFamily(Family):
     return np.asarray(out.logits, np.float32)
 
   def generation_adapter(self, config):
-    return self.fusion()(self.build(config), config)
+    from mmjax.generation.adapters import HostImagesFusion
+
+    return HostImagesFusion(self.build(config), config, self)
 
   def generation_pixels(self, config, inputs):
     return {k: inputs[k] for k in self.processor_keys if k in inputs}  # the arrays as they are

@@ -219,10 +219,8 @@ class LlavaNextFamily(HostImagesFamily):
     image's real tiles and their feature layout (`anyres_images`)."""
     return anyres_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
 
-  def fusion(self):
-    from mmjax.generation.llava_next import AnyResFusion
-
-    return AnyResFusion
+  def check_image_placeholders(self, config, input_ids, images):
+    check_image_placeholders(config, input_ids, images)
 
   def example_processor_inputs(self, config, batch, length):
     """One image per row, of the first pinpoint's size (its whole grid, no padding)."""

@@ -236,10 +236,8 @@ class PixtralFamily(HostImagesFamily):
     images (`packed_images`)."""
     return packed_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
 
-  def fusion(self):
-    from mmjax.generation.pixtral import PixtralFusion
-
-    return PixtralFusion
+  def check_image_placeholders(self, config, input_ids, images):
+    check_image_placeholders(config, input_ids, images)
 
   def example_processor_inputs(self, config, batch, length):
     """One square image of `vision.image_size` per row (the processor's largest)."""
