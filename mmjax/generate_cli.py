@@ -11,15 +11,17 @@ checkpoint's chat template and tokenizer (kept at conversion under DIR/hf_extras
 preprocessing (preprocessor_config.json or processor_config.json), then streams the answer to
 stdout. It stops at the checkpoint's end tokens (generation_config.json / tokenizer eos) or after
 --max-new-tokens. LLaVA-NeXT cuts each image into AnyRes tiles (base view + grid) as
-LlavaNextImageProcessor does. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own
-resolution within a pixel budget: --min-pixels / --max-pixels override the checkpoint's.
+LlavaNextImageProcessor does; Pixtral / Mistral3 see each image at its own size within the
+longest edge. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within a
+pixel budget: --min-pixels / --max-pixels override the checkpoint's.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,
 optional position_ids, pixel_values [I, C, H, W] NCHW; for LLaVA-NeXT LlavaNextProcessor's
-pixel_values [I, tiles, C, H, W] and image_sizes [I, 2]; for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the
-Qwen processor's pixel_values [N, C*T*P*P], image_grid_thw, pixel_values_videos, video_grid_thw,
-mm_token_type_ids, second_per_grid_ts), and writes the generated ids [B, N] int32: exactly N
+pixel_values [I, tiles, C, H, W] and image_sizes [I, 2]; for Pixtral / Mistral3
+PixtralProcessor's pixel_values [I, C, H, W] padded to the largest image and image_sizes [I, 2];
+for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the Qwen processor's pixel_values [N, C*T*P*P],
+image_grid_thw, pixel_values_videos, video_grid_thw, mm_token_type_ids, second_per_grid_ts), and writes the generated ids [B, N] int32: exactly N
 tokens per row unless --stop ids are given, after which a row is padded with the pad id.
 
 Greedy at --temperature 0 (the default), else sampled after temperature, --top-k and --top-p

@@ -77,6 +77,31 @@ def left_padded(rows, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
   return ids, mask
 
 
+def torch_inputs(inputs: dict) -> dict:
+  return {k: torch.tensor(v) for k, v in inputs.items()}
+
+
+def reference_logits(model, inputs: dict) -> np.ndarray:
+  """transformers' float32 logits on processor arrays, positions from the attention mask as
+  its `generate` computes them for left-padded rows."""
+  mask = inputs["attention_mask"]
+  positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+  with torch.no_grad():
+    return model(**torch_inputs(inputs), position_ids=torch.tensor(positions)).logits.numpy()
+
+
+def cli_logits(ckpt: str, inputs: dict, workdir) -> np.ndarray:
+  """`mmjax logits` on processor arrays (files under `workdir`): float32 `[B, T, V]`."""
+  from mmjax import cli
+
+  arrays, out = os.path.join(workdir, "inputs.npz"), os.path.join(workdir, "logits.npy")
+  np.savez(arrays, **inputs)
+  assert cli.main(["logits", "--checkpoint", ckpt, "--inputs", arrays, "--out", out]) == 0
+  logits = np.load(out)
+  assert logits.dtype == np.float32 and logits.shape[:2] == inputs["input_ids"].shape
+  return logits
+
+
 def max_diff(a, b, mask=None) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   diff = np.abs(a - b)

@@ -78,13 +78,3 @@ def make_inputs(hf_cfg, rows, seed: int = 0) -> dict[str, np.ndarray]:
                   image_sizes=out["image_sizes"])
   return inputs
 
-
-def torch_inputs(inputs: dict) -> dict:
-  return {k: torch.tensor(v) for k, v in inputs.items()}
-
-
-def reference_logits(model, inputs: dict) -> np.ndarray:
-  mask = inputs["attention_mask"]
-  positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
-  with torch.no_grad():
-    return model(**torch_inputs(inputs), position_ids=torch.tensor(positions)).logits.numpy()

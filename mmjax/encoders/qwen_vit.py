@@ -32,6 +32,7 @@ from mmjax.nn.masks import attention_mask
 from mmjax.nn.mlp import GatedMlp, Mlp
 from mmjax.nn.multihead import MultiHeadAttention
 from mmjax.nn.norms import LayerNorm, RMSNorm
+from mmjax.nn.rope import rope_2d
 from mmjax.nn.stack import scan_layers
 
 KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -150,17 +151,9 @@ class QwenVisionConfig:
 
 
 def vision_rope(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """`positions [..., N, 2]` (row, column) -> float32 `cos, sin [..., N, head_dim]`.
-
-  A quarter of the head's frequencies turn with the row, a quarter with the column, and the
-  rotate-half layout repeats both: `[row, col, row, col]`.
-  """
-  quarter = head_dim // 2
-  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, quarter, 2, dtype=np.float32) / quarter))
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)  # [N, 2, F]
-  freqs = freqs.reshape(*freqs.shape[:-2], -1)  # [N, 2F]: rows then columns
-  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [N, head_dim]
-  return jnp.cos(emb), jnp.sin(emb)
+  """`positions [..., N, 2]` (row, column) -> float32 `cos, sin [..., N, head_dim]`: rows and
+  columns turn the same frequencies (`mmjax.nn.rope.rope_2d`'s 'shared' layout)."""
+  return rope_2d(positions, head_dim, theta, "shared")
 
 
 class QwenVisionBlock(nn.Module):

@@ -80,6 +80,50 @@ class EmbeddingFusion:
     return text_step(self.module, params, tokens, positions, mask, state, index)
 
 
+@dataclasses.dataclass(frozen=True)
+class HostImagesFusion:
+  """Families whose images the host lays out from the processor's arrays (LLaVA-NeXT's tiles,
+  Pixtral's packed patches; `mmjax.models.host_images.HostImagesFamily`): the family turns its
+  `processor_keys` arrays into the module's images and checks them against the placeholders;
+  the module's `embed(input_ids, images)` merges their features in the prefill; new tokens are
+  text.
+  """
+
+  module: nn.Module
+  config: Any
+  family: Any  # a HostImagesFamily
+
+  def prepare_inputs(self, input_ids, mask, pixels, positions):
+    """`pixels`: a mapping of the processor's arrays, or None for text-only prompts."""
+    pixels = dict(pixels or {})
+    keys = self.family.processor_keys
+    unknown = set(pixels) - set(keys)
+    if unknown:
+      raise ValueError(f"unknown inputs {sorted(unknown)} for a {self.family.name!r} model; "
+                       f"expected some of {keys}")
+    images = self.family.images_from_processor(self.config, pixels)
+    self.family.check_image_placeholders(self.config, input_ids, images)
+    return images, checked_positions(positions, input_ids)
+
+  def init_state(self, batch: int, length: int) -> DecodeState:
+    return {"cache": init_cache(self.config.decoder, batch, length)}
+
+  def prefill(self, params, input_ids, pixels, positions, mask, state: DecodeState):
+    """`pixels` as `prepare_inputs` returns them -> last logits `[B, V]`, new state."""
+
+    def run(m, input_ids, images, positions, mask, cache):
+      x = m.embed(input_ids, images)  # [B, T, D]
+      return last_logits(m.decoder, m.decoder(x, positions, mask, None, cache, 0))
+
+    logits, cache = self.module.apply({"params": params}, input_ids, pixels, positions, mask,
+                                      state["cache"], method=run)
+    return logits, {**state, "cache": cache}
+
+  def step(self, params, tokens, positions, mask, state: DecodeState, index):
+    """One token per row: `tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`."""
+    return text_step(self.module, params, tokens, positions, mask, state, index)
+
+
 def checked_positions(positions, input_ids):
   """`positions [B, T]` as int32, or None (the loop computes them from the mask)."""
   if positions is None:

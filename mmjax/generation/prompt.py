@@ -37,7 +37,7 @@ def _pair(value) -> tuple[int, int]:
 
 def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> ImageConfig:
   """A transformers `preprocessor_config.json` (CLIP, LLaVA, LLaVA-NeXT, SigLIP, Qwen2-VL,
-  GotOcr2 (InternVL) processors) -> ImageConfig."""
+  GotOcr2 (InternVL), Pixtral processors) -> ImageConfig."""
   kind = pre.get("image_processor_type", "CLIPImageProcessor")
   size = pre.get("size") or {}
   common_kw = dict(
@@ -55,6 +55,12 @@ def image_config_from_hf(pre: dict, tokens_per_image: int | None = None) -> Imag
                        pad_to_square=False, min_tiles=tiles[0], max_tiles=tiles[1], **common_kw)
   if kind.startswith("LlavaNext"):  # AnyRes: a base view + tiles at the best pinpoint
     return _anyres_image_config(pre, size, common_kw)
+  if kind.startswith("Pixtral"):  # fit within the longest edge, multiples of the patch
+    edge = size.get("longest_edge")
+    patch = pre.get("patch_size") or {"height": 16, "width": 16}
+    return ImageConfig(family="pixtral", shortest_edge=None, crop_size=None, pad_to_square=False,
+                       size=(int(edge), int(edge)) if edge else _pair(size),
+                       patch_size=_pair(patch)[0], **common_kw)
   if "Siglip" in kind or "shortest_edge" not in size:
     return ImageConfig(family="siglip", shortest_edge=None, size=_pair(size), crop_size=None,
                        pad_to_square=False, **common_kw)
@@ -120,6 +126,11 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     return dict(image_processor_type="LlavaNextImageProcessor", size=size,
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 image_grid_pinpoints=[list(p) for p in cfg.grid_pinpoints], do_pad=True, **out)
+  if cfg.family == "pixtral":  # the processor multiplies in the merge (processor_config.json)
+    height, width = cfg.size
+    size = {"longest_edge": height} if height == width else {"height": height, "width": width}
+    return dict(image_processor_type="PixtralImageProcessor", size=size,
+                patch_size={"height": cfg.patch_size, "width": cfg.patch_size}, do_pad=True, **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -128,7 +139,8 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl and mllama are)")
+                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl, mllama and "
+                   "pixtral are)")
 
 
 @dataclasses.dataclass
@@ -216,9 +228,14 @@ def expand_placeholders(ids: np.ndarray, placeholder: int, counts,
                         wrap: tuple[int, int] | None = None) -> np.ndarray:
   """`ids [T]` with the i-th `placeholder` repeated `counts[i]` times (int32), between the
   `wrap` (start, end) ids when given (InternVL's `<img>` ... `</img>`)."""
-  counts = iter(counts)
   start, end = ([wrap[0]], [wrap[1]]) if wrap else ([], [])
-  return np.concatenate([start + [i] * next(counts) + end if i == placeholder else [i]
+  return replace_placeholders(ids, placeholder, [start + [placeholder] * n + end for n in counts])
+
+
+def replace_placeholders(ids: np.ndarray, placeholder: int, replacements) -> np.ndarray:
+  """`ids [T]` with the i-th `placeholder` replaced by the ids `replacements[i]` (int32)."""
+  replacements = iter(replacements)
+  return np.concatenate([np.asarray(next(replacements), np.int64) if i == placeholder else [i]
                          for i in ids]).astype(np.int32)
 
 

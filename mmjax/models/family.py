@@ -55,6 +55,12 @@ class Family:
 
   # ---- configs ------------------------------------------------------------------------------
 
+  def claims_hf(self, hf_config: Mapping[str, Any]) -> bool:
+    """Whether this family reads a config.json that its top-level `model_type` alone does not
+    single out (e.g. a `llava` whose `vision_config.model_type` is `pixtral`). Claims take
+    precedence over `hf_model_types`; none by default."""
+    return False
+
   def config_from_hf(self, hf_config: Mapping[str, Any], **execution) -> Any:
     """The family config from a transformers config.json dict; `execution` sets dtypes etc."""
     raise self._unsupported("reading a transformers config")

@@ -45,9 +45,14 @@ class LlavaConfig:
     return self.vision.num_positions - (1 if self.feature_select == "default" else 0)
 
   @classmethod
+  def vision_from_hf(cls, vision_config: Mapping[str, Any], **execution) -> Any:
+    """The vision tower's config from config.json's `vision_config` (a CLIP or SigLIP tower)."""
+    return VisionConfig.from_hf(vision_config, **execution)
+
+  @classmethod
   def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "LlavaConfig":
     """Reads a transformers `LlavaConfig` dict (config.json); `execution` sets dtypes/remat."""
-    vision = VisionConfig.from_hf(cfg["vision_config"], **execution)
+    vision = cls.vision_from_hf(cfg["vision_config"], **execution)
     text_cfg = cfg["text_config"]
     tie = cfg.get("tie_word_embeddings", text_cfg.get("tie_word_embeddings", False))
     decoder = DecoderConfig.from_hf(text_cfg, tie_embeddings=bool(tie), **execution)

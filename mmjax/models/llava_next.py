@@ -18,9 +18,8 @@ import numpy as np
 
 from mmjax.data.preprocess.anyres import select_best_resolution, unpadded_grid
 from mmjax.decoders.llama import DecoderOutput, HeadLoss
-from mmjax.models.family import Family
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.inputs import text_inputs
+from mmjax.models.host_images import HostImagesFamily
 from mmjax.models.llava import Llava, LlavaConfig
 from mmjax.nn.multihead import KVCache
 
@@ -184,7 +183,7 @@ class LlavaNext(Llava):
                         head_loss=head_loss)
 
 
-class LlavaNextFamily(Family):
+class LlavaNextFamily(HostImagesFamily):
   """transformers' `llava_next` checkpoints (inference: logits, generation, chat mode)."""
 
   name = "llava_next"
@@ -215,22 +214,13 @@ class LlavaNextFamily(Family):
     ids = jnp.full((1, index.shape[0]), config.image_token_id, jnp.int32)
     return ids, {"tiles": tiles, "index": jnp.asarray(index)}, jnp.zeros_like(ids)
 
-  def forward_from_hf_inputs(self, config, params, inputs):
-    """`input_ids [B, T]`, `attention_mask`, `position_ids` (optional), `pixel_values
-    [I, P, C, H, W]` and `image_sizes [I, 2]` as LlavaNextProcessor makes them -> float32
-    logits `[B, T, V]`."""
-    input_ids, mask, positions = text_inputs(inputs)
-    images = anyres_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
-    out = self.build(config).apply({"params": params}, input_ids, images, positions, mask)
-    return np.asarray(out.logits, np.float32)
+  def images_from_processor(self, config, inputs):
+    """LlavaNextProcessor's `pixel_values [I, P, C, H, W]` and `image_sizes [I, 2]` -> each
+    image's real tiles and their feature layout (`anyres_images`)."""
+    return anyres_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
 
-  def generation_adapter(self, config):
-    from mmjax.generation.llava_next import AnyResFusion
-
-    return AnyResFusion(self.build(config), config)
-
-  def generation_pixels(self, config, inputs):
-    return {k: inputs[k] for k in PROCESSOR_KEYS if k in inputs}  # the processor's arrays as are
+  def check_image_placeholders(self, config, input_ids, images):
+    check_image_placeholders(config, input_ids, images)
 
   def example_processor_inputs(self, config, batch, length):
     """One image per row, of the first pinpoint's size (its whole grid, no padding)."""

@@ -18,6 +18,7 @@ from mmjax.models.family import Family, Unsupported
 FAMILY_MODULES = (
     "llava",
     "llava_next",
+    "pixtral",
     "standalone",
     "qwen_vl",
     "internvl",
@@ -40,7 +41,14 @@ MODEL_TYPES: dict[str, str] = {t: f.name for f in FAMILIES.values() for t in f.h
 
 
 def family_for_hf(hf_config: Mapping[str, Any]) -> Family:
-  """The family that reads this config.json (by its `model_type`)."""
+  """The family that reads this config.json: the one that claims it (`Family.claims_hf`, e.g. by
+  its vision config), else the one of its `model_type`."""
+  claimed = [f for f in FAMILIES.values() if f.claims_hf(hf_config)]
+  if len(claimed) > 1:
+    raise ValueError(f"families {[f.name for f in claimed]} all claim this config.json "
+                     f"(model_type {hf_config.get('model_type')!r})")
+  if claimed:
+    return claimed[0]
   model_type = hf_config.get("model_type")
   if model_type not in MODEL_TYPES:
     raise ValueError(f"unsupported model_type {model_type!r} in config.json; supported: "

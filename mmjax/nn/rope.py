@@ -3,6 +3,8 @@
 Inverse frequencies are computed in float32, as transformers computes them, for the rope types
 real checkpoints use: default, linear, dynamic (NTK), llama3 and yarn. Dynamic NTK depends on the
 longest position in the call, so its frequencies are computed inside the traced function.
+`rope_2d` is the vision towers' axial 2-D RoPE (Qwen-VL, Pixtral): a patch's row and column each
+turn half of the frequencies.
 """
 
 import dataclasses
@@ -191,6 +193,40 @@ def rope_cos_sin(cfg: RopeConfig, head_dim: int, positions: jax.Array) -> tuple[
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, dim/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, dim]
   return jnp.cos(emb) * scaling, jnp.sin(emb) * scaling
+
+
+AXIAL_LAYOUTS = ("shared", "alternating")
+
+
+def axial_frequencies(head_dim: int, theta: float, layout: str) -> tuple[np.ndarray, np.ndarray]:
+  """float32 inverse frequencies `(rows [head_dim/4], cols [head_dim/4])` of a 2-D RoPE.
+
+  'shared' (Qwen-VL): rows and columns turn the same frequencies, those of a 1-D RoPE over half
+  the head. 'alternating' (Pixtral): the frequencies of a 1-D RoPE over the whole head, dealt
+  alternately to rows (`f[0::2]`) and columns (`f[1::2]`).
+  """
+  if layout == "shared":
+    f = _default_inv_freq(theta, head_dim // 2)
+    return f, f
+  if layout == "alternating":
+    f = _default_inv_freq(theta, head_dim)
+    return f[0::2], f[1::2]
+  raise ValueError(f"unknown 2-D RoPE layout {layout!r}; known: {AXIAL_LAYOUTS}")
+
+
+def rope_2d(positions: jax.Array, head_dim: int, theta: float,
+            layout: str) -> tuple[jax.Array, jax.Array]:
+  """`positions [..., N, 2]` (row, column) -> float32 `cos, sin [..., N, head_dim]`.
+
+  The angles are `[row * rows_f, col * cols_f]` (a quarter of the head each) and the rotate-half
+  layout repeats them: `[row, col, row, col]`.
+  """
+  rows, cols = axial_frequencies(head_dim, theta, layout)
+  pos = positions.astype(jnp.float32)
+  freqs = jnp.concatenate([pos[..., 0:1] * jnp.asarray(rows), pos[..., 1:2] * jnp.asarray(cols)],
+                          axis=-1)  # [..., N, head_dim/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)  # [..., N, head_dim]
+  return jnp.cos(emb), jnp.sin(emb)
 
 
 def _rotate_half(x: jax.Array) -> jax.Array:

@@ -10,6 +10,7 @@ from hf_models import clip_vision_config, llava_config, text_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
 from mllama_models import mllama_config
+from pixtral_models import mistral3_config, pixtral_config, pixtral_vision_config
 from qwen_vl_models import qwen_vl_config
 
 from mmjax.models.family import EXECUTION_KEYS
@@ -43,6 +44,12 @@ CASES = {
     "internvl": lambda: _from_hf(internvl_config()),
     "llava_next": lambda: _from_hf(llava_next_config(vision_feature_layer=[-1, 0])),
     "mllama": lambda: _from_hf(mllama_config()),
+    "pixtral": lambda: _from_hf(pixtral_config(vision_feature_layer=[-1, 0],
+                                               multimodal_projector_bias=True)),
+    "mistral3": lambda: _from_hf(mistral3_config(
+        pixtral_vision_config(rope_parameters={"rope_type": "axial", "rope_theta": 500.0}),
+        text_config("mistral", rms_norm_eps=1e-5, tie_word_embeddings=True),
+        spatial_merge_size=3)),
 }
 
 

@@ -1,5 +1,7 @@
 """Tiny LLaVA / causal-LM checkpoints, left-padded prompts and transformers' greedy reference."""
 
+import os
+
 import numpy as np
 import torch
 import transformers
@@ -78,8 +80,48 @@ def nhwc(pixels):
 def hf_answer(model, inputs, tokenizer, n, eos=None) -> str:
   """transformers' greedy answer text after the prompt of processor arrays `inputs` (batch 1):
   `n` new tokens, or up to `eos`."""
+  return tokenizer.decode(hf_greedy_on(model, inputs, n, eos)[0], skip_special_tokens=True)
+
+
+def assert_chat_answers(ckpt: str, paths, prompt: str, n: int, expected: str, capsys) -> None:
+  """`mmjax generate --image ... --prompt` prints `expected` (`n` tokens, no stop), and answers a
+  text-only prompt too."""
+  from mmjax import cli
+
+  capsys.readouterr()
+  assert cli.main(["generate", "--checkpoint", ckpt, *[a for p in paths for a in ("--image", p)],
+                   "--prompt", prompt, "--max-new-tokens", str(n), "--stop", "-1"]) == 0
+  assert capsys.readouterr().out == expected + "\n"
+  assert cli.main(["generate", "--checkpoint", ckpt, "--prompt", prompt,  # text only
+                   "--max-new-tokens", "3", "--stop", "-1"]) == 0
+
+
+def hf_greedy_on(model, inputs, n, eos=None) -> np.ndarray:
+  """transformers' greedy ids `[B, <= n]` after the prompt of processor arrays `inputs`."""
   model.generation_config.eos_token_id = eos
   with torch.no_grad():
     out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
-                         max_new_tokens=n, pad_token_id=0)
-  return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                         max_new_tokens=n, pad_token_id=PAD)
+  return out[:, inputs["input_ids"].shape[1]:].numpy()
+
+
+def greedy_ids(ckpt: str, inputs, n) -> np.ndarray:
+  """mmjax's greedy ids `[B, n]` from a checkpoint on processor arrays, through the API."""
+  from mmjax.generation import generate
+
+  family, config, params = load_checkpoint(ckpt)
+  pixels = family.generation_pixels(config, inputs)
+  return generate(family, config, params, inputs["input_ids"], inputs["attention_mask"], pixels,
+                  max_new_tokens=n)
+
+
+def cli_greedy_ids(ckpt: str, inputs, n, workdir) -> np.ndarray:
+  """The same through `mmjax generate --inputs` (files under `workdir`)."""
+  from mmjax import cli
+
+  np.savez(os.path.join(workdir, "inputs.npz"), **inputs)
+  out = os.path.join(workdir, "ids.npy")
+  assert cli.main(["generate", "--checkpoint", ckpt, "--inputs",
+                   os.path.join(workdir, "inputs.npz"), "--out", out,
+                   "--max-new-tokens", str(n)]) == 0
+  return np.load(out)

@@ -7,7 +7,7 @@ import numpy as np
 import transformers
 from PIL import Image
 
-from gen_helpers import hf_answer
+from gen_helpers import assert_chat_answers, hf_answer
 from hf_models import text_config
 from llava_next_models import image_processor, llava_next_config, load_reference, tiny
 from mmjax import cli
@@ -64,10 +64,4 @@ def test_chat_mode_answers_like_llava_next_processor(tmp_path, capsys):
   model = load_reference(hf_dir)
   expected = hf_answer(model, inputs, fast, N)
   assert expected.strip()
-  capsys.readouterr()
-  assert cli.main(["generate", "--checkpoint", ckpt, *[a for p in paths for a in ("--image", p)],
-                   "--prompt", PROMPT, "--max-new-tokens", str(N), "--stop", "-1"]) == 0
-  assert capsys.readouterr().out == expected + "\n"
-
-  assert cli.main(["generate", "--checkpoint", ckpt, "--prompt", PROMPT,  # text only
-                   "--max-new-tokens", "3", "--stop", "-1"]) == 0
+  assert_chat_answers(ckpt, paths, PROMPT, N, expected, capsys)

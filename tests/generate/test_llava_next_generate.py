@@ -4,14 +4,12 @@
 
 import numpy as np
 import pytest
-import torch
 
+from gen_helpers import cli_greedy_ids, greedy_ids, hf_greedy_on
 from hf_models import text_config
-from llava_next_models import llava_next_config, load_reference, make_inputs, tiny, torch_inputs
-from mmjax import cli
+from llava_next_models import llava_next_config, load_reference, make_inputs, tiny
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
-from mmjax.generation import generate
 
 N = 8
 ROWS = [[(20, 70), (7, 333)], [], [(90, 40)]]
@@ -24,31 +22,17 @@ def converted(tmp_path_factory):
   hf_dir = tiny(str(root / "hf"), hf_cfg, seed=5)
   convert_hf(hf_dir, str(root / "mm"), progress=False)
   inputs = make_inputs(hf_cfg, ROWS, seed=6)
-  model = load_reference(hf_dir)
-  model.generation_config.eos_token_id = None
-  with torch.no_grad():
-    out = model.generate(**torch_inputs(inputs), do_sample=False, max_new_tokens=N,
-                         pad_token_id=0)
-  expected = out[:, inputs["input_ids"].shape[1]:].numpy()
-  return root, inputs, expected
+  return root, inputs, hf_greedy_on(load_reference(hf_dir), inputs, N)
 
 
 def test_greedy_ids_equal_transformers(converted):
   root, inputs, expected = converted
-  family, config, params = load_checkpoint(str(root / "mm"))
-  pixels = family.generation_pixels(config, inputs)
-  ids = generate(family, config, params, inputs["input_ids"], inputs["attention_mask"], pixels,
-                 max_new_tokens=N)
-  np.testing.assert_array_equal(ids, expected)
+  np.testing.assert_array_equal(greedy_ids(str(root / "mm"), inputs, N), expected)
 
 
 def test_generate_command_takes_the_processor_arrays(converted):
   root, inputs, expected = converted
-  np.savez(root / "inputs.npz", **inputs)
-  assert cli.main(["generate", "--checkpoint", str(root / "mm"), "--inputs",
-                   str(root / "inputs.npz"), "--out", str(root / "ids.npy"),
-                   "--max-new-tokens", str(N)]) == 0
-  np.testing.assert_array_equal(np.load(root / "ids.npy"), expected)
+  np.testing.assert_array_equal(cli_greedy_ids(str(root / "mm"), inputs, N, root), expected)
 
 
 def test_example_processor_inputs_fit_the_adapter(converted):

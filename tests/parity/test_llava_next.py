@@ -5,10 +5,9 @@ different sizes (extreme aspect ratios among them) in a batch, left padding, a t
 import numpy as np
 import pytest
 
-from hf_models import TOLERANCE, max_diff, record, siglip_vision_config, text_config
-from hf_models import clip_vision_config
-from llava_next_models import (IMAGE, llava_next_config, load_reference, make_inputs,
-                               reference_logits, tiny)
+from hf_models import TOLERANCE, cli_logits, max_diff, record, reference_logits, siglip_vision_config
+from hf_models import clip_vision_config, text_config
+from llava_next_models import IMAGE, llava_next_config, load_reference, make_inputs, tiny
 from mmjax import cli
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
@@ -64,14 +63,9 @@ def converted(tmp_path_factory):
 def test_logits_command_takes_the_processor_arrays(converted):
   root, hf_cfg, hf_dir, ckpt = converted
   inputs = make_inputs(hf_cfg, [[(40, 90)], [(90, 40), (3, 3)]], seed=4)
-  np.savez(root / "inputs.npz", **inputs)
-  assert cli.main(["logits", "--checkpoint", ckpt, "--inputs", str(root / "inputs.npz"),
-                   "--out", str(root / "logits.npy")]) == 0
-  ours = np.load(root / "logits.npy")
-  ids = inputs["input_ids"]
-  assert ours.dtype == np.float32 and ours.shape == (*ids.shape, hf_cfg.text_config.vocab_size)
-  diff = max_diff(ours, reference_logits(load_reference(hf_dir), inputs),
-                  inputs["attention_mask"])
+  ours = cli_logits(ckpt, inputs, root)
+  assert ours.shape[-1] == hf_cfg.text_config.vocab_size
+  diff = max_diff(ours, reference_logits(load_reference(hf_dir), inputs), inputs["attention_mask"])
   record("llava_next/logits_cli", diff)
   assert diff <= TOLERANCE, diff
 

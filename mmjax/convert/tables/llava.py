@@ -5,8 +5,14 @@ from mmjax.convert.tables.common import decoder_rules, prefixed, projector_rules
 
 
 def rules(config=None) -> list[Rule]:
+  return llava_rules(vision_rules())
+
+
+def llava_rules(tower: list[Rule]) -> list[Rule]:
+  """LLaVA's places for a vision tower's rules (relative to the tower), the Llama-family decoder
+  and the MLP projector."""
   return (
-      prefixed(vision_rules(), "model.vision_tower.", "encoder/")
+      prefixed(tower, "model.vision_tower.", "encoder/")
       + prefixed(decoder_rules(), "model.language_model.", "decoder/")
       + [Rule("lm_head.weight", "decoder/lm_head/kernel", MATRIX)]
       + prefixed(projector_rules(), "model.multi_modal_projector.", "connector/")

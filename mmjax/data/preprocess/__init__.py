@@ -17,6 +17,8 @@ Families:
   ``qwen2_vl``  smart resize within [min_pixels, max_pixels] + patch flattening (Qwen2VLImageProcessor)
   ``mllama``    the best grid of up to ``max_tiles`` square tiles, zero-padded (MllamaImageProcessor);
                 one ``<|image|>`` token per image, ``aspect_ratio`` (rows, cols) per image
+  ``pixtral``   fit within ``size`` then up to multiples of patch*merge (PixtralImageProcessor);
+                ``[IMG]`` rows ended by ``[IMG_BREAK]``, the last ``[IMG_END]``
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from mmjax.data.preprocess import anyres, common, mllama, qwen2_vl, single, tiling
+from mmjax.data.preprocess import anyres, common, mllama, pixtral, qwen2_vl, single, tiling
 from mmjax.data.preprocess.common import decode_image
 
 # Each family's module: ``process(image, cfg) -> (pixels, meta)`` and, where the default does not
@@ -36,7 +38,8 @@ from mmjax.data.preprocess.common import decode_image
 # ``PER_IMAGE_FEATURES`` + ``image_features(processed_images, cfg)`` (arrays per image that
 # packing puts into ``max_images`` slots) and ``check_row_budget(cfg, max_tiles, max_images)``.
 _MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
-            'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama}
+            'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama,
+            'pixtral': pixtral}
 FAMILIES = tuple(_MODULES)
 
 
@@ -45,7 +48,8 @@ class ImageConfig:
   """Image processor settings; the defaults are LLaVA-1.5 at 336 px (CLIP ViT-L/14-336)."""
   family: str = 'llava'
   shortest_edge: int | None = 336  # Resize the short side to this (clip/llava/anyres)...
-  size: tuple[int, int] | None = None  # ...or to exactly (h, w) (siglip, internvl tile size).
+  size: tuple[int, int] | None = None  # ...or to exactly (h, w) (siglip, internvl tile size);
+  # pixtral: the (h, w) an image is shrunk to fit (its longest edge twice).
   crop_size: tuple[int, int] | None = (336, 336)  # Center crop (clip/llava); tile size (anyres).
   mean: tuple[float, float, float] = common.OPENAI_CLIP_MEAN
   std: tuple[float, float, float] = common.OPENAI_CLIP_STD
@@ -78,8 +82,8 @@ class ImageConfig:
 
   @property
   def tile_size(self) -> tuple[int, int] | None:
-    """(H, W) of every tile this family emits; None for qwen2_vl (variable)."""
-    if self.family == 'qwen2_vl':
+    """(H, W) of every tile this family emits; None for qwen2_vl and pixtral (variable)."""
+    if self.family in ('qwen2_vl', 'pixtral'):
       return None
     if self.family in ('siglip', 'internvl', 'mllama'):
       return self.size
@@ -103,6 +107,10 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
                        merge_size=2),
       'mllama': dict(family='mllama', shortest_edge=None, size=560, crop_size=None,
                      pad_to_square=False, max_tiles=4, resample='bilinear'),
+      'pixtral': dict(family='pixtral', shortest_edge=None, size=1024, crop_size=None,
+                      pad_to_square=False, patch_size=16),
+      'mistral3': dict(family='pixtral', shortest_edge=None, size=1540, crop_size=None,
+                       pad_to_square=False, patch_size=14, merge_size=2),
   }
   if name not in presets:
     raise ValueError(f'unknown image preset {name!r}; expected one of {sorted(presets)}')

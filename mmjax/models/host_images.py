@@ -1,0 +1,44 @@
+"""Families whose images the host lays out from the processor's arrays before the model sees
+them (LLaVA-NeXT's tiles and feature layout, Pixtral's packed patches): the parts of the plug-in
+they share.
+
+A subclass names its processor arrays (`processor_keys`), turns them into the module's images
+(`images_from_processor`) and checks those against the placeholders
+(`check_image_placeholders`); generation runs through `mmjax.generation.adapters.HostImagesFusion`.
+Its module is called as `module(input_ids [B, T], images, positions [B, T], attention_mask
+[B, T])` and has `embed(input_ids, images)` and a `decoder`.
+"""
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from mmjax.models.family import Family
+from mmjax.models.inputs import text_inputs
+
+
+class HostImagesFamily(Family):
+
+  def images_from_processor(self, config, inputs: Mapping[str, Any]) -> Any:
+    """The module's images from the processor's arrays (None without images)."""
+    raise NotImplementedError
+
+  def check_image_placeholders(self, config, input_ids, images) -> None:
+    """`PlaceholderMismatchError` unless the placeholders take exactly the images' features."""
+    raise NotImplementedError
+
+  def forward_from_hf_inputs(self, config, params, inputs):
+    """`input_ids [B, T]`, `attention_mask`, `position_ids` (optional) and the family's
+    `processor_keys` arrays as its processor makes them -> float32 logits `[B, T, V]`."""
+    input_ids, mask, positions = text_inputs(inputs)
+    images = self.images_from_processor(config, inputs)
+    out = self.build(config).apply({"params": params}, input_ids, images, positions, mask)
+    return np.asarray(out.logits, np.float32)
+
+  def generation_adapter(self, config):
+    from mmjax.generation.adapters import HostImagesFusion
+
+    return HostImagesFusion(self.build(config), config, self)
+
+  def generation_pixels(self, config, inputs):
+    return {k: inputs[k] for k in self.processor_keys if k in inputs}  # the arrays as they are

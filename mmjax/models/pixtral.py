@@ -1,0 +1,305 @@
+"""Pixtral (transformers: a `llava` whose vision tower is `pixtral`) and Mistral3 (`mistral3`):
+the Pixtral tower over every image at its own size in one packed sequence, LLaVA's projector
+(Mistral3: RMSNorm and a 2x2 patch merger before it), a Mistral decoder.
+
+The processor lays each image out as `[IMG]` x columns + `[IMG_BREAK]` per row, the last one
+`[IMG_END]`; only the `[IMG]` placeholders take features (one per patch, or per merged block),
+in order, so any number of images per row and text-only rows mix in one batch. The host cuts
+the processor's padded `pixel_values` into the packed sequence (`packed_images`).
+
+The family is chosen from the vision config too: a `llava` config.json whose
+`vision_config.model_type` is `pixtral` is claimed by the `pixtral` family (`claims_hf`).
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.connectors.projector import Projector
+from mmjax.connectors.spatial_merger import SpatialMerger, SpatialMergerConfig, merge_index
+from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.encoders.pixtral_vit import (PixtralVisionConfig, PixtralVisionTransformer,
+                                        pack_images, patch_grids)
+from mmjax.models.family import Family
+from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.llava import LlavaConfig
+from mmjax.nn.multihead import KVCache
+
+PROCESSOR_KEYS = ("pixel_values", "image_sizes")
+
+PackedImages = dict  # `pack_images`'s arrays (+ 'merge_index' [M, k*k] with a patch merger)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixtralConfig(LlavaConfig):
+  """LLaVA's config with a Pixtral tower (`vision: PixtralVisionConfig`); every patch of the
+  chosen layers is a feature ('full' selection: Pixtral has no class token)."""
+
+  vision: PixtralVisionConfig  # (re-declared for the type: checkpoints rebuild it by its hints)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.feature_select != "full":
+      raise ValueError("Pixtral has no class token: vision_feature_select_strategy must be "
+                       f"'full', got {self.feature_select!r}")
+
+  @classmethod
+  def vision_from_hf(cls, vision_config, **execution):
+    return PixtralVisionConfig.from_hf(vision_config, **execution)
+
+  @property
+  def merge_size(self) -> int:
+    """Patches merged per side before the decoder (1: none)."""
+    return 1
+
+  @property
+  def downsample(self) -> int:
+    """Pixels per decoder token per side (the processor's `patch_size * spatial_merge_size`)."""
+    return self.vision.patch_size * self.merge_size
+
+  @property
+  def tokens_per_image(self) -> None:
+    """None: an image's tokens depend on its size (`tokens_for`)."""
+    return None
+
+  def tokens_for(self, height: int, width: int) -> int:
+    """`[IMG]` placeholders of an image of (height, width) pixels as the processor resized it."""
+    return (height // self.downsample) * (width // self.downsample)
+
+  def to_hf(self) -> dict[str, Any]:
+    out = super().to_hf()
+    out.pop("image_seq_length")  # the count varies with the image size
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistral3Config(PixtralConfig):
+  """Pixtral's config with Mistral3's projector: RMSNorm (with the decoder's eps, as transformers
+  takes it) and a learned merge of each `spatial_merge_size`^2 block of patches before LLaVA's
+  MLP."""
+
+  spatial_merge_size: int = 2
+
+  def __post_init__(self):
+    super().__post_init__()
+    if len(self.feature_layers) != 1:  # transformers' norm and merger take one layer's width
+      raise ValueError(f"Mistral3 reads one vision feature layer, got {list(self.feature_layers)}")
+    if self.spatial_merge_size < 1:
+      raise ValueError(f"spatial_merge_size must be >= 1, got {self.spatial_merge_size}")
+
+  @property
+  def merge_size(self) -> int:
+    return self.spatial_merge_size
+
+  @property
+  def merger(self) -> SpatialMergerConfig:
+    return SpatialMergerConfig(self.projector, self.spatial_merge_size, self.decoder.rms_norm_eps)
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "Mistral3Config":
+    """Reads a transformers `Mistral3Config` dict (config.json)."""
+    defaults = dict(vision_feature_select_strategy="full", multimodal_projector_bias=False,
+                    vision_feature_layer=-1, tie_word_embeddings=True)
+    base = PixtralConfig.from_hf({**defaults, **cfg}, **execution)
+    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(PixtralConfig)},
+               spatial_merge_size=int(cfg.get("spatial_merge_size", 2)))
+
+  def to_hf(self) -> dict[str, Any]:
+    out = super().to_hf()
+    out.pop("vision_feature_select_strategy")  # Mistral3 has no selection: every patch
+    return {**out, "architectures": ["Mistral3ForConditionalGeneration"],
+            "model_type": "mistral3", "spatial_merge_size": self.spatial_merge_size}
+
+
+def packed_images(config: PixtralConfig, pixel_values, image_sizes) -> PackedImages | None:
+  """The processor's `pixel_values [I, C, H, W]` (padded to the batch's largest image) and
+  `image_sizes [I, 2]` (each image's resized (height, width); absent: the whole padded size, as
+  transformers assumes) -> the model's packed images, or None without images."""
+  if pixel_values is None or np.shape(pixel_values)[0] == 0:
+    return None
+  shape = np.shape(pixel_values)
+  if image_sizes is None:
+    image_sizes = np.tile([shape[-2:]], (shape[0], 1))
+  images = pack_images(pixel_values, image_sizes, config.vision.patch_size)
+  if config.merge_size > 1:
+    grids = patch_grids(image_sizes, config.vision.patch_size)
+    images["merge_index"] = merge_index(grids, config.merge_size)
+  return images
+
+
+def num_features(images: PackedImages | None) -> int:
+  if images is None:
+    return 0
+  if "merge_index" in images:
+    return int(np.shape(images["merge_index"])[0])
+  return int(np.shape(images["patches"])[0])
+
+
+def check_image_placeholders(config: PixtralConfig, input_ids, images: PackedImages | None):
+  """`PlaceholderMismatchError` unless the `[IMG]` placeholders take exactly the images'
+  features (concrete `input_ids` only)."""
+  check_placeholders(input_ids, config.image_token_id, num_features(images))
+
+
+class Pixtral(nn.Module):
+  """Pixtral tower, projector (Mistral3: norm + patch merger + MLP), Llama-family decoder."""
+
+  config: PixtralConfig
+
+  def setup(self):
+    cfg = self.config
+    self.encoder = PixtralVisionTransformer(cfg.vision)
+    if cfg.merge_size > 1:
+      self.connector = SpatialMerger(cfg.merger)
+    else:
+      self.connector = Projector(cfg.projector)
+    self.decoder = Decoder(cfg.decoder)
+
+  def image_features(self, images: PackedImages) -> jax.Array:
+    """Packed images -> `[F, D_text]`: one feature per patch (per merged block), in order."""
+    cfg = self.config
+    layers = [layer % (cfg.vision.num_layers + 1) for layer in cfg.feature_layers]
+    hidden = self.encoder(images["patches"][None], images["positions"][None],
+                          images["segment_ids"][None],
+                          num_layers=max(layers))["hidden_states"]  # [max+1, 1, N, D_v]
+    selected = jnp.concatenate([hidden[layer][0] for layer in layers], axis=-1)  # [N, D_v * L]
+    if cfg.merge_size > 1:
+      return self.connector(selected, images["merge_index"])
+    return self.connector(selected)
+
+  def embed(self, input_ids: jax.Array, images: PackedImages | None) -> jax.Array:
+    """Text embeddings `[B, T, D]` with the images' features in the `[IMG]` slots."""
+    embeddings = self.decoder.embed(input_ids)
+    check_image_placeholders(self.config, input_ids, images)
+    if images is None:
+      return embeddings
+    features = self.image_features(images)
+    return merge_image_features(embeddings, input_ids == self.config.image_token_id, features)
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      images: PackedImages | None,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+      head_loss: HeadLoss | None = None,
+  ) -> DecoderOutput:
+    """`input_ids [B, T]`, `images` from `packed_images` (every image of the batch, in row
+    order) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
+    embeddings = self.embed(input_ids, images)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        head_loss=head_loss)
+
+
+class PixtralFamily(HostImagesFamily):
+  """transformers' `llava` checkpoints with a Pixtral tower (inference: logits, generation,
+  chat mode)."""
+
+  name = "pixtral"
+  hf_model_types = ()  # a `llava` model_type: claimed through its vision config (claims_hf)
+  config_cls = PixtralConfig
+  module_cls = Pixtral
+  table = "pixtral"
+  processor_keys = PROCESSOR_KEYS
+
+  def claims_hf(self, hf_config):
+    vision = hf_config.get("vision_config") or {}
+    return hf_config.get("model_type") == "llava" and vision.get("model_type") == "pixtral"
+
+  def config_from_hf(self, hf_config, **execution):
+    return self.config_cls.from_hf(hf_config, **execution)
+
+  def hf_processor_config(self, config, image_token):
+    """`PixtralProcessor`'s settings: it resizes to multiples of patch x merge and counts the
+    placeholders from them."""
+    return dict(processor_class="PixtralProcessor", image_token=image_token,
+                patch_size=config.vision.patch_size, spatial_merge_size=config.merge_size)
+
+  def example_inputs(self, config):
+    """One row holding one image of 2x2 decoder tokens, and its packed patches."""
+    side = 2 * config.downsample
+    images = packed_images(config, np.zeros((1, config.vision.num_channels, side, side),
+                                            np.float32), [[side, side]])
+    ids = jnp.full((1, num_features(images)), config.image_token_id, jnp.int32)
+    return ids, jax.tree.map(jnp.asarray, images), jnp.zeros_like(ids)
+
+  def images_from_processor(self, config, inputs):
+    """PixtralProcessor's `pixel_values [I, C, H, W]` and `image_sizes [I, 2]` -> the packed
+    images (`packed_images`)."""
+    return packed_images(config, inputs.get("pixel_values"), inputs.get("image_sizes"))
+
+  def check_image_placeholders(self, config, input_ids, images):
+    check_image_placeholders(config, input_ids, images)
+
+  def example_processor_inputs(self, config, batch, length):
+    """One square image of `vision.image_size` per row (the processor's largest)."""
+    side = config.vision.image_size // config.downsample * config.downsample
+    n = config.tokens_for(side, side)
+    if length < n:
+      raise ValueError(f"a prompt of {length} tokens cannot hold a {side}x{side} image's {n} "
+                       "tokens")
+    ids = np.zeros((batch, length), np.int32)
+    ids[:, :n] = config.image_token_id
+    return {"input_ids": ids, "image_sizes": np.tile([[side, side]], (batch, 1)),
+            "pixel_values": np.zeros((batch, config.vision.num_channels, side, side), np.float32)}
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    from mmjax.generation.pixtral import PixtralPromptBuilder
+
+    return PixtralPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template)
+
+
+class Mistral3Family(PixtralFamily):
+  """transformers' `mistral3` checkpoints (Mistral Small 3.1): Pixtral with the patch merger."""
+
+  name = "mistral3"
+  hf_model_types = ("mistral3",)
+  config_cls = Mistral3Config
+  table = "mistral3"
+
+  def claims_hf(self, hf_config):
+    return False  # found by its model_type
+
+
+class PixtralVision(nn.Module):
+  config: PixtralVisionConfig
+
+  def setup(self):
+    self.encoder = PixtralVisionTransformer(self.config)
+
+  def __call__(self, patches, positions, segment_ids):
+    return self.encoder(patches, positions, segment_ids)
+
+
+class PixtralVisionFamily(Family):
+  """The Pixtral tower alone (`PixtralVisionModel`: hidden states through the Python API)."""
+
+  name = "pixtral_vision"
+  hf_model_types = ("pixtral",)
+  config_cls = PixtralVisionConfig
+  module_cls = PixtralVision
+  table = "pixtral_vision"
+  components = ("encoder",)
+  stacks = {"encoder": ""}
+
+  def config_from_hf(self, hf_config, **execution):
+    return PixtralVisionConfig.from_hf(hf_config, **execution)
+
+  def decoder_config(self, config):
+    return None
+
+  def example_inputs(self, config):
+    p = config.patch_size
+    images = pack_images(np.zeros((1, config.num_channels, p, p), np.float32), [[p, p]], p)
+    return tuple(jnp.asarray(images[k])[None] for k in ("patches", "positions", "segment_ids"))
+
+
+FAMILIES = (PixtralFamily(), Mistral3Family(), PixtralVisionFamily())
