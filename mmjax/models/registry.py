@@ -22,6 +22,7 @@ FAMILY_MODULES = (
     "qwen_vl",
     "internvl",
     "mllama",
+    "idefics",
 )
 
 
