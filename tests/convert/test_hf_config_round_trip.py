@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 from hf_models import clip_vision_config, llava_config, text_config
+from idefics_models import idefics_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
 from mllama_models import mllama_config
@@ -43,6 +44,10 @@ CASES = {
     "internvl": lambda: _from_hf(internvl_config()),
     "llava_next": lambda: _from_hf(llava_next_config(vision_feature_layer=[-1, 0])),
     "mllama": lambda: _from_hf(mllama_config()),
+    "idefics": lambda: _from_hf(idefics_config(act="quick_gelu", tied=True)),
+    "idefics_resampler": lambda: _from_hf(idefics_config(resampler=True, gate="vector",
+                                                         qk_norm=True, perceiver_qk_norm=True,
+                                                         interval=1, layers=3)),
 }
 
 
