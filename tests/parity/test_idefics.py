@@ -10,7 +10,7 @@ until the next one), left padding; the additional vocabulary's ids throughout.
 import numpy as np
 import pytest
 
-from hf_models import TOLERANCE, max_diff, record
+from hf_models import assert_logits_match
 from idefics_models import (FAKE, IMAGE, idefics_config, load_reference, make_inputs,
                             reference_logits, tiny)
 from mmjax import cli
@@ -57,11 +57,7 @@ def test_idefics_logits_match_transformers(converted, name):
   ref = reference_logits(model, inputs)
   ours = forward_from_hf_inputs(family, config, params, inputs)
   assert ours.shape == ref.shape == (*inputs["input_ids"].shape, hf_cfg.vocab_size + 2)
-  mask = inputs["attention_mask"]
-  diff = max_diff(ours, ref, mask)
-  record(f"idefics/{name}", diff)
-  assert diff <= TOLERANCE, diff
-  np.testing.assert_array_equal(ours.argmax(-1)[mask == 1], ref.argmax(-1)[mask == 1])
+  assert_logits_match(f"idefics/{name}", ours, ref, inputs["attention_mask"])
 
 
 def test_text_only_batch_matches_transformers(converted):
@@ -72,9 +68,7 @@ def test_text_only_batch_matches_transformers(converted):
   ref = reference_logits(model, inputs)
   text = {k: inputs[k] for k in ("input_ids", "attention_mask")}
   ours = forward_from_hf_inputs(family, config, params, text)
-  diff = max_diff(ours, ref, inputs["attention_mask"])
-  record("idefics/text_only", diff)
-  assert diff <= TOLERANCE, diff
+  assert_logits_match("idefics/text_only", ours, ref, inputs["attention_mask"])
 
 
 def test_images_reach_only_the_tokens_after_them(converted):
@@ -97,9 +91,9 @@ def test_logits_command_takes_the_processor_arrays(converted):
   assert cli.main(["logits", "--checkpoint", str(root / "mm"), "--inputs",
                    str(root / "inputs.npz"), "--out", str(root / "logits.npy")]) == 0
   ours = np.load(root / "logits.npy")
-  diff = max_diff(ours, reference_logits(model, inputs), inputs["attention_mask"])
-  record("idefics/logits_cli", diff)
-  assert ours.dtype == np.float32 and diff <= TOLERANCE, diff
+  assert ours.dtype == np.float32
+  assert_logits_match("idefics/logits_cli", ours, reference_logits(model, inputs),
+                      inputs["attention_mask"])
 
 
 def test_inputs_that_disagree_are_named(converted):
