@@ -213,25 +213,28 @@ class Decoder(nn.Module):
     if cfg.additional_vocab_size and cfg.extra_embeddings:
       raise ValueError("a decoder has either extra_embeddings (rows not predicted) or an "
                        "additional_vocab_size (decoupled rows), not both")
-    embed = lambda rows, name: nn.Embed(
+    # IDEFICS' decoupled rows are parameters of their own, few: never split over the vocabulary.
+    additional_axes = (None, "embed")
+    embed = lambda rows, name, axes: nn.Embed(
         rows, cfg.hidden_size, param_dtype=param_dtype,
-        embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, ("vocab", "embed")),
-        name=name)
-    self.embedder = embed(cfg.vocab_size + cfg.extra_embeddings, "embed")
-    if cfg.additional_vocab_size:  # IDEFICS' decoupled rows: parameters of their own
-      self.embedder_additional = embed(cfg.additional_vocab_size, "embed_additional")
+        embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, axes), name=name)
+    self.embedder = embed(cfg.vocab_size + cfg.extra_embeddings, "embed", ("vocab", "embed"))
+    if cfg.additional_vocab_size:
+      self.embedder_additional = embed(cfg.additional_vocab_size, "embed_additional",
+                                       additional_axes)
     self.plan = layer_plan(cfg)
     for segment in self.plan:  # attribute names are the parameter names ('layers', ...)
       setattr(self, segment.name,
               segment_stack(cfg, segment)(*_segment_args(cfg, segment), name=segment.name))
     self.norm = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
-      head = lambda rows, name: Einsum(  # [V, D], the embedding's layout
-          "BTD,VD->BTV", (rows, cfg.hidden_size), ("vocab", "embed"),
-          dtype=jnp.dtype(cfg.dtype), param_dtype=param_dtype, name=name)
-      self.lm_head = head(cfg.vocab_size, "lm_head")
+      head = lambda rows, name, axes: Einsum(  # [V, D], the embedding's layout
+          "BTD,VD->BTV", (rows, cfg.hidden_size), axes, dtype=jnp.dtype(cfg.dtype),
+          param_dtype=param_dtype, name=name)
+      self.lm_head = head(cfg.vocab_size, "lm_head", ("vocab", "embed"))
       if cfg.additional_vocab_size:
-        self.lm_head_additional = head(cfg.additional_vocab_size, "lm_head_additional")
+        self.lm_head_additional = head(cfg.additional_vocab_size, "lm_head_additional",
+                                       additional_axes)
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     """`tokens [B, T]` -> `[B, T, D]` in the compute dtype."""

@@ -11,7 +11,8 @@ from idefics_models import idefics_config, load_reference, make_inputs, tiny, to
 from mmjax import cli
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
-from mmjax.generation import generate
+from mmjax.generation import GenerateConfig, Generator, generate
+from mmjax.generation.partition import shard_params, tensor_mesh
 
 N = 8
 ROWS = [[2, "img", 3, "img", 2], [4, "img", 1, "eos", 2], [5]]
@@ -42,6 +43,21 @@ def test_greedy_ids_equal_transformers(converted):
   ids = generate(family, config, params, inputs["input_ids"], inputs["attention_mask"], pixels,
                  max_new_tokens=N)
   np.testing.assert_array_equal(ids, expected)
+
+
+def test_tensor_parallel_generation_equals_transformers(converted):
+  """Parameters split over a 'tensor' mesh axis (8 fake CPU devices): the scanned group with
+  the gated layers' image keys/values in its cache (one device unrolls the layers instead)."""
+  _, hf_cfg, model, (family, config, params) = converted
+  inputs = make_inputs(hf_cfg, ROWS[:2] + [[1, "img", 2], [3]], seed=6)
+  mesh = tensor_mesh(tensor=2, data=4)
+  sharded = shard_params(family, config, params, mesh)
+  assert sharded["decoder"]["layers"]["gated_cross_0"]["attn"]["q"]["kernel"].sharding.spec[1] \
+      == "tensor"  # [repeats, N, H, D]
+  ids = Generator(family, config, sharded, mesh)(
+      inputs["input_ids"], inputs["attention_mask"], family.generation_pixels(config, inputs),
+      gen=GenerateConfig(N, pad_id=0))
+  np.testing.assert_array_equal(ids, hf_greedy(model, inputs))
 
 
 def test_generate_command_takes_the_processor_arrays(converted):
