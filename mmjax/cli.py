@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
       "with numpy.savez: input_ids [B, T], attention_mask [B, T] (optional), position_ids "
       "(optional; else computed from the attention mask as transformers' generate does), "
       "pixel_values [I, C, H, W] (NCHW; LLaVA-NeXT: the processor's [I, tiles, C, H, W] with "
-      "image_sizes [I, 2]). Writes float32 logits [B, T, V].")
+      "image_sizes [I, 2]; IDEFICS: [B, N, C, H, W] with image_attention_mask [B, T, N]). "
+      "Writes float32 logits [B, T, V].")
   p.add_argument("--checkpoint", required=True, metavar="DIR", help="mmjax checkpoint directory")
   p.add_argument("--inputs", required=True, metavar="FILE.npz", help="processor arrays")
   p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the logits")
