@@ -58,17 +58,6 @@ class IdeficsConfig:
   def text_layers(self) -> int:
     return self.decoder.num_layers - len(self.decoder.cross_attention_layers)
 
-  @property
-  def image_width(self) -> int:
-    """Width of the image states the gated layers read (the tower's, resampled or not)."""
-    return self.vision.hidden_size
-
-  @property
-  def tokens_per_image(self) -> int:
-    """Image states per image: the resampler's latents, else every token of the tower (the
-    class token included)."""
-    return self.vision.num_positions if self.resampler is None else self.resampler.num_latents
-
   @classmethod
   def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "IdeficsConfig":
     """Reads transformers' `IdeficsConfig` (config.json); `execution` sets dtypes etc."""
