@@ -28,8 +28,9 @@ def check_token_ids(ids: Any, config: Any, what: str = "input_ids") -> None:
   ids = np.asarray(ids)
   decoder = decoder_of(config)
   # The embedding table's rows: rows past the vocabulary are real tokens too (Llama 3.2 Vision's
-  # `<|image|>` is the first of its 8 `extra_embeddings`).
-  vocab = int(decoder.vocab_size) + int(getattr(decoder, "extra_embeddings", 0))
+  # `<|image|>` is the first of its 8 `extra_embeddings`; IDEFICS' `additional_vocab_size` rows).
+  vocab = int(decoder.vocab_size) + int(getattr(decoder, "extra_embeddings", 0)) + \
+      int(getattr(decoder, "additional_vocab_size", 0))
   if not np.issubdtype(ids.dtype, np.integer):
     raise ValueError(f"{what} must be integer token ids, got {ids.dtype}")
   bad = (ids < 0) | (ids >= vocab)

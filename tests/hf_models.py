@@ -110,6 +110,17 @@ def max_diff(a, b, mask=None) -> float:
   return float(diff.max())
 
 
+def assert_logits_match(name: str, ours, ref, mask) -> float:
+  """Float32 logits within TOLERANCE of the reference over the real (`mask`) positions, with the
+  same greedy tokens there; records and returns the max abs diff."""
+  diff = max_diff(ours, ref, mask)
+  record(name, diff)
+  assert diff <= TOLERANCE, diff
+  mask = np.asarray(mask) == 1
+  np.testing.assert_array_equal(np.argmax(ours, -1)[mask], np.argmax(ref, -1)[mask])
+  return diff
+
+
 def record(name: str, value: float) -> None:
   """Appends a parity figure to $MMJAX_PARITY_LOG (for closing notes); no-op otherwise."""
   path = os.environ.get("MMJAX_PARITY_LOG")

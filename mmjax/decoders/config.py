@@ -46,6 +46,10 @@ class DecoderConfig:
   # Embedding rows beyond the vocabulary, which the LM head does not predict (Llama 3.2
   # Vision's 8: its image token and reserved ids).
   extra_embeddings: int = 0
+  # Tokens past the vocabulary held in parameters of their own (`embed_additional`, and
+  # `lm_head_additional` unless tied), embedded and predicted (logits `[..., V + A]`): IDEFICS'
+  # decoupled embedding and LM head, whose new rows train while the base vocabulary stays frozen.
+  additional_vocab_size: int = 0
   # Execution (not architecture): compute dtype, parameter dtype, remat policy, attention kernel.
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -91,7 +95,8 @@ class DecoderConfig:
 def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
   """A transformers `LlamaConfig` / `MistralConfig` / `Qwen2Config` / `Qwen3Config` dict for the
   decoder (what `DecoderConfig.from_hf` reads back to `d`, execution settings aside)."""
-  if d.model_type not in _FAMILY_DEFAULTS or d.cross_attention_layers or d.extra_embeddings:
+  if d.model_type not in _FAMILY_DEFAULTS or d.cross_attention_layers or d.extra_embeddings \
+      or d.additional_vocab_size:
     raise ValueError(f"cannot write a {d.model_type!r} text config"
                      + (" with cross-attention layers" if d.cross_attention_layers else ""))
   family = _FAMILY_DEFAULTS[d.model_type]

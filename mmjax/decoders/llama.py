@@ -210,25 +210,43 @@ class Decoder(nn.Module):
   def setup(self):
     cfg = self.config
     param_dtype = jnp.dtype(cfg.param_dtype)
-    self.embedder = nn.Embed(
-        cfg.vocab_size + cfg.extra_embeddings, cfg.hidden_size, param_dtype=param_dtype,
-        embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, ("vocab", "embed")),
-        name="embed",
-    )
+    if cfg.additional_vocab_size and cfg.extra_embeddings:
+      raise ValueError("a decoder has either extra_embeddings (rows not predicted) or an "
+                       "additional_vocab_size (decoupled rows), not both")
+    # IDEFICS' decoupled rows are parameters of their own, few: never split over the vocabulary.
+    additional_axes = (None, "embed")
+    embed = lambda rows, name, axes: nn.Embed(
+        rows, cfg.hidden_size, param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, axes), name=name)
+    self.embedder = embed(cfg.vocab_size + cfg.extra_embeddings, "embed", ("vocab", "embed"))
+    if cfg.additional_vocab_size:
+      self.embedder_additional = embed(cfg.additional_vocab_size, "embed_additional",
+                                       additional_axes)
     self.plan = layer_plan(cfg)
     for segment in self.plan:  # attribute names are the parameter names ('layers', ...)
       setattr(self, segment.name,
               segment_stack(cfg, segment)(*_segment_args(cfg, segment), name=segment.name))
     self.norm = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
-      self.lm_head = Einsum(  # [V, D], the embedding's layout
-          "BTD,VD->BTV", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
-          dtype=jnp.dtype(cfg.dtype), param_dtype=param_dtype, name="lm_head",
-      )
+      head = lambda rows, name, axes: Einsum(  # [V, D], the embedding's layout
+          "BTD,VD->BTV", (rows, cfg.hidden_size), axes, dtype=jnp.dtype(cfg.dtype),
+          param_dtype=param_dtype, name=name)
+      self.lm_head = head(cfg.vocab_size, "lm_head", ("vocab", "embed"))
+      if cfg.additional_vocab_size:
+        self.lm_head_additional = head(cfg.additional_vocab_size, "lm_head_additional",
+                                       additional_axes)
 
   def embed(self, tokens: jax.Array) -> jax.Array:
     """`tokens [B, T]` -> `[B, T, D]` in the compute dtype."""
-    return self.embedder(tokens).astype(jnp.dtype(self.config.dtype))
+    cfg = self.config
+    if not cfg.additional_vocab_size:
+      return self.embedder(tokens).astype(jnp.dtype(cfg.dtype))
+    # Ids past the base table read the additional one (each lookup clipped into its own table:
+    # an out-of-range gather would give NaN).
+    additional = tokens >= cfg.vocab_size  # [B, T]
+    base = self.embedder(jnp.where(additional, 0, tokens))
+    extra = self.embedder_additional(jnp.where(additional, tokens - cfg.vocab_size, 0))
+    return jnp.where(additional[..., None], extra, base).astype(jnp.dtype(cfg.dtype))
 
   def __call__(
       self,
@@ -362,9 +380,13 @@ class Decoder(nn.Module):
     cfg = self.config
     x = self.norm(x)
     if cfg.tie_embeddings:
-      logits = self.embedder.attend(x.astype(jnp.dtype(cfg.dtype)))
+      x = x.astype(jnp.dtype(cfg.dtype))
+      heads = (self.embedder.attend,) + (
+          (self.embedder_additional.attend,) if cfg.additional_vocab_size else ())
     else:
-      logits = self.lm_head(x)
+      heads = (self.lm_head,) + ((self.lm_head_additional,) if cfg.additional_vocab_size else ())
+    logits = [head(x) for head in heads]
+    logits = logits[0] if len(logits) == 1 else jnp.concatenate(logits, axis=-1)  # [..., V (+ A)]
     return logits.astype(jnp.float32)
 
 
@@ -376,5 +398,6 @@ def _rows_of(cross, rows):
 def head_params(decoder_params: dict) -> dict:
   """The subtree of a decoder's parameters that `Decoder.logits` reads: the final norm and the LM
   head (the embedding when tied), so the head can be differentiated on its own."""
-  names = ("norm", "lm_head") if "lm_head" in decoder_params else ("norm", "embed")
-  return {name: decoder_params[name] for name in names}
+  names = ("norm", "lm_head", "lm_head_additional") if "lm_head" in decoder_params else \
+      ("norm", "embed", "embed_additional")
+  return {name: decoder_params[name] for name in names if name in decoder_params}

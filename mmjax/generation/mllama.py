@@ -1,67 +1,27 @@
-"""Generation of Llama 3.2 Vision: the adapter (see `mmjax.generation.adapters`) and chat mode's
-prompt builder.
-
-The prefill runs the vision tower once and every cross-attention layer keeps its images'
-keys/values in the decode state (the decoder's cache); each new token sees the images the last
-prompt token sees, as transformers' `generate` repeats the last row of `cross_attention_mask`.
-A prompt without images skips the cross-attention layers throughout, as transformers does.
+"""Generation of Llama 3.2 Vision: the adapter (`mmjax.generation.cross_attention`: image
+keys/values computed once at prefill, the last token's `cross_attention_mask` row for every new
+token) and chat mode's prompt builder.
 """
 
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import numpy as np
 
-from mmjax.decoders.cross import CrossInputs
-from mmjax.decoders.llama import init_cache
-from mmjax.generation.adapters import DecodeState, checked_positions, last_logits
+from mmjax.generation.adapters import checked_positions
 from mmjax.generation import prompt_images
+from mmjax.generation.cross_attention import CrossAttentionAdapter
 from mmjax.generation.prompt import FamilyPromptBuilder, PromptBuilder
 from mmjax.models import mllama
 
 
 @dataclasses.dataclass(frozen=True)
-class MllamaAdapter:
+class MllamaAdapter(CrossAttentionAdapter):
   """`pixels`: the module's image arrays (`mllama.images_from_processor`) or None."""
-
-  module: nn.Module
-  config: mllama.MllamaConfig
 
   def prepare_inputs(self, input_ids, mask, pixels, positions):
     mllama.check_image_tokens(input_ids, self.config.image_token_id, pixels)
     return pixels, checked_positions(positions, input_ids)
-
-  def init_state(self, batch: int, length: int) -> DecodeState:
-    return {"cache": init_cache(self.config.decoder, batch, length)}
-
-  def prefill(self, params, input_ids, pixels, positions, mask, state: DecodeState):
-    """Logits of the last prompt token `[B, V]`; the state gains the images' keys/values (in
-    the cache) and the last token's cross-attention mask (`cross`)."""
-
-    def run(m, input_ids, images, positions, mask, cache):
-      cross = None
-      if images is not None:
-        cross = m.cross_inputs(input_ids, images, m.image_states(images))
-      out = m.decoder(m.decoder.embed(input_ids), positions, mask, None, cache, 0, cross=cross)
-      return last_logits(m.decoder, out), cross
-
-    (logits, cache), cross = self.module.apply({"params": params}, input_ids, pixels, positions,
-                                               mask, state["cache"], method=run)
-    state = {**state, "cache": cache}
-    if cross is not None:  # [B, 1, 1, S] and [B, 1]: what every new token sees
-      state["cross"] = CrossInputs(None, cross.mask[:, :, -1:], cross.row_mask[:, -1:])
-    return logits, state
-
-  def step(self, params, tokens, positions, mask, state: DecodeState, index):
-    """`tokens [B, 1]`, `positions [B, 1]`, written at cache slot `index`."""
-
-    def run(m, tokens, positions, mask, cache, index, cross):
-      return m.decoder(m.decoder.embed(tokens), positions, mask, None, cache, index, cross=cross)
-
-    out = self.module.apply({"params": params}, tokens, positions, mask, state["cache"], index,
-                            state.get("cross"), method=run)
-    return out.logits[:, -1], {**state, "cache": out.cache}
 
 
 @dataclasses.dataclass

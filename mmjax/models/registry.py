@@ -23,6 +23,7 @@ FAMILY_MODULES = (
     "qwen_vl",
     "internvl",
     "mllama",
+    "idefics",
 )
 
 

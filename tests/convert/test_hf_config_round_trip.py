@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 from hf_models import clip_vision_config, llava_config, text_config
+from idefics_models import idefics_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
 from mllama_models import mllama_config
@@ -50,6 +51,10 @@ CASES = {
         pixtral_vision_config(rope_parameters={"rope_type": "axial", "rope_theta": 500.0}),
         text_config("mistral", rms_norm_eps=1e-5, tie_word_embeddings=True),
         spatial_merge_size=3)),
+    "idefics": lambda: _from_hf(idefics_config(act="quick_gelu", tied=True)),
+    "idefics_resampler": lambda: _from_hf(idefics_config(resampler=True, gate="vector",
+                                                         qk_norm=True, perceiver_qk_norm=True,
+                                                         interval=1, layers=3)),
 }
 
 

@@ -1,6 +1,7 @@
 """The target-only loss on decoders with cross-attention layers (segments of repeated groups):
 loss and every gradient (parameters, embeddings, image states) equal the dense loss's, whether
-the last layer is a self- or a cross-attention layer, in one segment or several."""
+the last layer is a self- or a cross-attention layer, in one segment or several; with IDEFICS'
+gated layers and its decoupled vocabulary."""
 
 import flax.linen as nn
 import jax
@@ -17,12 +18,15 @@ from mmjax.train.loss import cross_entropy, target_cross_entropy
 
 BASE = dict(vocab_size=48, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2,
             head_dim=8)
-# name -> (layers, cross-attention layers, segments expected)
+# name -> (layers, cross-attention layers, segments expected, other decoder settings)
 CASES = {
-    "last_layer_cross_one_segment": (4, (1, 3), 1),
-    "last_layer_self_periodic": (6, (1, 4), 1),
-    "irregular_several_segments": (5, (0, 1, 3), 3),
-    "cross_only_at_the_start": (3, (0,), 2),
+    "last_layer_cross_one_segment": (4, (1, 3), 1, {}),
+    "last_layer_self_periodic": (6, (1, 4), 1, {}),
+    "irregular_several_segments": (5, (0, 1, 3), 3, {}),
+    "cross_only_at_the_start": (3, (0,), 2, {}),
+    "gated_vector_additional_vocab": (6, (0, 3), 1, dict(
+        cross_attention_kind="gated_cross", cross_attention_gate="vector",
+        additional_vocab_size=3)),
 }
 ROWS, LENGTH, STATES = 3, 13, 10
 
@@ -50,8 +54,8 @@ def _inputs(seed=0):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_head_loss_equals_the_dense_loss(name):
-  layers, cross_layers, segments = CASES[name]
-  cfg = DecoderConfig(num_layers=layers, cross_attention_layers=cross_layers, **BASE)
+  layers, cross_layers, segments, other = CASES[name]
+  cfg = DecoderConfig(num_layers=layers, cross_attention_layers=cross_layers, **BASE, **other)
   assert len(plan_layers(layers, cross_layers)) == segments
   inputs, embeddings, states, cross, labels, mask = _inputs()
   model = Decoder(cfg)

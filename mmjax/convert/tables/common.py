@@ -7,6 +7,9 @@ in SigLIP, biases a config switches off) are dropped by the converter, so one ta
 variant and the strict checks catch what is left over.
 """
 
+import dataclasses
+from typing import Callable, Mapping
+
 from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, SAME, Layout, Rule
 
 _ATTN = [
@@ -73,6 +76,21 @@ def decoder_layer_rules() -> list[Rule]:
       *[Rule(f"mlp.{n}_proj.weight", f"mlp/{n}/kernel", MATRIX) for n in ("gate", "up", "down")],
       *[Rule(f"mlp.{n}_proj.bias", f"mlp/{n}/bias") for n in ("gate", "up", "down")],
   ]
+
+
+def segment_rules(plan, kinds: Mapping[str, tuple[str, list[Rule]]],
+                  hf_index: Callable[[int], int] = lambda i: i) -> list[Rule]:
+  """A decoder of several layer kinds (`mmjax.decoders.layout`): each slot of each segment
+  takes its kind's `(HF key prefix with '{i}', layer rules)` from `kinds`, stacked over the
+  segment's repeats; `hf_index` maps a layer's index in the merged stack to its `{i}`."""
+  rules = []
+  for segment in plan:
+    for j, (kind, slot) in enumerate(zip(segment.kinds, segment.slots)):
+      layers = tuple(hf_index(segment.hf_index(r, j)) for r in range(segment.repeats))
+      base = f"{segment.name}/{slot}/" if slot else f"{segment.name}/"
+      prefix, layer = kinds[kind]
+      rules += [dataclasses.replace(r, layers=layers) for r in prefixed(layer, prefix, base)]
+  return rules
 
 
 def decoder_rules(lm_head: str = "lm_head.weight") -> list[Rule]:

@@ -8,12 +8,10 @@ onto the decoder's segments and slots (`mmjax.decoders.layout`): each rule of a 
 layer of every repeat.
 """
 
-import dataclasses
-
 from mmjax.convert.rules import HEADS_MATRIX, MATRIX, Layout, Rule
-from mmjax.convert.tables.common import decoder_layer_rules, prefixed
+from mmjax.convert.tables.common import decoder_layer_rules, prefixed, segment_rules
 from mmjax.convert.tables.mllama_vision import mllama_vision_rules
-from mmjax.decoders.layout import SELF
+from mmjax.decoders.layout import CROSS, SELF
 from mmjax.decoders.llama import layer_plan
 
 
@@ -33,15 +31,9 @@ def cross_layer_rules() -> list[Rule]:
 
 def text_rules(decoder) -> list[Rule]:
   """The language model, relative to `model.language_model.` / `decoder/`."""
-  rules = [Rule("embed_tokens.weight", "embed/embedding"), Rule("norm.weight", "norm/scale")]
-  for segment in layer_plan(decoder):
-    for j, (kind, slot) in enumerate(zip(segment.kinds, segment.slots)):
-      layers = tuple(segment.hf_index(r, j) for r in range(segment.repeats))
-      base = f"{segment.name}/{slot}/" if slot else f"{segment.name}/"
-      layer = decoder_layer_rules() if kind == SELF else cross_layer_rules()
-      rules += [dataclasses.replace(r, layers=layers)
-                for r in prefixed(layer, "layers.{i}.", base)]
-  return rules
+  return [Rule("embed_tokens.weight", "embed/embedding"), Rule("norm.weight", "norm/scale"),
+          *segment_rules(layer_plan(decoder), {SELF: ("layers.{i}.", decoder_layer_rules()),
+                                               CROSS: ("layers.{i}.", cross_layer_rules())})]
 
 
 def rules(config) -> list[Rule]:
