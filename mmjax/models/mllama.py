@@ -374,6 +374,11 @@ class MllamaFamily(Family):
       flops += per["connector"] * fl.count_params(params["connector"]) * image_states
     return float(flops)
 
+  def kernel_attention_stacks(self, config):
+    """Only the decoder's: the tower's mask over an image's tiles is dense (no splash mask), so
+    its attention runs through XLA's einsum path (and is counted) whatever the backend."""
+    return tuple(s for s in super().kernel_attention_stacks(config) if s != "encoder")
+
   def flop_depths(self, model):
     """The local and global vision stacks in layers, the decoder in repeats of its group of
     layers (Llama-3.2-11B-Vision: 8 groups of 5), so that a shallow copy keeps the layout."""

@@ -126,3 +126,23 @@ def test_bad_configs_name_the_field():
     MllamaVisionConfig.from_hf(dict(num_hidden_layers=4, intermediate_layers_indices=[4]))
   with pytest.raises(ValueError, match="image_size must be square"):
     MllamaVisionConfig.from_hf(dict(image_size=[16, 32], patch_size=4))
+
+
+def test_tower_attention_stays_on_xla_under_splash_so_its_flops_are_counted():
+  """The tiles' mask is dense, so even with `attention_backend="splash"` the tower lowers with no
+  Pallas kernel: `mmjax aot` must count its attention (only the decoder's is in kernels)."""
+  from mmjax.models.registry import FAMILIES
+
+  overrides, rows = CASES["tiles4_one_layer_heads2"]
+  cfg = dataclasses.replace(MllamaVisionConfig.from_hf(_hf_model(overrides).config.to_dict()),
+                            attention_backend="splash")
+  pixels, ids, mask = _inputs(cfg, rows)
+  args = (jnp.asarray(pixels[:, 0].transpose(0, 1, 3, 4, 2)), jnp.asarray(ids[:, 0], jnp.int32),
+          jnp.asarray(mask[:, 0]))
+  model = MllamaVisionTransformer(cfg)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args)
+  assert "pallas_call" not in str(jax.make_jaxpr(model.apply)(params, *args))
+
+  class Config:  # what kernel_attention_stacks reads: each stack's attention_backend
+    vision, decoder = cfg, dataclasses.replace(cfg)
+  assert FAMILIES["mllama"].kernel_attention_stacks(Config) == ("decoder",)
