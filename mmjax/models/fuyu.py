@@ -6,8 +6,9 @@ slots in order, as transformers' `masked_scatter` does (the processor ends each 
 `norm='layer'`, `mlp='dense'`).
 
 The Linear is the model's `connector` (its only image part): the family's components are
-`("connector", "decoder")`, so `train.trainable`, FLOP counts and parameter groups need no
-encoder.
+`("connector", "decoder")` and its only scanned stack the decoder (`Family.components`,
+`Family.stacks`: nothing names an encoder). Training is not wired yet (no data pipeline for
+patches).
 """
 
 import dataclasses
@@ -20,7 +21,6 @@ import numpy as np
 
 from mmjax.decoders.config import DecoderConfig, decoder_to_hf
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
-from mmjax.models import flops as fl
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.host_images import HostImagesFamily
 from mmjax.nn.linear import Einsum
@@ -158,17 +158,6 @@ class FuyuFamily(HostImagesFamily):
     ids = np.full((batch, length), config.image_token_id, np.int32)
     return {"input_ids": ids,
             "image_patches": np.zeros((batch * length, config.patch_features), np.float32)}
-
-  def train_flops(self, config, params, batch, trainable, attention=("decoder",)):
-    """Forward and backward FLOPs: the decoder's over every token, the patch Linear's over
-    the placeholders (counted from `input_ids`)."""
-    ids = np.asarray(batch["input_ids"])
-    rows, length = ids.shape
-    patches = int(np.sum(ids == config.image_token_id))
-    per = {c: fl.per_param(c, trainable, self.components) for c in self.components}
-    linear = fl.count_params(params["connector"]) * patches * per["connector"]
-    return linear + fl.decoder_flops(config.decoder, params["decoder"], rows, length,
-                                     per["decoder"], "decoder" in attention)
 
 
 FAMILIES = (FuyuFamily(),)
