@@ -99,7 +99,10 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
       pieces.append(rule.transform.to_hf(np.asarray(leaf[i] if i is not None else leaf)))
     if len(pieces) == 1:
       return pieces[0].astype(dt)
-    return join_chunks(pieces, (*parts[0][2].chunk, 1)[2]).astype(dt)
+    groups = (*(parts[0][2].chunk or ()), 1, 1)[2]  # (index, count[, groups])
+    if groups == 1:
+      return np.concatenate(pieces, axis=0).astype(dt)
+    return join_chunks(pieces, groups).astype(dt)  # interleaved per group (Persimmon's qkv)
 
   tmp = f"{out_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
