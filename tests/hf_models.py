@@ -39,6 +39,7 @@ TEXT_CONFIGS = {
     "mistral": transformers.MistralConfig,
     "qwen2": transformers.Qwen2Config,
     "qwen3": transformers.Qwen3Config,
+    "persimmon": transformers.PersimmonConfig,
 }
 
 
@@ -48,6 +49,8 @@ def text_config(model_type: str = "llama", **kw):
               tie_word_embeddings=False)
   if model_type == "qwen3":
     base["head_dim"] = 16
+  if model_type == "persimmon":  # one head count: no key/value heads of its own
+    del base["num_key_value_heads"]
   return TEXT_CONFIGS[model_type](**{**base, **kw})
 
 

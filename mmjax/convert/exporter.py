@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax import checkpoint
-from mmjax.convert.plan import flatten
+from mmjax.convert.plan import flatten, join_chunks
 from mmjax.convert.safetensors_io import DTYPES, write_safetensors
 from mmjax.convert.tables import table_for
 
@@ -93,10 +93,16 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
 
   def build(key: str, dt: np.dtype) -> np.ndarray:
     pieces = []
-    for path, i, rule in sorted(tensors[key], key=lambda p: p[2].chunk or (0, 1)):
+    parts = sorted(tensors[key], key=lambda p: p[2].chunk or (0, 1))
+    for path, i, rule in parts:
       leaf = cache.get(path)
       pieces.append(rule.transform.to_hf(np.asarray(leaf[i] if i is not None else leaf)))
-    return np.concatenate(pieces, axis=0).astype(dt) if len(pieces) > 1 else pieces[0].astype(dt)
+    if len(pieces) == 1:
+      return pieces[0].astype(dt)
+    groups = (*(parts[0][2].chunk or ()), 1, 1)[2]  # (index, count[, groups])
+    if groups == 1:
+      return np.concatenate(pieces, axis=0).astype(dt)
+    return join_chunks(pieces, groups).astype(dt)  # interleaved per group (Persimmon's qkv)
 
   tmp = f"{out_dir.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)

@@ -107,9 +107,19 @@ def check_shapes(plan: Plan, saved_shape) -> None:
                             f"config implies {expected}")
 
 
-def chunk_of(array: np.ndarray, chunk: tuple[int, int] | None) -> np.ndarray:
+def chunk_of(array: np.ndarray, chunk: tuple[int, ...] | None) -> np.ndarray:
+  """A rule's chunk of a saved tensor: `(index, count)` slices axis 0 into `count` blocks;
+  `(index, count, groups)` reads axis 0 as `[groups, count, size]` (Persimmon's fused qkv,
+  laid out per head) and takes `[:, index]`."""
   if chunk is None:
     return array
-  index, count = chunk
-  size = array.shape[0] // count
-  return array[index * size:(index + 1) * size]
+  index, count, groups = (*chunk, 1)[:3]
+  blocks = array.reshape(groups, count, -1, *array.shape[1:])
+  return blocks[:, index].reshape(-1, *array.shape[1:])
+
+
+def join_chunks(pieces: list[np.ndarray], groups: int = 1) -> np.ndarray:
+  """`chunk_of`'s inverse: the chunks (in index order) -> the saved tensor."""
+  split = [p.reshape(groups, -1, *p.shape[1:]) for p in pieces]  # [groups, size, ...]
+  joined = np.stack(split, axis=1)  # [groups, count, size, ...]
+  return joined.reshape(-1, *pieces[0].shape[1:])

@@ -132,7 +132,9 @@ class Rule:
   hf: str  # canonical HF key; '{i}' marks the layer index of a scanned stack
   path: str  # '/'-joined parameter path; stacked when `hf` has '{i}'
   transform: Transform = SAME
-  chunk: tuple[int, int] | None = None  # (index, count): a slice along axis 0 of the HF tensor
+  # (index, count): a slice along axis 0 of the HF tensor; (index, count, groups): the index'th
+  # of `count` blocks within each of `groups` (`mmjax.convert.plan.chunk_of`).
+  chunk: tuple[int, ...] | None = None
   # The HF layer index of each slot of the stacked axis, when it is not the slot itself (a
   # decoder segment holding every fifth layer: `mmjax.decoders.layout`).
   layers: tuple[int, ...] | None = None

@@ -11,12 +11,19 @@ _FAMILY_DEFAULTS = {
     "mistral": dict(qkv_bias=False, o_bias=False, qk_norm=False),
     "qwen2": dict(qkv_bias=True, o_bias=False, qk_norm=False),
     "qwen3": dict(qkv_bias=None, o_bias=None, qk_norm=True),
+    "persimmon": dict(qkv_bias=True, o_bias=True, qk_norm=None),  # qk_norm: its qk_layernorm
 }
+
+# Persimmon (Fuyu's decoder) is the same block with other parts: LayerNorms with bias (blocks,
+# final, q/k), a dense relu² MLP with biases, biased attention whose fused per-head qkv the
+# conversion table splits, and partial RoPE (`RopeConfig.partial_rotary_factor`).
+_PERSIMMON = dict(norm="layer", mlp="dense", mlp_bias=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-  """One Llama-family decoder: Llama 2/3.x, Vicuna, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm)."""
+  """One Llama-family decoder: Llama 2/3.x, Vicuna, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm),
+  Persimmon (LayerNorms, dense MLP)."""
 
   vocab_size: int
   hidden_size: int
@@ -25,13 +32,15 @@ class DecoderConfig:
   num_heads: int
   num_kv_heads: int
   head_dim: int
-  rms_norm_eps: float = 1e-6
+  rms_norm_eps: float = 1e-6  # every norm's eps, whatever `norm` is
   rope: RopeConfig = RopeConfig()
   activation: str = "silu"
   qkv_bias: bool = False
   o_bias: bool = False
   mlp_bias: bool = False
   qk_norm: bool = False
+  norm: str = "rms"  # the blocks', final and q/k norms: "rms" or "layer" (`mmjax.nn.norms`)
+  mlp: str = "gated"  # "gated" (down(act(gate) * up)) or "dense" (fc2(act(fc1)))
   tie_embeddings: bool = False
   sliding_window: int | None = None
   model_type: str = "llama"
@@ -70,7 +79,13 @@ class DecoderConfig:
       sliding = None  # Qwen2 configs carry a window that is off unless use_sliding_window
     if tie_embeddings is None:
       tie_embeddings = bool(cfg.get("tie_word_embeddings", False))
-    return cls(
+    variant = {}
+    if model_type == "persimmon":
+      # One head count (no GQA) whatever else the config carries.
+      variant = dict(_PERSIMMON, rms_norm_eps=cfg.get("layer_norm_eps", 1e-5),
+                     qk_norm=bool(cfg.get("qk_layernorm", True)), num_kv_heads=heads,
+                     head_dim=cfg["hidden_size"] // heads)
+    fields = dict(
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"],
@@ -88,8 +103,8 @@ class DecoderConfig:
         tie_embeddings=tie_embeddings,
         sliding_window=sliding,
         model_type=model_type,
-        **overrides,
     )
+    return cls(**{**fields, **variant, **overrides})
 
 
 def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
@@ -104,6 +119,11 @@ def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
     fixed = family[name]
     if fixed is not None and getattr(d, name) != fixed:
       raise ValueError(f"a {d.model_type!r} text config cannot say {name}={getattr(d, name)}")
+  if d.model_type == "persimmon":
+    return _persimmon_to_hf(d)
+  if (d.norm, d.mlp) != ("rms", "gated"):
+    raise ValueError(f"a {d.model_type!r} text config has RMS norms and a gated MLP, not "
+                     f"norm={d.norm!r}, mlp={d.mlp!r}")
   out = dict(
       model_type=d.model_type, vocab_size=d.vocab_size, hidden_size=d.hidden_size,
       intermediate_size=d.intermediate_size, num_hidden_layers=d.num_layers,
@@ -128,3 +148,22 @@ def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
       raise ValueError(f"a {d.model_type!r} text config has no sliding window")
     out["sliding_window"] = d.sliding_window
   return out
+
+
+def _persimmon_to_hf(d: DecoderConfig) -> dict[str, Any]:
+  """A transformers `PersimmonConfig` dict: one head count, head_dim = hidden / heads."""
+  for name, fixed in _PERSIMMON.items():
+    if getattr(d, name) != fixed:
+      raise ValueError(f"a 'persimmon' text config cannot say {name}={getattr(d, name)!r}")
+  if d.num_kv_heads != d.num_heads or d.head_dim * d.num_heads != d.hidden_size:
+    raise ValueError("a 'persimmon' text config has num_kv_heads == num_heads and head_dim == "
+                     f"hidden_size / num_heads, not {d.num_kv_heads}, {d.head_dim}")
+  if d.sliding_window is not None:
+    raise ValueError("a 'persimmon' text config has no sliding window")
+  rope = dict(d.rope.to_hf(), partial_rotary_factor=d.rope.partial_rotary_factor)
+  return dict(
+      model_type="persimmon", vocab_size=d.vocab_size, hidden_size=d.hidden_size,
+      intermediate_size=d.intermediate_size, num_hidden_layers=d.num_layers,
+      num_attention_heads=d.num_heads, hidden_act=d.activation, layer_norm_eps=d.rms_norm_eps,
+      qk_layernorm=d.qk_norm, max_position_embeddings=d.rope.max_position_embeddings,
+      rope_parameters=rope, tie_word_embeddings=d.tie_embeddings)

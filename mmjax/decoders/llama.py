@@ -25,9 +25,9 @@ from mmjax.nn.axes import TEXT_AXES
 from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
 from mmjax.nn.mask_spec import MaskSpec
 from mmjax.nn.masks import attention_mask
-from mmjax.nn.mlp import GatedMlp
+from mmjax.nn.mlp import GatedMlp, Mlp
 from mmjax.nn.multihead import KVCache, MultiHeadAttention, take_rows
-from mmjax.nn.norms import RMSNorm
+from mmjax.nn.norms import make_norm
 from mmjax.nn.rope import rope_cos_sin
 from mmjax.nn.stack import scan_layers
 
@@ -72,7 +72,7 @@ class LayerContext:
 
 
 class DecoderBlock(nn.Module):
-  """Self-attention and gated MLP, pre-norm."""
+  """Self-attention and an MLP (gated, or dense as Persimmon's), pre-norm."""
 
   config: DecoderConfig
 
@@ -84,19 +84,20 @@ class DecoderBlock(nn.Module):
     if rows is not None and ctx.layer_inputs is not None:
       raise ValueError("rows and layer_inputs are not supported together")
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="attn_norm")(x)
+    h = make_norm(cfg.norm, cfg.rms_norm_eps, param_dtype=param_dtype, name="attn_norm")(x)
     h, cache = MultiHeadAttention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
         axes=TEXT_AXES, qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, qk_norm=cfg.qk_norm,
-        norm_eps=cfg.rms_norm_eps, backend=cfg.attention_backend, dtype=dtype,
+        norm=cfg.norm, norm_eps=cfg.rms_norm_eps, backend=cfg.attention_backend, dtype=dtype,
         param_dtype=param_dtype, name="attn",
     )(h, ctx.mask, ctx.rope, cache, ctx.cache_index, query_rows=rows)
     if rows is not None:
       x = take_rows(x, rows)
     x = x + h
-    h = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="mlp_norm")(x)
-    h = GatedMlp(cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias, dtype=dtype,
-                 param_dtype=param_dtype, name="mlp")(h)
+    h = make_norm(cfg.norm, cfg.rms_norm_eps, param_dtype=param_dtype, name="mlp_norm")(x)
+    mlp = GatedMlp if cfg.mlp == "gated" else Mlp
+    h = mlp(cfg.intermediate_size, cfg.activation, use_bias=cfg.mlp_bias, dtype=dtype,
+            param_dtype=param_dtype, name="mlp")(h)
     x = x + h
     if ctx.layer_inputs is not None:  # DeepStack: added after layers 0..K-1
       k = ctx.layer_inputs.shape[0]
@@ -226,7 +227,7 @@ class Decoder(nn.Module):
     for segment in self.plan:  # attribute names are the parameter names ('layers', ...)
       setattr(self, segment.name,
               segment_stack(cfg, segment)(*_segment_args(cfg, segment), name=segment.name))
-    self.norm = RMSNorm(cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
+    self.norm = make_norm(cfg.norm, cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
       head = lambda rows, name, axes: Einsum(  # [V, D], the embedding's layout
           "BTD,VD->BTV", (rows, cfg.hidden_size), axes, dtype=jnp.dtype(cfg.dtype),

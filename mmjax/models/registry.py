@@ -19,6 +19,7 @@ FAMILY_MODULES = (
     "llava",
     "llava_next",
     "pixtral",
+    "fuyu",
     "standalone",
     "qwen_vl",
     "internvl",

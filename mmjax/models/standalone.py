@@ -38,10 +38,10 @@ class VisionModel(nn.Module):
 
 
 class CausalLMFamily(Family):
-  """Llama-family text models (Llama, Mistral, Qwen2, Qwen3)."""
+  """Llama-family text models (Llama, Mistral, Qwen2, Qwen3) and Persimmon."""
 
   name = "causal_lm"
-  hf_model_types = ("llama", "mistral", "qwen2", "qwen3")
+  hf_model_types = ("llama", "mistral", "qwen2", "qwen3", "persimmon")
   config_cls = DecoderConfig
   module_cls = CausalLM
   table = "causal_lm"

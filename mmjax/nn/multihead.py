@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from mmjax.nn.attention import dot_product_attention
 from mmjax.nn.axes import Axes
 from mmjax.nn.linear import Einsum
-from mmjax.nn.norms import RMSNorm
+from mmjax.nn.norms import make_norm
 from mmjax.nn.rope import apply_rope
 
 KVCache = dict[str, jax.Array]  # {'k': [B, S, K, H], 'v': [B, S, K, H]}
@@ -34,7 +34,8 @@ class MultiHeadAttention(nn.Module):
   axes: Axes
   qkv_bias: bool = False
   o_bias: bool = False
-  qk_norm: bool = False  # RMSNorm over head_dim before RoPE (Qwen3)
+  qk_norm: bool = False  # a norm over head_dim before RoPE (Qwen3: RMS; Persimmon: layer)
+  norm: str = "rms"  # the q/k norms' kind (`mmjax.nn.norms.NORMS`)
   norm_eps: float = 1e-6
   backend: str = "xla"
   dtype: Any = jnp.float32
@@ -72,8 +73,8 @@ class MultiHeadAttention(nn.Module):
     k = proj("k", k_heads, a.kv_heads, x)  # [B, T, K, H]
     v = proj("v", k_heads, a.kv_heads, x)  # [B, T, K, H]
     if self.qk_norm:
-      q = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="q_norm")(q)
-      k = RMSNorm(self.norm_eps, a.head_dim, self.param_dtype, name="k_norm")(k)
+      q = make_norm(self.norm, self.norm_eps, a.head_dim, self.param_dtype, name="q_norm")(q)
+      k = make_norm(self.norm, self.norm_eps, a.head_dim, self.param_dtype, name="k_norm")(k)
     if rope is not None:
       q_rope = rope
       if query_rows is not None:  # cos, sin [B|1, T, R] -> [B, P, R]

@@ -48,3 +48,14 @@ class LayerNorm(nn.Module):
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
     normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
     return (normed * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+NORMS = {"rms": RMSNorm, "layer": LayerNorm}
+
+
+def make_norm(kind: str, eps: float, axis_name: str = "embed", param_dtype: Any = jnp.float32,
+              name: str | None = None) -> nn.Module:
+  """The norm a config names: "rms" (Llama: a scale) or "layer" (Persimmon: scale and bias)."""
+  if kind not in NORMS:
+    raise ValueError(f"unknown norm {kind!r}; known: {sorted(NORMS)}")
+  return NORMS[kind](eps, axis_name, param_dtype, name=name)

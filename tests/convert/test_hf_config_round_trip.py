@@ -7,6 +7,7 @@ import pytest
 import transformers
 
 from hf_models import clip_vision_config, llava_config, text_config
+from fuyu_models import fuyu_config
 from idefics_models import idefics_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
@@ -45,6 +46,10 @@ CASES = {
     "internvl": lambda: _from_hf(internvl_config()),
     "llava_next": lambda: _from_hf(llava_next_config(vision_feature_layer=[-1, 0])),
     "mllama": lambda: _from_hf(mllama_config()),
+    "fuyu_persimmon": lambda: _from_hf(fuyu_config(text_config(
+        "persimmon", qk_layernorm=False, layer_norm_eps=1e-6, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=25000.0,
+                             partial_rotary_factor=0.25)), patch_size=3)),
     "pixtral": lambda: _from_hf(pixtral_config(vision_feature_layer=[-1, 0],
                                                multimodal_projector_bias=True)),
     "mistral3": lambda: _from_hf(mistral3_config(

@@ -1,5 +1,5 @@
 """Greedy ids equal transformers' `generate(do_sample=False)`: left-padded batches, several images
-per prompt, GQA, tied embeddings, Qwen2/Qwen3/Mistral decoders, stop tokens."""
+per prompt, GQA, tied embeddings, Qwen2/Qwen3/Mistral/Persimmon decoders, stop tokens."""
 
 import numpy as np
 import pytest
@@ -41,6 +41,16 @@ def test_causal_lm_sliding_window_greedy_matches_transformers(tmp_path):
   """Mistral with a window shorter than prompt + answer: the cache mask must slide too."""
   text = text_config("mistral", sliding_window=12)
   model, family, config, params = build_causal_lm(tmp_path, text, seed=1)
+  ids, mask = text_prompts(text.vocab_size, (9, 4, 14))
+  ref = hf_greedy(model, ids, mask, n=N)
+  np.testing.assert_array_equal(
+      generate(family, config, params, ids, mask, max_new_tokens=N, pad_id=PAD), ref)
+
+
+def test_persimmon_greedy_matches_transformers(tmp_path):
+  """Persimmon (LayerNorms, relu² MLP, partial RoPE) through the KV cache."""
+  text = text_config("persimmon")
+  model, family, config, params = build_causal_lm(tmp_path, text, seed=2)
   ids, mask = text_prompts(text.vocab_size, (9, 4, 14))
   ref = hf_greedy(model, ids, mask, n=N)
   np.testing.assert_array_equal(

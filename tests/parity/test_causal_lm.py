@@ -1,4 +1,4 @@
-"""Llama / Mistral / Qwen2 / Qwen3 causal LMs: converted logits equal transformers' in float32."""
+"""Llama / Mistral / Qwen2 / Qwen3 / Persimmon causal LMs: converted logits equal transformers' in float32."""
 
 import numpy as np
 import pytest
@@ -29,6 +29,11 @@ CASES = {
     "mistral_sliding_window": ("mistral", dict(sliding_window=4, num_key_value_heads=2)),
     "qwen2_qkv_bias_gqa": ("qwen2", dict(num_key_value_heads=2)),
     "qwen3_qk_norm_tied": ("qwen3", dict(num_key_value_heads=1, tie_word_embeddings=True)),
+    # LayerNorms, q/k LayerNorms, relu² dense MLP, fused per-head qkv, half the head rotated.
+    "persimmon_qk_layernorm_partial_rope": ("persimmon", dict()),
+    "persimmon_no_qk_norm_quarter_rope_tied": ("persimmon", dict(
+        qk_layernorm=False, tie_word_embeddings=True, layer_norm_eps=1e-6,
+        rope_parameters=dict(rope_type="default", rope_theta=500.0, partial_rotary_factor=0.25))),
 }
 
 

@@ -1,0 +1,163 @@
+"""Fuyu (transformers `fuyu`): no vision encoder. The processor cuts each image into patches of
+`patch_size`^2 pixels, flattened (`[P, patch_size * patch_size * channels]`); one Linear
+(`vision_embed_tokens`) embeds each patch, and the embeddings take the `|SPEAKER|` placeholder
+slots in order, as transformers' `masked_scatter` does (the processor ends each patch row with a
+`|NEWLINE|` token, which stays text). The decoder is Persimmon's (`DecoderConfig` with
+`norm='layer'`, `mlp='dense'`).
+
+The Linear is the model's `connector` (its only image part): the family's components are
+`("connector", "decoder")` and its only scanned stack the decoder (`Family.components`,
+`Family.stacks`: nothing names an encoder). Training is not wired yet (no data pipeline for
+patches).
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmjax.decoders.config import DecoderConfig, decoder_to_hf
+from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.host_images import HostImagesFamily
+from mmjax.nn.linear import Einsum
+from mmjax.nn.multihead import KVCache
+
+# FuyuProcessor's patches: `image_patches` (its default, legacy output) or `pixel_values` (with
+# `return_legacy_image_output=False`): the same array, `[P, F]` (or `[I, P, F]` from older
+# releases), every image's patches in row order.
+PROCESSOR_KEYS = ("image_patches", "pixel_values")
+
+
+@dataclasses.dataclass(frozen=True)
+class FuyuConfig:
+  decoder: DecoderConfig
+  image_token_id: int
+  patch_size: int = 30
+  num_channels: int = 3
+  image_size: int = 300  # transformers keeps it; the processor's target size is its own
+
+  @property
+  def patch_features(self) -> int:
+    """Values of one flattened patch (the Linear's input)."""
+    return self.patch_size * self.patch_size * self.num_channels
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "FuyuConfig":
+    """Reads a transformers `FuyuConfig` dict (config.json); `execution` sets dtypes/remat."""
+    text = dict(cfg["text_config"])
+    text.setdefault("model_type", "persimmon")
+    tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
+    decoder = DecoderConfig.from_hf(text, tie_embeddings=bool(tie), **execution)
+    return cls(decoder=decoder, image_token_id=int(cfg.get("image_token_id", 71011)),
+               patch_size=int(cfg.get("patch_size", 30)),
+               num_channels=int(cfg.get("num_channels", 3)),
+               image_size=int(cfg.get("image_size", 300)))
+
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' `FuyuConfig` dict (`from_hf` reads it back)."""
+    return dict(architectures=["FuyuForCausalLM"], model_type="fuyu",
+                text_config=decoder_to_hf(self.decoder), image_token_id=self.image_token_id,
+                patch_size=self.patch_size, num_channels=self.num_channels,
+                image_size=self.image_size, tie_word_embeddings=self.decoder.tie_embeddings)
+
+
+def patches_from_processor(config: FuyuConfig, inputs: Mapping[str, Any]) -> np.ndarray | None:
+  """The processor's patches -> float32 `[P, F]` (None without images); both of its names."""
+  given = [k for k in PROCESSOR_KEYS if inputs.get(k) is not None]
+  if len(given) > 1:
+    raise ValueError(f"give the patches once, as one of {PROCESSOR_KEYS}, not {given}")
+  if not given:
+    return None
+  patches = np.asarray(inputs[given[0]], np.float32)
+  if patches.ndim not in (2, 3) or patches.shape[-1] != config.patch_features:
+    raise ValueError(
+        f"{given[0]} must be [patches, {config.patch_features}] (patch_size^2 x channels = "
+        f"{config.patch_size}^2 x {config.num_channels}), got {patches.shape}")
+  return patches.reshape(-1, config.patch_features)
+
+
+def num_patches(patches) -> int:
+  return 0 if patches is None else int(np.shape(patches)[0])
+
+
+class Fuyu(nn.Module):
+  """`vision_embed_tokens` (the connector) over raw patches, Persimmon decoder."""
+
+  config: FuyuConfig
+
+  def setup(self):
+    cfg = self.config
+    d, f = cfg.decoder.hidden_size, cfg.patch_features
+    self.connector = Einsum(  # [D, F], torch's out-major layout
+        "PF,DF->PD", (d, f), ("embed", None), bias_shape=(d,), bias_axes=("embed",),
+        dtype=jnp.dtype(cfg.decoder.dtype), param_dtype=jnp.dtype(cfg.decoder.param_dtype),
+        name="connector")
+    self.decoder = Decoder(cfg.decoder)
+
+  def embed(self, input_ids: jax.Array, patches: jax.Array | None) -> jax.Array:
+    """Text embeddings `[B, T, D]` with the patches' embeddings in the placeholder slots."""
+    cfg = self.config
+    embeddings = self.decoder.embed(input_ids)
+    check_placeholders(input_ids, cfg.image_token_id, num_patches(patches))
+    if patches is None or patches.shape[0] == 0:
+      return embeddings
+    features = self.connector(patches.astype(embeddings.dtype))  # [P, D]
+    return merge_image_features(embeddings, input_ids == cfg.image_token_id, features)
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      patches: jax.Array | None,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+      head_loss: HeadLoss | None = None,
+  ) -> DecoderOutput:
+    """`input_ids [B, T]`, `patches [P, F]` (every image's patches, in row order) -> the
+    decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
+    embeddings = self.embed(input_ids, patches)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        head_loss=head_loss)
+
+
+class FuyuFamily(HostImagesFamily):
+  """transformers' `fuyu` checkpoints (inference: logits, generation)."""
+
+  name = "fuyu"
+  hf_model_types = ("fuyu",)
+  config_cls = FuyuConfig
+  module_cls = Fuyu
+  table = "fuyu"
+  components = ("connector", "decoder")  # no encoder: the patch Linear is the connector
+  stacks = {"decoder": "decoder"}
+  processor_keys = PROCESSOR_KEYS
+
+  def config_from_hf(self, hf_config, **execution):
+    return FuyuConfig.from_hf(hf_config, **execution)
+
+  def example_inputs(self, config):
+    """One row of two placeholders and their two patches."""
+    ids = jnp.full((1, 2), config.image_token_id, jnp.int32)
+    return ids, jnp.zeros((2, config.patch_features), jnp.float32), jnp.zeros_like(ids)
+
+  def images_from_processor(self, config, inputs):
+    return patches_from_processor(config, inputs)
+
+  def check_image_placeholders(self, config, input_ids, images):
+    check_placeholders(input_ids, config.image_token_id, num_patches(images))
+
+  def example_processor_inputs(self, config, batch, length):
+    """Every row all placeholders: `length` patches each (an upper bound of what a prompt of
+    `length` tokens holds)."""
+    ids = np.full((batch, length), config.image_token_id, np.int32)
+    return {"input_ids": ids,
+            "image_patches": np.zeros((batch * length, config.patch_features), np.float32)}
+
+
+FAMILIES = (FuyuFamily(),)
