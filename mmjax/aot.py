@@ -285,6 +285,13 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   params = metrics.count_params(merge(state.params, state.frozen))
   trained = metrics.count_params(state.params)
   extra["parameters"] = f"{params / 1e9:.2f} B ({trained / 1e9:.2f} B trained)"
+  if trainer.preference is not None:  # pair batches: `batch` counts both answers as rows
+    copied = metrics.count_params(state.reference) / 1e9
+    reference = (f"the frozen initial model ({copied:.2f} B parameters copied, the frozen "
+                 "parts shared)" if trainer.preference.needs_reference_model
+                 else "precomputed log-probabilities in the batch")
+    extra["objective"] = (f"{trainer.preference.objective}, {rows // 2} pairs; reference: "
+                          f"{reference}")
   decoder = family.decoder_config(model_config)
   extra["remat"] = decoder.remat_policy
   extra["attention"] = decoder.attention_backend

@@ -52,8 +52,8 @@ def _answer(value, sample_id: str, key: str) -> str:
   if isinstance(value, dict):
     value = value.get('content', value.get('value'))
   if not isinstance(value, str):
-    raise SampleError('bad_record', sample_id,
-                      f'"{key}" must be a string or one assistant message, got {type(value).__name__}')
+    raise SampleError('bad_record', sample_id, f'"{key}" must be a string or one assistant '
+                      f'message, got {type(value).__name__}')
   return value
 
 

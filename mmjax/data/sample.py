@@ -200,8 +200,8 @@ class SampleProcessor:
     tiles = [self.images.sample_tiles(p) for p in processed]
     pixels = np.concatenate(tiles) if tiles else self.images.empty_tiles()
     if len(pixels) > self.cfg.max_tiles:
-      raise SampleError('too_many_images', sample_id,
-                        f'{len(pixels)} image tiles/patches > max_tiles {self.cfg.max_tiles} per row')
+      raise SampleError('too_many_images', sample_id, f'{len(pixels)} image tiles/patches > '
+                        f'max_tiles {self.cfg.max_tiles} per row')
     arrays = {
         'pixel_values': pixels.astype(np.float32, copy=False),
         'image_sizes': np.asarray([p.image_size for p in processed], np.int32).reshape(-1, 2),

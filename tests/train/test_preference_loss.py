@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from hf_models import clip_vision_config, llava_config, save, text_config
+from hf_models import clip_vision_config, llava_config, record, save, text_config
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.importer import convert_hf
 from mmjax.train.preference import PreferenceConfig
@@ -140,7 +140,9 @@ def test_loss_matches_a_direct_computation_from_transformers(models, objective, 
   metrics = jax.jit(evaluate)(state, _batch(pairs, model_config))
   assert float(metrics["pairs"]) == 3
   for name, value in want.items():
-    assert abs(float(metrics[name]) - value) <= 1e-5, (name, float(metrics[name]), value)
+    diff = abs(float(metrics[name]) - value)
+    record(f"preference/{objective}/loss_chunk={loss_chunk}/{name}", diff)
+    assert diff <= 1e-5, (name, float(metrics[name]), value)
   assert 0 < want["rewards/accuracy"] < 1  # the accuracy is not trivially right
 
 
