@@ -75,6 +75,9 @@ def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, prefer
   family = family_of_config(model_config)
   data = dict(data)
   source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
+  if data.get("pairs") and preference is None:
+    raise ValueError("data.pairs makes batches of preference pairs, which train.objective='lm' "
+                     "does not train on: set train.objective='dpo' or 'mpo'")
   if preference is not None:
     if source != "pipeline":
       raise ValueError(f"train.objective={preference.objective!r} trains on preference pairs: "

@@ -143,8 +143,9 @@ class Trainer:
     if sources:
       state = self._load_components(state, sources)
       if self.preference is not None:  # the reference is the loaded model
+        # (Donated: only the reference's copy is new memory.)
         reference = jax.jit(lambda s: with_reference(s, self.keep_reference),
-                            out_shardings=self.state_shardings)
+                            out_shardings=self.state_shardings, donate_argnums=0)
         with jax.set_mesh(self.mesh):
           state = reference(state)
     return state

@@ -1,8 +1,8 @@
 """Pair batches of other families through the data pipeline and the preference forward: the
 answers' log-probabilities with the images encoded once per pair row (`answer_logprobs`, the
 chunked LM head) equal each answer's own train forward with its images (dense logits): Qwen2-VL
-(flattened patches, M-RoPE positions), Llama 3.2 Vision (cross-attention to image states) and
-InternVL (tiles)."""
+(flattened patches, M-RoPE positions) and Llama 3.2 Vision (cross-attention to image states);
+LLaVA's tiles: `test_preference_loss.py`."""
 
 import json
 import os
@@ -36,10 +36,6 @@ FAMILIES = {
                dict(image_preset="mllama", image_overrides=dict(size=32, max_tiles=1),
                     template="llama3", image_token="<|image|>", max_length=96, max_tiles=2,
                     max_images=2, batch_size=2)),
-    "internvl": ("internvl.py", ("<|im_start|>", "<|im_end|>", "<img>", "</img>",
-                                 "<IMG_CONTEXT>"), "<IMG_CONTEXT>",
-                 dict(image_overrides=dict(size=32, patch_size=4, max_tiles=2),
-                      template="chatml", max_length=256, max_tiles=8, batch_size=2)),
 }
 
 

@@ -13,13 +13,15 @@ import jax
 import numpy as np
 import pytest
 
+from mmjax import checkpoint as converted
 from mmjax.data.pipeline import DataConfig, make_iterator
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.train import data as train_data
-from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.loop import Trainer, train
+from mmjax.train.model_files import model_files
 from mmjax.train.preference_step import make_preference_eval, reference_logps
 from pair_data import pair_config, write_pairs, write_tokenizer
+from tiny_train import final_state
 
 METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy")
 
@@ -49,24 +51,13 @@ def _rows(workdir):
     return [r for r in map(json.loads, f) if "loss" in r]
 
 
-def _final_state(cfg, workdir):
-  trainer = Trainer.build(cfg, jax.devices()[:1])
-  ckpts = Checkpoints(workdir, 10, 2, False)
-  try:
-    _, state, _ = ckpts.restore_latest(abstract_like(trainer.abstract_state,
-                                                     trainer.state_shardings))
-  finally:
-    ckpts.close()
-  return trainer, jax.device_get(state)
-
-
 @pytest.fixture(scope="module")
 def straight(files, tmp_path_factory):
   """DPO steps (the vision tower frozen): config, logged rows, initial and final states."""
   cfg = _cfg(files)
   workdir = str(tmp_path_factory.mktemp("dpo") / "straight")
   train(cfg, workdir)
-  trainer, state = _final_state(cfg, workdir)
+  trainer, state = final_state(cfg, workdir)
   return cfg, _rows(workdir), jax.device_get(trainer.init()), state
 
 
@@ -134,14 +125,23 @@ def test_precomputed_reference_columns_equal_the_in_step_reference(straight, fil
   for got, want in zip(_rows(workdir), rows):
     for name in METRICS:
       assert abs(got[name] - want[name]) <= 1e-5, (got["step"], name, got[name], want[name])
-  _, state = _final_state(precomputed, workdir)
+  _, state = final_state(precomputed, workdir)
   assert state.reference == {}  # no copy of the model: the data holds the reference
 
 
 def test_mpo_with_lora_keeps_the_running_reward_mean_and_the_base_as_reference(files, tmp_path):
-  """MPO over two microbatches, LoRA on the decoder and the connector trained fully: the
-  reference is the base model without the adapter (the state copies only the connector)."""
-  cfg = _cfg(files, objective="mpo", trainable=("connector",), steps=3, grad_accum=2)
+  """MPO over two microbatches, LoRA on the decoder and the connector trained fully, from a
+  converted checkpoint: the reference is that model without the adapter (the state copies only
+  the connector, after loading it)."""
+  base = _cfg(files)
+  base.seed = 1  # not the run's random init: the reference must be what init_from loads
+  trainer = Trainer.build(base, jax.devices()[:1])
+  files_of = model_files(trainer.family, trainer.model_config, base.data)
+  converted.save_checkpoint(str(tmp_path / "base"), trainer.family, trainer.model_config,
+                            jax.device_get(trainer.init().all_params()),
+                            hf_config=files_of.hf_config, hf_extras=files_of.extras)
+  cfg = _cfg(files, objective="mpo", trainable=("connector",), steps=3, grad_accum=2,
+             init_from=str(tmp_path / "base"))
   cfg.lora.update(rank=4, alpha=8.0, targets=("decoder/layers/attn/(q|v)",))
   workdir = str(tmp_path / "mpo")
   train(cfg, workdir)
@@ -159,9 +159,11 @@ def test_mpo_with_lora_keeps_the_running_reward_mean_and_the_base_as_reference(f
     parts = (r["loss/preference"], r["loss/quality"], r["loss/generation"])
     assert r["loss"] == pytest.approx(
         sum(w * p for w, p in zip((0.8, 0.2, 1.0), parts)), rel=1e-5)
-  trainer, state = _final_state(cfg, workdir)
+  trainer, state = final_state(cfg, workdir)
   assert sorted(state.reference) == ["connector"]  # what trains fully; the base is `frozen`
-  _assert_same_tree(state.frozen, jax.device_get(trainer.init()).frozen)
+  initial = jax.device_get(trainer.init())
+  _assert_same_tree(state.frozen, initial.frozen)
+  _assert_same_tree(state.reference, {"connector": initial.params["connector"]})
 
 
 def test_tiny_run_raises_held_out_reward_accuracy(straight, files):
