@@ -127,9 +127,16 @@ def abstract_train_batch(cfg, family, model_config, mesh):
 
   from mmjax import sharding as shd
 
+  from mmjax.data import pairs
+  from mmjax.train.preference import PreferenceConfig
+
   rows = shd.batch_sharding(mesh)
   sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
-  return family.abstract_train_batch(model_config, dict(cfg.data), sds)
+  batch = family.abstract_train_batch(model_config, dict(cfg.data), sds)
+  preference = PreferenceConfig.from_train(cfg.train)
+  if preference is None:
+    return batch
+  return pairs.pair_structs(batch, sds, not preference.needs_reference_model)
 
 
 def analytic_train_flops(cfg, family, model_config, params, batch,
@@ -252,15 +259,17 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   extra = {}
   if offload_optimizer:
     extra["optimizer state"] = "offloaded to pinned host memory"
-  rows, length = batch["input_ids"].shape
+  from mmjax.data.pairs import answer_rows
+
+  rows, length = answer_rows(batch)["input_ids"].shape  # pairs: both answers are rows
   family, model_config = trainer.family, trainer.model_config
   analytic = analytic_train_flops(cfg, family, model_config, merge(state.params, state.frozen),
-                                  batch)
+                                  answer_rows(batch))
   kernels = family.kernel_attention_stacks(model_config)
   if kernels:
     counted = tuple(s for s in ("decoder", "encoder") if s not in kernels)
     without = analytic_train_flops(cfg, family, model_config, merge(state.params, state.frozen),
-                                   batch, attention=counted)
+                                   answer_rows(batch), attention=counted)
     extra["attention kernels"] = (
         f"{' and '.join(kernels)} attention runs in Pallas kernels, which XLA counts as 0 "
         f"FLOPs: analytic without their attention {without:.4g}")
@@ -276,6 +285,13 @@ def compile_train(cfg, topology: tpu.Topology, offload_optimizer: bool = False,
   params = metrics.count_params(merge(state.params, state.frozen))
   trained = metrics.count_params(state.params)
   extra["parameters"] = f"{params / 1e9:.2f} B ({trained / 1e9:.2f} B trained)"
+  if trainer.preference is not None:  # pair batches: `batch` counts both answers as rows
+    copied = metrics.count_params(state.reference) / 1e9
+    reference = (f"the frozen initial model ({copied:.2f} B parameters copied, the frozen "
+                 "parts shared)" if trainer.preference.needs_reference_model
+                 else "precomputed log-probabilities in the batch")
+    extra["objective"] = (f"{trainer.preference.objective}, {rows // 2} pairs; reference: "
+                          f"{reference}")
   decoder = family.decoder_config(model_config)
   extra["remat"] = decoder.remat_policy
   extra["attention"] = decoder.attention_backend

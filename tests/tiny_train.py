@@ -14,3 +14,21 @@ def tiny_config(**train_kw):
   cfg.checkpoint.every_steps = 10
   cfg.eval.kind = ""
   return cfg
+
+
+def final_state(cfg, workdir):
+  """`(trainer, state)`: a finished run's trainer (one device) and its last checkpoint's train
+  state, as numpy arrays."""
+  import jax
+
+  from mmjax.train.checkpoints import Checkpoints, abstract_like
+  from mmjax.train.loop import Trainer
+
+  trainer = Trainer.build(cfg, jax.devices()[:1])
+  ckpts = Checkpoints(workdir, 10, 2, False)
+  try:
+    _, state, _ = ckpts.restore_latest(abstract_like(trainer.abstract_state,
+                                                     trainer.state_shardings))
+  finally:
+    ckpts.close()
+  return trainer, jax.device_get(state)

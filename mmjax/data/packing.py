@@ -40,19 +40,22 @@ def length_struct(cfg) -> dict[str, int]:
   return lengths
 
 
-def pack(dataset, cfg, num_bins: int | None = None):
-  """grain IterDataset of examples -> IterDataset of packed rows (see ``finalize_row``)."""
+def pack(dataset, cfg, num_bins: int | None = None, lengths: dict[str, int] | None = None,
+         finalize=None):
+  """grain IterDataset of examples -> IterDataset of packed rows (see ``finalize_row``);
+  ``lengths`` and ``finalize`` replace ``length_struct(cfg)`` and ``finalize_row`` (pairs:
+  ``mmjax.data.pairs``)."""
   import grain  # pylint: disable=g-import-not-at-top
   packed = grain.experimental.FirstFitPackIterDataset(
       dataset,
-      length_struct=length_struct(cfg),
+      length_struct=lengths or length_struct(cfg),
       num_packing_bins=num_bins or cfg.packing_bins,
       seed=cfg.seed,
       shuffle_bins=False,
       meta_features=(SKIP_COUNTS,),
       max_sequences_per_bin=None if cfg.packing else 1,
   )
-  return packed.map(finalize_row)
+  return packed.map(finalize or finalize_row)
 
 
 def finalize_row(row: dict) -> dict:

@@ -54,7 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmjax.data import packing, preprocess
+from mmjax.data import packing, pairs, preprocess
 from mmjax.data.preprocess import ImageConfig, preset
 from mmjax.data.media_sample import MediaSampleProcessor
 from mmjax.data.sample import SampleProcessor
@@ -106,6 +106,10 @@ class DataConfig:
   mrope: bool = False  # qwen2_vl: also emit 3-D M-RoPE positions
   video: VideoConfig = VideoConfig()  # qwen2_vl: videos (off unless video.max_patches > 0)
   max_consecutive_skips: int = 1000  # more bad samples in a row than this is an error
+  # Preference pairs (mmjax.data.pairs; the trainer sets these from train.objective): records
+  # with chosen and rejected answers, and whether they carry reference log-probabilities.
+  pairs: bool = False
+  reference_columns: bool = False
   sources: tuple[SourceConfig, ...] = ()
 
   @classmethod
@@ -245,7 +249,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
   if sources is None:
     if not cfg.sources:
       raise ValueError('no data sources: set data.sources or pass sources=')
-    sources = [open_source(s.path, s.image_root) for s in cfg.sources]
+    sources = [open_source(s.path, s.image_root, pairs=cfg.pairs) for s in cfg.sources]
   weights = ([s.weight for s in cfg.sources] if len(cfg.sources) == len(sources) else [1.0] * len(sources))
 
   datasets = []
@@ -265,12 +269,18 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
     datasets.append(ds)
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
 
-  processor = (MediaSampleProcessor if cfg.image.family == 'qwen2_vl' else SampleProcessor)
-  ds = ds.map(_Preprocess(processor(cfg, tokenizer)))
+  if cfg.pairs:
+    processor = pairs.PairProcessor(cfg, tokenizer, cfg.reference_columns)
+    layout = dict(lengths=pairs.length_struct(cfg, cfg.reference_columns),
+                  finalize=pairs.finalize_pair_row)
+  else:
+    kind = MediaSampleProcessor if cfg.image.family == 'qwen2_vl' else SampleProcessor
+    processor, layout = kind(cfg, tokenizer), {}
+  ds = ds.map(_Preprocess(processor))
   read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
   ds = _skip_counting_dataset(ds.to_iter_dataset(read), cfg.max_consecutive_skips)
   host_batch = cfg.host_batch_size(process_count)
-  ds = packing.pack(ds, cfg, num_bins=cfg.packing_bins or host_batch)
+  ds = packing.pack(ds, cfg, num_bins=cfg.packing_bins or host_batch, **layout)
   ds = ds.batch(host_batch, drop_remainder=cfg.drop_remainder).map(flatten_image_slots)
   if cfg.num_workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
@@ -312,7 +322,10 @@ class DataIterator:
   def __next__(self) -> dict:
     batch = next(self._it)
     self.skips.add_counts(np.asarray(batch.pop(packing.SKIP_COUNTS)).sum(axis=0))
-    self.samples += int(np.asarray(batch['segment_ids']).max(axis=1).sum())
+    segments = np.asarray(batch['segment_ids'])
+    if segments.ndim == 3:  # pairs [B, 2, T]: a pair is one sample
+      segments = segments[:, 0]
+    self.samples += int(segments.max(axis=1).sum())
     self.real_tokens += int(np.asarray(batch['attention_mask']).sum())
     self.total_tokens += int(np.asarray(batch['attention_mask']).size)
     return to_global(batch, self.mesh, self.data_axes) if self.mesh is not None else batch

@@ -151,11 +151,10 @@ class SampleProcessor:
       assistant |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
     return ids, assistant
 
-  # ---- the whole sample ---------------------------------------------------------------------------
-
-  def __call__(self, raw: dict) -> dict:
-    cfg, sample_id = self.cfg, raw['id']
-    self.check_structure(raw)
+  def tokens(self, raw: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Template + tokenize a checked raw sample: ids [n], assistant mask [n] and the positions
+    of its image placeholders (one per image)."""
+    sample_id = raw['id']
     try:
       ids, assistant = self.tokenize(raw['messages'])
     except ChatTemplateError as e:
@@ -164,9 +163,14 @@ class SampleProcessor:
     if len(image_pos) != len(raw['images']):
       raise SampleError('image_count_mismatch', sample_id,
                         f'{len(image_pos)} image tokens after templating but {len(raw["images"])} images')
+    return ids, assistant, image_pos
 
-    # Cheap length check before decoding any pixels: token counts need only the image sizes.
-    pil_images = [load_image(ref, sample_id) for ref in raw['images']]
+  def expand(self, sample_id: str, ids: np.ndarray, assistant: np.ndarray, image_pos: np.ndarray,
+             pil_images: list) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each placeholder expanded to its image's token count, then the cut at max_length (never
+    through an image): ids [L], assistant mask [L], and how many images are kept."""
+    cfg = self.cfg
+    # Token counts need only the image sizes: nothing is decoded past this point yet.
     counts = [self.images.num_tokens(im.height, im.width) for im in pil_images]
     repeats = np.ones(len(ids), np.int64)
     repeats[image_pos] = counts
@@ -187,27 +191,45 @@ class SampleProcessor:
           cut, keep_images = min(cut, run_start), i
           break
       ids, assistant = ids[:cut], assistant[:cut]
-      pil_images, counts = pil_images[:keep_images], counts[:keep_images]
+    return ids, assistant, keep_images
 
-    labels, loss_mask = next_token_targets(ids, assistant, sample_id, cfg.max_length)
-
+  def image_arrays(self, sample_id: str, pil_images: list) -> tuple[dict, list]:
+    """The images' example features (pixels, sizes, tiles, the family's per-image arrays) and
+    their processed forms."""
     processed = [self.images(im) for im in pil_images]
     tiles = [self.images.sample_tiles(p) for p in processed]
     pixels = np.concatenate(tiles) if tiles else self.images.empty_tiles()
-    if len(pixels) > cfg.max_tiles:
-      raise SampleError('too_many_images', sample_id,
-                        f'{len(pixels)} image tiles/patches > max_tiles {cfg.max_tiles} per row')
-    example = {
-        'input_ids': ids.astype(np.int32),
-        'labels': labels,
-        'loss_mask': loss_mask,
+    if len(pixels) > self.cfg.max_tiles:
+      raise SampleError('too_many_images', sample_id, f'{len(pixels)} image tiles/patches > '
+                        f'max_tiles {self.cfg.max_tiles} per row')
+    arrays = {
         'pixel_values': pixels.astype(np.float32, copy=False),
         'image_sizes': np.asarray([p.image_size for p in processed], np.int32).reshape(-1, 2),
         'image_tiles': np.asarray([len(t) for t in tiles], np.int32),
     }
-    example.update(self.images.image_features(processed))
-    if cfg.mrope:  # (qwen2_vl)
+    arrays.update(self.images.image_features(processed))
+    return arrays, processed
+
+  def text_arrays(self, ids: np.ndarray, targets: tuple[np.ndarray, np.ndarray],
+                  processed: list) -> dict:
+    """input_ids, labels, loss_mask (`targets`: `next_token_targets`) and M-RoPE positions."""
+    labels, loss_mask = targets
+    arrays = {'input_ids': ids.astype(np.int32), 'labels': labels, 'loss_mask': loss_mask}
+    if self.cfg.mrope:  # (qwen2_vl)
       grids = [p.grid_thw for p in processed]
-      example['mrope_positions'] = mrope_positions(example['input_ids'], self.image_id, grids,
-                                                   cfg.image.merge_size)
-    return example
+      arrays['mrope_positions'] = mrope_positions(arrays['input_ids'], self.image_id, grids,
+                                                  self.cfg.image.merge_size)
+    return arrays
+
+  # ---- the whole sample ---------------------------------------------------------------------------
+
+  def __call__(self, raw: dict) -> dict:
+    sample_id = raw['id']
+    self.check_structure(raw)
+    ids, assistant, image_pos = self.tokens(raw)
+    pil_images = [load_image(ref, sample_id) for ref in raw['images']]
+    ids, assistant, keep = self.expand(sample_id, ids, assistant, image_pos, pil_images)
+    # Targets first: a sample without any left is skipped before its pixels are processed.
+    targets = next_token_targets(ids, assistant, sample_id, self.cfg.max_length)
+    images, processed = self.image_arrays(sample_id, pil_images[:keep])
+    return {**self.text_arrays(ids, targets, processed), **images}

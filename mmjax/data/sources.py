@@ -111,8 +111,8 @@ class JsonSource:
   lead outside it (``image_refs.resolve``). A UTF-8 byte order mark at the start is skipped.
   """
 
-  def __init__(self, path: str, image_root: str | None = None):
-    self.path = path
+  def __init__(self, path: str, image_root: str | None = None, normalize=normalize_record):
+    self.path, self.normalize = path, normalize  # normalize(record, index, image_root)
     if image_root is None:
       image_root = os.path.dirname(os.path.abspath(path))
     self.image_root = image_root
@@ -140,7 +140,7 @@ class JsonSource:
       record = json.loads(self._records[index])
     except json.JSONDecodeError as e:
       return _bad(f'{os.path.basename(self.path)}:{index + 1}', 'bad_record', f'invalid JSON line: {e}')
-    return normalize_record(record, index, self.image_root)
+    return self.normalize(record, index, self.image_root)
 
   def __repr__(self):
     return f'JsonSource({self.path!r}, image_root={self.image_root!r}, n={len(self)})'
@@ -253,10 +253,16 @@ class TfdsSource:
     return f'TfdsSource({self.name!r}, split={self.split!r}, n={len(self)})'
 
 
-def open_source(spec: str, image_root: str | None = None) -> Any:
+def open_source(spec: str, image_root: str | None = None, pairs: bool = False) -> Any:
   """A source from a string: ``tfds:NAME[:SPLIT]``, a .json/.jsonl file, Parquet or WebDataset
-  tar shards (``mmjax.data.shards``), or ArrayRecord shards."""
+  tar shards (``mmjax.data.shards``), or ArrayRecord shards. ``pairs``: preference pairs
+  (``mmjax.data.pairs``), from .json/.jsonl files."""
   from mmjax.data.shards import open_sharded_source  # pylint: disable=g-import-not-at-top
+  if pairs:
+    if not spec.endswith(('.json', '.jsonl')):
+      raise ValueError(f'{spec}: preference pairs are read from .json / .jsonl files')
+    from mmjax.data.pairs import normalize_pair_record  # pylint: disable=g-import-not-at-top
+    return JsonSource(spec, image_root, normalize_pair_record)
   if spec.startswith('tfds:'):
     parts = spec.split(':')
     return TfdsSource(parts[1], split=parts[2] if len(parts) > 2 else 'train')

@@ -231,8 +231,8 @@ def merge(params: dict, layouts: Mapping[str, Layout], config: LoraConfig) -> di
   return out
 
 
-def adapter(params: dict) -> dict:
-  """The LoRA factors alone, in their nested places."""
+def _leaves_where(params: dict, keep_factors: bool) -> dict:
+  """The leaves that are (or are not) LoRA factors, in their nested places; no empty branch."""
   def go(tree):
     kept = {}
     for key, node in tree.items():
@@ -240,8 +240,18 @@ def adapter(params: dict) -> dict:
         sub = go(node)
         if sub:
           kept[key] = sub
-      elif key in FACTORS:
+      elif (key in FACTORS) == keep_factors:
         kept[key] = node
     return kept
 
   return go(params)
+
+
+def adapter(params: dict) -> dict:
+  """The LoRA factors alone, in their nested places."""
+  return _leaves_where(params, keep_factors=True)
+
+
+def without_factors(params: dict) -> dict:
+  """Every parameter but the LoRA factors: what the model without LoRA reads."""
+  return _leaves_where(params, keep_factors=False)

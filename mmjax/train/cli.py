@@ -122,6 +122,20 @@ OPTIONAL_KEYS = {"train": {
     # How a sample's target tokens weigh in the loss: "token" (every target alike), "sample"
     # (every sample alike), "square" (InternVL3: a sample of n targets weighs sqrt(n)).
     "loss_weighting": "token",
+    # "lm": next-token loss; "dpo" / "mpo": preference pairs (mmjax.train.preference).
+    "objective": "lm",
+    "dpo": {
+        "beta": 0.1,  # reward scale (DPO's KL strength)
+        "label_smoothing": 0.0,  # assumed fraction of flipped preferences (TRL's sigmoid loss)
+        # "model": the frozen initial model, run in each step; "precomputed": the pairs'
+        # ref_chosen_logps / ref_rejected_logps columns.
+        "reference": "model",
+    },
+    "mpo": {  # InternVL3's weights of DPO, the BCO quality loss and the chosen answers' LM loss
+        "preference_weight": 0.8,
+        "quality_weight": 0.2,
+        "generation_weight": 1.0,
+    },
 }, "lora": {  # low-rank adapters (mmjax.nn.lora); rank 0: off
     "rank": 0,
     "alpha": 16.0,  # the update is scaled by alpha / rank (peft's lora_alpha)
@@ -131,15 +145,16 @@ OPTIONAL_KEYS = {"train": {
 }}
 
 
-def add_optional_keys(config: ml_collections.ConfigDict) -> None:
+def add_optional_keys(config: ml_collections.ConfigDict, keys: dict = OPTIONAL_KEYS) -> None:
   """Fills in the `OPTIONAL_KEYS` a config file leaves out, so overrides can set them."""
   with config.unlocked():
-    for section, keys in OPTIONAL_KEYS.items():
-      if section not in config:
-        config[section] = ml_collections.ConfigDict()
-      for key, default in keys.items():
-        if key not in config[section]:
-          config[section][key] = default
+    for key, default in keys.items():
+      if isinstance(default, dict):
+        if key not in config:
+          config[key] = ml_collections.ConfigDict()
+        add_optional_keys(config[key], default)
+      elif key not in config:
+        config[key] = default
 
 
 def _run(args, overrides) -> int:

@@ -66,14 +66,23 @@ class ShapesIterator:
     self._it.set_state(state)
 
 
-def make_train_iterator(data: Mapping[str, Any], model_config, seed: int):
+def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, preference=None):
   """`data.source='shapes'` (the embedded default) or the general pipeline over `data.sources`
-  (JSON / ArrayRecord / TFDS); without `source`, the pipeline when `sources` are given."""
+  (JSON / ArrayRecord / TFDS); without `source`, the pipeline when `sources` are given.
+  `preference` (`mmjax.train.preference.PreferenceConfig`): pairs from the pipeline."""
   from mmjax.models.registry import family_of_config
 
   family = family_of_config(model_config)
   data = dict(data)
   source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
+  if data.get("pairs") and preference is None:
+    raise ValueError("data.pairs makes batches of preference pairs, which train.objective='lm' "
+                     "does not train on: set train.objective='dpo' or 'mpo'")
+  if preference is not None:
+    if source != "pipeline":
+      raise ValueError(f"train.objective={preference.objective!r} trains on preference pairs: "
+                       "give them as data.sources (JSON / JSONL, see mmjax.data.pairs)")
+    data.update(pairs=True, reference_columns=not preference.needs_reference_model)
   if source == "shapes":
     return ShapesIterator(data, family.tokens_per_image(model_config), seed)
   if source != "pipeline":

@@ -28,7 +28,9 @@ from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
 from mmjax.train.model_files import model_files
 from mmjax.train.optimizer import make_optimizer
-from mmjax.train.state import TrainState, init_state
+from mmjax.train.preference import PreferenceConfig
+from mmjax.train.preference_step import make_preference_step
+from mmjax.train.state import TrainState, init_state, with_reference
 from mmjax.train.step import make_train_step
 
 log = logging.getLogger("mmjax.train")
@@ -52,6 +54,8 @@ class Trainer:
   lora: lora_lib.LoraConfig | None = None
   trainable: tuple[str, ...] = ()  # train.trainable, plus 'lora' with LoRA
   parts: Any = None  # the family's parts, plus the LoRA factors' with LoRA
+  preference: PreferenceConfig | None = None  # train.objective dpo / mpo; None: lm
+  keep_reference: bool = False  # the state keeps initial copies of what trains fully
 
   @classmethod
   def build(cls, cfg, devices=None) -> "Trainer":
@@ -78,17 +82,29 @@ class Trainer:
     trained, _ = parts.split(components, trainable, part_map)
     tx, schedule = make_optimizer(dict(cfg.optim), int(cfg.train.steps), trained,
                                   parts.label_tree(trained, trainable, part_map))
-    boxed = jax.eval_shape(lambda r: init_state(module, example, tx, trainable, r, part_map, lora),
-                           jax.random.PRNGKey(0))
+    preference = PreferenceConfig.from_train(cfg.train)
+    # The reference model is the initial policy: its own copy of what trains fully (with LoRA
+    # alone, none: the frozen base without the factors is the reference).
+    keep_reference = bool(preference and preference.needs_reference_model
+                          and lora_lib.without_factors(trained))
+    boxed = jax.eval_shape(
+        lambda r: _initial_state(module, example, tx, trainable, r, part_map, lora, preference,
+                                 keep_reference), jax.random.PRNGKey(0))
     with jax.set_mesh(mesh), nn.logical_axis_rules(list(rules)):
       specs = nn.get_partition_spec(boxed)
       state_shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
     abstract_state = nn.unbox(boxed)
-    step = make_train_step(module, tx, schedule, grad_accum=int(cfg.train.get("grad_accum", 1)),
-                           z_loss=float(cfg.optim.get("z_loss", 0.0)),
-                           loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
-                           loss_weighting=str(cfg.train.get("loss_weighting", "token")),
-                           lora=lora)
+    step_options = dict(grad_accum=int(cfg.train.get("grad_accum", 1)),
+                        loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
+                        loss_weighting=str(cfg.train.get("loss_weighting", "token")), lora=lora)
+    z_loss = float(cfg.optim.get("z_loss", 0.0))
+    if preference is None:
+      step = make_train_step(module, tx, schedule, z_loss=z_loss, **step_options)
+    elif z_loss:
+      raise ValueError(f"optim.z_loss applies to train.objective='lm', not "
+                       f"{preference.objective!r}: set optim.z_loss=0")
+    else:
+      step = make_preference_step(module, tx, schedule, preference, **step_options)
     batch_sharding = shd.batch_sharding(mesh)
 
     unroll = bool(cfg.train.get("unroll_layers", False))
@@ -107,15 +123,15 @@ class Trainer:
     step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
     return cls(cfg, mesh, family, model_config, module, tx, schedule, state_shardings,
-               abstract_state, step_fn, lora, trainable, part_map)
+               abstract_state, step_fn, lora, trainable, part_map, preference, keep_reference)
 
   def init(self) -> TrainState:
     """A fresh state (random init, then `train.init_from` components), sharded on the mesh."""
     example = self.family.example_inputs(self.model_config)
     seed = int(self.cfg.get("seed", 0))
-    init = jax.jit(lambda r: nn.unbox(init_state(self.module, example, self.tx, self.trainable, r,
-                                                 self.parts, self.lora)),
-                   out_shardings=self.state_shardings)
+    init = jax.jit(lambda r: nn.unbox(_initial_state(
+        self.module, example, self.tx, self.trainable, r, self.parts, self.lora, self.preference,
+        self.keep_reference)), out_shardings=self.state_shardings)
     key = jax.random.PRNGKey(seed)
     with jax.set_mesh(self.mesh):
       lowered = init.lower(key)
@@ -126,6 +142,12 @@ class Trainer:
     sources = _init_sources(self.cfg.train.get("init_from", ""))
     if sources:
       state = self._load_components(state, sources)
+      if self.preference is not None:  # the reference is the loaded model
+        # (Donated: only the reference's copy is new memory.)
+        reference = jax.jit(lambda s: with_reference(s, self.keep_reference),
+                            out_shardings=self.state_shardings, donate_argnums=0)
+        with jax.set_mesh(self.mesh):
+          state = reference(state)
     return state
 
   def _load_components(self, state: TrainState, sources: list[str]) -> TrainState:
@@ -139,7 +161,7 @@ class Trainer:
                            f"({sorted(params)})")
         if name in owner:
           raise ValueError(f"component {name!r} is in both {owner[name]} and {path}")
-        _check_shapes(path, name, subtree, _without_factors(params[name]))
+        _check_shapes(path, name, subtree, lora_lib.without_factors(params[name]))
         owner[name] = path
     fresh = sorted(set(params) - set(owner))
     print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
@@ -151,7 +173,8 @@ class Trainer:
         # Cast to the training param dtype (e.g. a bf16 checkpoint into float32 master weights).
         base = jax.tree.map(
             lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
-            subtree, _without_factors(shardings[name]), _without_factors(params[name]))
+            subtree, lora_lib.without_factors(shardings[name]),
+            lora_lib.without_factors(params[name]))
         loaded[name] = parts.merge(lora_lib.adapter(params[name]), base)  # fresh LoRA factors
     train, frozen = parts.split({**params, **loaded}, self.trainable, self.parts)
     return state.replace(params=train, frozen=frozen)
@@ -165,11 +188,11 @@ class Trainer:
     return adapters.merged(self.family, self.model_config, params, self.lora)
 
 
-def _without_factors(tree):
-  """A parameter subtree without its LoRA factors."""
-  if not isinstance(tree, Mapping):
-    return tree
-  return {k: _without_factors(v) for k, v in tree.items() if k not in lora_lib.FACTORS}
+def _initial_state(module, example, tx, trainable, rng, part_map, lora, preference,
+                   keep_reference: bool) -> TrainState:
+  """`init_state`, with the reference model's parts for a preference objective."""
+  state = init_state(module, example, tx, trainable, rng, part_map, lora)
+  return state if preference is None else with_reference(state, keep_reference)
 
 
 def _check_shapes(path: str, name: str, stored, expected) -> None:
@@ -190,11 +213,13 @@ def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> f
   family = trainer.family
   batch = {k: distributed.concat_over_processes(local[k])
            for k in family.flops_batch_keys if k in local}
-  batch["input_ids"] = jax.ShapeDtypeStruct((int(cfg.data.batch_size), local["input_ids"].shape[1]),
-                                            np.int32)
+  # Pairs: both answers are decoder rows (`answer_rows`; the reference forward is not counted).
+  shape = local["input_ids"].shape  # [B, T] or pairs [B, 2, T]
+  batch["input_ids"] = jax.ShapeDtypeStruct(
+      (int(cfg.data.batch_size) * int(np.prod(shape[1:-1])), shape[-1]), np.int32)
   # LoRA factors aside (their FLOPs are a rank-r fraction of their layers').
   return family.train_flops(trainer.model_config,
-                            _without_factors(trainer.abstract_state.all_params()), batch,
+                            lora_lib.without_factors(trainer.abstract_state.all_params()), batch,
                             tuple(cfg.train.trainable))
 
 
@@ -328,7 +353,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   ckpts = Checkpoints(workdir, int(cfg.checkpoint.every_steps), int(cfg.checkpoint.get("keep", 3)),
                       bool(cfg.checkpoint.get("async_save", True)))
   data_it = train_data.make_train_iterator(cfg.data, trainer.model_config,
-                                           int(cfg.get("seed", 0)))
+                                           int(cfg.get("seed", 0)), trainer.preference)
   restored = ckpts.restore_latest(abstract_like(trainer.abstract_state, trainer.state_shardings))
   if restored is not None:
     start, state, data_state = restored
@@ -340,7 +365,6 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
             else NullMetricsWriter())
   preemption = _Preemption()
   log_every = int(cfg.train.get("log_every", 10))
-  rows = int(cfg.data.batch_size)
   summary: dict[str, Any] = {"exit_code": 0, "start_step": start}
   step, last_time, pending = start, time.perf_counter(), []
   flops = None
@@ -356,6 +380,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       if flops is None:  # from the first batch, counted over every host's rows
         flops = _flops_per_step(trainer, cfg, local)
       batch = train_data.to_global(local, trainer.mesh)
+      tokens = int(np.prod(batch["input_ids"].shape))  # global; pairs: both answers
       with jax.set_mesh(trainer.mesh):
         state, metrics = trainer.step_fn(state, batch)
       step += 1
@@ -370,7 +395,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
         per_step = (now - last_time) / len(pending)
         for k, m in enumerate(fetched):
           record = dict(m)
-          record["tokens_per_s"] = rows * batch["input_ids"].shape[1] / per_step
+          record["tokens_per_s"] = tokens / per_step
           record["tflops_per_s"] = flops / per_step / 1e12
           record["step_time_s"] = per_step
           if logged and k == len(fetched) - 1:

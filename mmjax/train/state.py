@@ -5,6 +5,7 @@ respect to the trainable subtree only), so they stay bit-identical and cost no m
 their weights.
 """
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import flax
@@ -41,3 +42,25 @@ def init_state(module: nn.Module, example_inputs: tuple, tx, trainable: Sequence
   train, frozen = split(params, trainable, parts)
   return TrainState(step=jnp.zeros((), jnp.int32), params=train, frozen=frozen,
                     opt_state=tx.init(train), rng=state_rng, skipped=jnp.zeros((), jnp.int32))
+
+
+@flax.struct.dataclass
+class PreferenceState(TrainState):
+  """The train state of a preference objective (`mmjax.train.preference`)."""
+
+  # The reference model's own parameters: the initial values of what trains fully (LoRA
+  # factors aside: the reference is the model without them), frozen; `frozen` holds the rest.
+  # Empty when the reference log-probabilities come with the data.
+  reference: dict
+  reward_mean: jax.Array  # float32 scalar: BCO's reward shift, the running mean of rewards
+  reward_batches: jax.Array  # float32 scalar: the batches in that mean
+
+
+def with_reference(state: TrainState, keep_copy: bool) -> PreferenceState:
+  """`state` as a `PreferenceState`: with a frozen copy of its trained parameters (no LoRA
+  factors) as the reference model's when `keep_copy`."""
+  reference = lora_lib.without_factors(state.params) if keep_copy else {}
+  return PreferenceState(
+      **{f.name: getattr(state, f.name) for f in dataclasses.fields(TrainState)},
+      reference=jax.tree.map(jnp.copy, reference), reward_mean=jnp.zeros((), jnp.float32),
+      reward_batches=jnp.zeros((), jnp.float32))

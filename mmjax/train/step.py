@@ -34,7 +34,7 @@ def forward(module: nn.Module, params: dict, batch: dict, rng: jax.Array | None 
     return family.train_forward(module, params, batch, rng, head_loss)
 
 
-def _microbatches(batch: dict, steps: int) -> dict:
+def microbatches(batch: dict, steps: int) -> dict:
   """`[A*b, ...] -> [A, b, ...]`, taking every A-th row so each microbatch spans all shards."""
   def split(x):
     return x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1)
@@ -95,26 +95,36 @@ def make_train_step(module: nn.Module, tx: optax.GradientTransformation,
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (loss, count, grads), _ = jax.lax.scan(
           body, (jnp.zeros(()), jnp.zeros(()), zeros),
-          (jnp.arange(grad_accum), _microbatches(batch, grad_accum)))
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    def update(params, opt_state):
-      updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
-      return optax.apply_updates(params, updates), opt_state
-
-    # A non-finite loss or gradient skips the update: nothing of it reaches the state. (A cond,
-    # not a select of new or old: that would read and write every parameter and moment again.)
-    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
-                                     state.opt_state)
-    new_state = state.replace(
-        step=state.step + finite.astype(jnp.int32),
-        params=params,
-        opt_state=opt_state,
-        rng=jax.random.fold_in(state.rng, state.step),
-        skipped=state.skipped + (~finite).astype(jnp.int32),
-    )
+          (jnp.arange(grad_accum), microbatches(batch, grad_accum)))
+    new_state, grad_norm = guarded_update(tx, state, loss, grads)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "target_tokens": count, "skipped": new_state.skipped}
     return new_state, metrics
 
   return step
+
+
+def guarded_update(tx: optax.GradientTransformation, state: TrainState, loss: jax.Array,
+                   grads: dict, **changes) -> tuple[TrainState, jax.Array]:
+  """The state after one optimizer update with `grads` (and `changes` to other fields), or,
+  when the loss or the gradient is not finite, without it (counted as skipped); and the
+  gradient norm."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  def update(params, opt_state):
+    updates, opt_state = tx.update(grads, opt_state, params, grad_norm=grad_norm)
+    return optax.apply_updates(params, updates), opt_state
+
+  # A non-finite loss or gradient skips the update: nothing of it reaches the state. (A cond,
+  # not a select of new or old: that would read and write every parameter and moment again.)
+  params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
+                                   state.opt_state)
+  kept = {k: jnp.where(finite, v, getattr(state, k)) for k, v in changes.items()}
+  return state.replace(
+      step=state.step + finite.astype(jnp.int32),
+      params=params,
+      opt_state=opt_state,
+      rng=jax.random.fold_in(state.rng, state.step),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      **kept,
+  ), grad_norm

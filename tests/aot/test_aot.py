@@ -146,3 +146,28 @@ def test_compiled_flops_count_every_layer():
   scanned = aot._flops(aot._build_and_compile_train(cfg, devices)[2], len(devices))
   assert extrapolated == pytest.approx(unrolled, rel=1e-2)
   assert unrolled > 2 * scanned
+
+
+@pytest.mark.tpu_compile
+def test_preference_step_compiles_with_pair_batches_and_its_reference():
+  """`train.objective=dpo`: the abstract batch holds pairs (an answer axis) and the arguments
+  hold the reference model's frozen copy of what trains (here everything: float32)."""
+  from mmjax.train.cli import add_optional_keys
+  from mmjax.train.metrics import count_params
+
+  configs = [load_config(TINY) for _ in range(2)]
+  for cfg in configs:
+    add_optional_keys(cfg)
+  configs[1].train.objective = "dpo"
+  topology = tpu.parse("v5e-4")
+  lm, dpo = (aot.compile_train(cfg, topology) for cfg in configs)
+  assert dpo.fits and dpo.batch.startswith("global batch 128 x 16 tokens")  # 64 pairs
+  assert dpo.extra["objective"].startswith("dpo, 64 pairs; reference: the frozen initial model")
+  from mmjax.train.loop import Trainer
+
+  trainer = Trainer.build(aot.prepare_config(configs[1], topology),
+                          tpu.compile_only_devices(topology))
+  copied = 4 * count_params(trainer.abstract_state.reference)
+  assert copied == 4 * count_params(trainer.abstract_state.params) > 0
+  # At least the copy's share of every chip (more where a small parameter is replicated).
+  assert dpo.memory.arguments - lm.memory.arguments >= copied / topology.num_chips

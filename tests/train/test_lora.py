@@ -19,11 +19,10 @@ from mmjax.models.standalone import CausalLM
 from mmjax.nn import lora
 from mmjax.train import adapters
 from mmjax.train import data as train_data
-from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.cli import add_optional_keys
 from mmjax.train.loop import Trainer, train
 from mmjax.train.model_files import model_files
-from tiny_train import tiny_config
+from tiny_train import final_state, tiny_config
 
 TARGETS = ("decoder/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
 LM = DecoderConfig(vocab_size=48, hidden_size=16, intermediate_size=32, num_layers=2,
@@ -108,14 +107,8 @@ def straight(base_model, tmp_path_factory):
   cfg = _lora_cfg(init_from=base_model, steps=4)
   workdir = str(tmp_path_factory.mktemp("lora") / "straight")
   train(cfg, workdir)
-  trainer = Trainer.build(cfg, jax.devices()[:1])
-  ckpts = Checkpoints(workdir, 10, 2, False)
-  try:
-    _, state, _ = ckpts.restore_latest(abstract_like(trainer.abstract_state,
-                                                     trainer.state_shardings))
-  finally:
-    ckpts.close()
-  return cfg, _logged_losses(workdir), jax.device_get(state), workdir
+  _, state = final_state(cfg, workdir)
+  return cfg, _logged_losses(workdir), state, workdir
 
 
 def test_base_frozen_without_optimizer_state_and_loss_goes_down(straight, base_model):
