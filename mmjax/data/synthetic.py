@@ -314,6 +314,25 @@ def render_sample(
   }
 
 
+def describe_scene(objects: Iterable[ShapeObject], cfg: ShapesConfig) -> str:
+  """A caption naming every object, in reading order of the cells: "red circle top-left ,
+  blue square bottom-right" (for contrastive image-text training)."""
+  order = {name: i for i, name in enumerate(position_names(cfg.grid))}
+  return " , ".join(f"{o.color} {o.shape} {o.position}"
+                    for o in sorted(objects, key=lambda o: order[o.position]))
+
+
+def encode_caption(text: str, tokenizer, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """`<s> caption </s>` right-padded to `max_length`: int32 `ids [L]` and `mask [L]`."""
+  ids = [BOS_ID] + tokenizer.encode(text, add_special_tokens=False).ids + [EOS_ID]
+  if UNK_ID in ids or len(ids) > max_length:
+    raise ValueError(f"caption {text!r}: {len(ids)} tokens (max_length {max_length}) or words "
+                     "outside the tokenizer's vocabulary")
+  mask = np.zeros(max_length, np.int32)
+  mask[:len(ids)] = 1
+  return np.asarray(ids + [PAD_ID] * (max_length - len(ids)), np.int32), mask
+
+
 # ------------------------------------------------------------------------------------------------
 # Random-access dataset.
 

@@ -177,7 +177,9 @@ def _run(args, overrides) -> int:
   summary = train(config, args.workdir)
   skipped = summary.get("skipped_samples")
   print(f"done: step {summary['final_step']}"
-        + (f", eval_accuracy {summary['eval_accuracy']:.4f}" if "eval_accuracy" in summary else "")
+        + "".join(f", {k} {summary[k]:.4f}" for k in ("eval_accuracy",
+                                                         "eval_retrieval/image_to_text")
+                  if k in summary)
         + ("" if skipped is None else "; skipped samples: " + (", ".join(
             f"{reason} {n}" for reason, n in skipped.items()) or "none"))
         + f"; metrics in {os.path.join(args.workdir, 'metrics.jsonl')}")

@@ -38,17 +38,40 @@ class _ShapesRow:
     }
 
 
-class ShapesIterator:
-  """Endless, seeded, resumable batches of the procedural shapes set for this host."""
+class _CaptionRow:
+  """Shapes sample -> one image-caption pair (contrastive objectives): the normalised image and
+  its scene's caption (`synthetic.describe_scene`), right-padded to `max_length`."""
 
-  def __init__(self, data: Mapping[str, Any], num_image_tokens: int, seed: int):
-    cfg = synthetic.ShapesConfig(**dict(data.get("shapes", {}) or {}))
+  def __init__(self, shapes: synthetic.ShapesConfig, tokenizer, max_length: int):
+    self.shapes, self.tokenizer, self.max_length = shapes, tokenizer, max_length
+
+  def __call__(self, sample: dict) -> dict[str, np.ndarray]:
+    caption = synthetic.describe_scene(sample["objects"], self.shapes)
+    ids, mask = synthetic.encode_caption(caption, self.tokenizer, self.max_length)
+    image = np.asarray(sample["image"], np.float32) / 255.0
+    return {"pixels": (image - 0.5) / 0.5, "text_ids": ids, "text_mask": mask}
+
+
+def shapes_config(data: Mapping[str, Any]) -> synthetic.ShapesConfig:
+  return synthetic.ShapesConfig(**dict(data.get("shapes", {}) or {}))
+
+
+class ShapesIterator:
+  """Endless, seeded, resumable batches of the procedural shapes set for this host: question-
+  answer rows, or image-caption pairs with `captions`."""
+
+  def __init__(self, data: Mapping[str, Any], num_image_tokens: int | None, seed: int,
+               captions: bool = False):
+    cfg = shapes_config(data)
     source = synthetic.ShapesDataset(cfg, split="train", size=int(data.get("train_size", 100_000)))
     batch = int(data["batch_size"])
     if batch % jax.process_count():
       raise ValueError(f"data.batch_size {batch} does not divide over {jax.process_count()} hosts")
-    row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]),
-                     bool(data.get("image_first", True)))
+    if captions:
+      row = _CaptionRow(cfg, synthetic.load_tokenizer(), int(data["max_length"]))
+    else:
+      row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]),
+                       bool(data.get("image_first", True)))
     ds = (grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
           .shuffle(seed=seed).repeat().map(row).batch(batch // jax.process_count()))
     self._it = iter(ds.to_iter_dataset())
@@ -66,15 +89,22 @@ class ShapesIterator:
     self._it.set_state(state)
 
 
-def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, preference=None):
+def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, preference=None,
+                        contrastive=None):
   """`data.source='shapes'` (the embedded default) or the general pipeline over `data.sources`
   (JSON / ArrayRecord / TFDS); without `source`, the pipeline when `sources` are given.
-  `preference` (`mmjax.train.preference.PreferenceConfig`): pairs from the pipeline."""
+  `preference` (`mmjax.train.preference.PreferenceConfig`): pairs from the pipeline;
+  `contrastive` (`mmjax.train.contrastive.ContrastiveConfig`): image-caption pairs."""
   from mmjax.models.registry import family_of_config
 
   family = family_of_config(model_config)
   data = dict(data)
   source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
+  if contrastive is not None:
+    if source != "shapes":
+      raise ValueError(f"train.objective={contrastive.objective!r} trains on image-caption "
+                       "pairs, which only data.source='shapes' makes so far")
+    return ShapesIterator(data, None, seed, captions=True)
   if data.get("pairs") and preference is None:
     raise ValueError("data.pairs makes batches of preference pairs, which train.objective='lm' "
                      "does not train on: set train.objective='dpo' or 'mpo'")

@@ -1,4 +1,5 @@
-"""Exact-match answer accuracy on held-out shapes images, by greedy decoding."""
+"""Held-out evaluations on the shapes set: exact-match answer accuracy by greedy decoding, and
+zero-shot image-caption retrieval for contrastive models."""
 
 from typing import Any
 
@@ -8,6 +9,7 @@ import numpy as np
 
 from mmjax.data import synthetic
 from mmjax.nn.masks import positions_from_attention_mask
+from mmjax.train.data import shapes_config
 
 
 def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500,
@@ -19,8 +21,7 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
   `should_stop()` is asked before every decoding step (e.g. a preemption): True ends the eval
   early and returns None.
   """
-  cfg = synthetic.ShapesConfig(**dict(data.get("shapes", {}) or {}))
-  dataset = synthetic.ShapesDataset(cfg, split="eval", size=size)
+  dataset = synthetic.ShapesDataset(shapes_config(data), split="eval", size=size)
   tokenizer = synthetic.load_tokenizer()
   n_img = config.tokens_per_image
   prompt_len = int(data["max_length"])
@@ -69,3 +70,38 @@ def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500
   result = {"eval_accuracy": correct / size}
   result.update({f"eval_accuracy/{k}": v[0] / v[1] for k, v in sorted(by_kind.items())})
   return result
+
+
+def shapes_retrieval(module, params: dict, data: dict, *, size: int = 500, batch_size: int = 100,
+                     should_stop=lambda: False) -> dict[str, float] | None:
+  """Zero-shot retrieval among `size` eval-split images and their scene captions: the share of
+  images whose most similar caption describes them, and of captions whose most similar image
+  they describe (two scenes can share a caption: either image counts). `should_stop()` is asked
+  before every batch; True ends the eval early and returns None."""
+  from mmjax.models.registry import family_of_module
+
+  cfg = shapes_config(data)
+  dataset = synthetic.ShapesDataset(cfg, split="eval", size=size)
+  tokenizer = synthetic.load_tokenizer()
+  family = family_of_module(module)
+  embed = jax.jit(lambda p, b: (lambda o: (o.image_embeds, o.text_embeds))(
+      family.contrastive_forward(module, p, b)))
+  images, texts, captions = [], [], []
+  for start in range(0, size, batch_size):
+    if should_stop():
+      return None
+    batch = {"pixels": [], "text_ids": [], "text_mask": []}
+    for i in range(start, min(start + batch_size, size)):
+      sample = dataset[i]
+      captions.append(synthetic.describe_scene(sample["objects"], cfg))
+      ids, mask = synthetic.encode_caption(captions[-1], tokenizer, int(data["max_length"]))
+      batch["pixels"].append((np.asarray(sample["image"], np.float32) / 255.0 - 0.5) / 0.5)
+      batch["text_ids"].append(ids)
+      batch["text_mask"].append(mask)
+    image_embeds, text_embeds = embed(params, {k: np.stack(v) for k, v in batch.items()})
+    images.append(np.asarray(image_embeds, np.float32))
+    texts.append(np.asarray(text_embeds, np.float32))
+  sims = np.concatenate(images) @ np.concatenate(texts).T  # [N, N] (scale and bias: monotone)
+  captions = np.asarray(captions)
+  return {"eval_retrieval/image_to_text": float(np.mean(captions[sims.argmax(1)] == captions)),
+          "eval_retrieval/text_to_image": float(np.mean(captions[sims.argmax(0)] == captions))}

@@ -24,6 +24,8 @@ from mmjax.train import data as train_data
 from mmjax.nn import lora as lora_lib
 from mmjax.train import adapters, loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
+from mmjax.train.contrastive import ContrastiveConfig
+from mmjax.train.contrastive_step import make_contrastive_step
 from mmjax.train.metrics import MetricsWriter, NullMetricsWriter
 from mmjax.train.model_config import build_model_config
 from mmjax.train.model_files import model_files
@@ -56,6 +58,7 @@ class Trainer:
   parts: Any = None  # the family's parts, plus the LoRA factors' with LoRA
   preference: PreferenceConfig | None = None  # train.objective dpo / mpo; None: lm
   keep_reference: bool = False  # the state keeps initial copies of what trains fully
+  contrastive: ContrastiveConfig | None = None  # train.objective clip / siglip
 
   @classmethod
   def build(cls, cfg, devices=None) -> "Trainer":
@@ -98,11 +101,19 @@ class Trainer:
                         loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
                         loss_weighting=str(cfg.train.get("loss_weighting", "token")), lora=lora)
     z_loss = float(cfg.optim.get("z_loss", 0.0))
-    if preference is None:
-      step = make_train_step(module, tx, schedule, z_loss=z_loss, **step_options)
-    elif z_loss:
+    contrastive = ContrastiveConfig.from_train(cfg.train)
+    objective = preference or contrastive
+    if objective and z_loss:
       raise ValueError(f"optim.z_loss applies to train.objective='lm', not "
-                       f"{preference.objective!r}: set optim.z_loss=0")
+                       f"{objective.objective!r}: set optim.z_loss=0")
+    if contrastive is not None:
+      if lora is not None:
+        raise ValueError(f"train.objective={contrastive.objective!r} does not train LoRA "
+                         "adapters yet: set lora.rank=0")
+      step = make_contrastive_step(module, tx, schedule, contrastive,
+                                   grad_accum=step_options["grad_accum"])
+    elif preference is None:
+      step = make_train_step(module, tx, schedule, z_loss=z_loss, **step_options)
     else:
       step = make_preference_step(module, tx, schedule, preference, **step_options)
     batch_sharding = shd.batch_sharding(mesh)
@@ -123,7 +134,8 @@ class Trainer:
     step_fn = jax.jit(sharded_step, in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
     return cls(cfg, mesh, family, model_config, module, tx, schedule, state_shardings,
-               abstract_state, step_fn, lora, trainable, part_map, preference, keep_reference)
+               abstract_state, step_fn, lora, trainable, part_map, preference, keep_reference,
+               contrastive)
 
   def init(self) -> TrainState:
     """A fresh state (random init, then `train.init_from` components), sharded on the mesh."""
@@ -211,12 +223,17 @@ def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> f
   """Model FLOPs of one step, from a host-local batch and the other hosts' image arrays (the
   family's `flops_batch_keys`)."""
   family = trainer.family
+  rows = int(cfg.data.batch_size)
+  if "input_ids" not in local:  # image-caption pairs: arrays of fixed shapes
+    batch = {k: jax.ShapeDtypeStruct((rows, *v.shape[1:]), v.dtype) for k, v in local.items()}
+    return family.train_flops(trainer.model_config, trainer.abstract_state.all_params(), batch,
+                              tuple(cfg.train.trainable))
   batch = {k: distributed.concat_over_processes(local[k])
            for k in family.flops_batch_keys if k in local}
   # Pairs: both answers are decoder rows (`answer_rows`; the reference forward is not counted).
   shape = local["input_ids"].shape  # [B, T] or pairs [B, 2, T]
   batch["input_ids"] = jax.ShapeDtypeStruct(
-      (int(cfg.data.batch_size) * int(np.prod(shape[1:-1])), shape[-1]), np.int32)
+      (rows * int(np.prod(shape[1:-1])), shape[-1]), np.int32)
   # LoRA factors aside (their FLOPs are a rank-r fraction of their layers').
   return family.train_flops(trainer.model_config,
                             lora_lib.without_factors(trainer.abstract_state.all_params()), batch,
@@ -343,6 +360,9 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   samples the data pipeline skipped so far, per reason (`skipped_samples/<reason>`).
   """
   check_counts(cfg)
+  kind = cfg.eval.get("kind", "") if cfg.get("eval") else ""
+  if kind and kind not in EVALS:
+    raise UserError(f"eval.kind must be one of {sorted(EVALS)} or '' (none), got {kind!r}")
   trainer = Trainer.build(cfg)
   if trainer.lora and trainer.lora.positions != "all" and cfg.get("eval") and \
       cfg.eval.get("kind") == "shapes_accuracy":
@@ -353,7 +373,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   ckpts = Checkpoints(workdir, int(cfg.checkpoint.every_steps), int(cfg.checkpoint.get("keep", 3)),
                       bool(cfg.checkpoint.get("async_save", True)))
   data_it = train_data.make_train_iterator(cfg.data, trainer.model_config,
-                                           int(cfg.get("seed", 0)), trainer.preference)
+                                           int(cfg.get("seed", 0)), trainer.preference,
+                                           trainer.contrastive)
   restored = ckpts.restore_latest(abstract_like(trainer.abstract_state, trainer.state_shardings))
   if restored is not None:
     start, state, data_state = restored
@@ -380,7 +401,8 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       if flops is None:  # from the first batch, counted over every host's rows
         flops = _flops_per_step(trainer, cfg, local)
       batch = train_data.to_global(local, trainer.mesh)
-      tokens = int(np.prod(batch["input_ids"].shape))  # global; pairs: both answers
+      # Global text tokens; preference pairs: both answers; image-caption pairs: the captions.
+      tokens = int(np.prod(batch["input_ids" if "input_ids" in batch else "text_ids"].shape))
       with jax.set_mesh(trainer.mesh):
         state, metrics = trainer.step_fn(state, batch)
       step += 1
@@ -415,7 +437,7 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
       ckpts.save(step, state, data_it.get_state(), force=True)
       ckpts.wait()
       summary["model_dir"] = _write_final_model(trainer, state, workdir)
-      if cfg.get("eval") and cfg.eval.get("kind") == "shapes_accuracy":
+      if cfg.get("eval") and cfg.eval.get("kind") in EVALS:
         summary["exit_code"] = _evaluate(trainer, cfg, state, step, writer, summary, preemption)
       if distributed.is_main_process():
         summary["plot"] = _write_plot(workdir)
@@ -432,31 +454,44 @@ def train(cfg, workdir: str, stop_after: int | None = None) -> dict[str, Any]:
   return summary
 
 
+# eval.kind -> the metric whose value the summary line prints.
+EVALS = {"shapes_accuracy": "eval_accuracy",
+         "shapes_retrieval": "eval_retrieval/image_to_text"}
+
+
 def _evaluate(trainer: Trainer, cfg, state, step: int, writer, summary: dict,
               preemption: _Preemption) -> int:
-  """The held-out accuracy, once: a finished run re-launched reports the one it logged. SIGTERM
-  stops the eval (exit 143; re-running evaluates again)."""
-  from mmjax.train.evaluate import shapes_accuracy
+  """The held-out evaluation (`eval.kind`), once: a finished run re-launched reports the one it
+  logged. SIGTERM stops the eval (exit 143; re-running evaluates again)."""
+  from mmjax.train import evaluate
 
+  kind = str(cfg.eval.kind)
+  headline = EVALS[kind]
+  prefix = headline.split("/")[0]
   logged = {k: v for k, v in getattr(writer, "logged_at_start", {}).items()
-            if k.startswith("eval_accuracy")}
+            if k.startswith(prefix)}
   if distributed.sum_over_processes(int(bool(logged))):  # process 0 decides for all
     if logged:
       summary.update(logged)
-      print(f"eval_accuracy {logged['eval_accuracy']:.4f} (evaluated before; in {writer.path})")
+      print(f"{headline} {logged[headline]:.4f} (evaluated before; in {writer.path})")
     return 0
   params = _host_copy(trainer.model_params(state))  # a collective: every process takes part
   if not distributed.is_main_process():
     return 0
   size = int(cfg.eval.get("size", 500))
-  with jax.set_mesh(trainer.mesh):  # greedy decoding on this host's first device
-    result = shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data, size=size,
-                             should_stop=lambda: preemption.requested)
+  stop = lambda: preemption.requested
+  with jax.set_mesh(trainer.mesh):  # on this host's first device
+    if kind == "shapes_accuracy":  # greedy decoding
+      result = evaluate.shapes_accuracy(trainer.module, params, trainer.model_config, cfg.data,
+                                        size=size, should_stop=stop)
+    else:
+      result = evaluate.shapes_retrieval(trainer.module, params, cfg.data, size=size,
+                                         should_stop=stop)
   if result is None:
     print(f"preempted (SIGTERM) during the eval at step {step}: the model is saved; re-run the "
           "command to evaluate")
     return PREEMPTED_EXIT_CODE
   writer.write(step, result)
   summary.update(result)
-  print(f"eval_accuracy {result['eval_accuracy']:.4f} on {size} held-out images")
+  print(f"{headline} {result[headline]:.4f} on {size} held-out images")
   return 0

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from mmjax.train.contrastive import OBJECTIVES as CONTRASTIVE
+
 OBJECTIVES = ("lm", "dpo", "mpo")
 REFERENCES = ("model", "precomputed")
 
@@ -65,10 +67,11 @@ class PreferenceConfig:
   def from_train(cls, train: Mapping[str, Any]) -> "PreferenceConfig | None":
     """From a config's `train` section; None for the `lm` objective."""
     objective = str(train.get("objective", "lm"))
-    if objective == "lm":
+    if objective == "lm" or objective in CONTRASTIVE:
       return None
     if objective not in OBJECTIVES:
-      raise ValueError(f"train.objective must be one of {OBJECTIVES}, got {objective!r}")
+      raise ValueError(f"train.objective must be one of {(*OBJECTIVES, *CONTRASTIVE)}, got "
+                       f"{objective!r}")
     dpo = dict(train.get("dpo", {}) or {})
     mpo = dict(train.get("mpo", {}) or {})
     unknown = set(dpo) - {"beta", "label_smoothing", "reference"}
