@@ -54,7 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmjax.data import packing, pairs, preprocess
+from mmjax.data import captions, packing, pairs, preprocess
 from mmjax.data.preprocess import ImageConfig, preset
 from mmjax.data.media_sample import MediaSampleProcessor
 from mmjax.data.sample import SampleProcessor
@@ -110,6 +110,9 @@ class DataConfig:
   # with chosen and rejected answers, and whether they carry reference log-probabilities.
   pairs: bool = False
   reference_columns: bool = False
+  # Image-caption pairs (mmjax.data.captions; set from train.objective clip / siglip): one
+  # image and its caption a row, no packing.
+  captions: bool = False
   sources: tuple[SourceConfig, ...] = ()
 
   @classmethod
@@ -269,7 +272,9 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
     datasets.append(ds)
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
 
-  if cfg.pairs:
+  if cfg.captions:
+    processor, layout = captions.CaptionProcessor(cfg, tokenizer), {}
+  elif cfg.pairs:
     processor = pairs.PairProcessor(cfg, tokenizer, cfg.reference_columns)
     layout = dict(lengths=pairs.length_struct(cfg, cfg.reference_columns),
                   finalize=pairs.finalize_pair_row)
@@ -280,8 +285,11 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
   read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)
   ds = _skip_counting_dataset(ds.to_iter_dataset(read), cfg.max_consecutive_skips)
   host_batch = cfg.host_batch_size(process_count)
-  ds = packing.pack(ds, cfg, num_bins=cfg.packing_bins or host_batch, **layout)
-  ds = ds.batch(host_batch, drop_remainder=cfg.drop_remainder).map(flatten_image_slots)
+  if cfg.captions:  # fixed-size pairs: nothing to pack
+    ds = ds.batch(host_batch, drop_remainder=cfg.drop_remainder)
+  else:
+    ds = packing.pack(ds, cfg, num_bins=cfg.packing_bins or host_batch, **layout)
+    ds = ds.batch(host_batch, drop_remainder=cfg.drop_remainder).map(flatten_image_slots)
   if cfg.num_workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app.
@@ -322,12 +330,17 @@ class DataIterator:
   def __next__(self) -> dict:
     batch = next(self._it)
     self.skips.add_counts(np.asarray(batch.pop(packing.SKIP_COUNTS)).sum(axis=0))
-    segments = np.asarray(batch['segment_ids'])
-    if segments.ndim == 3:  # pairs [B, 2, T]: a pair is one sample
-      segments = segments[:, 0]
-    self.samples += int(segments.max(axis=1).sum())
-    self.real_tokens += int(np.asarray(batch['attention_mask']).sum())
-    self.total_tokens += int(np.asarray(batch['attention_mask']).size)
+    if 'segment_ids' in batch:
+      segments = np.asarray(batch['segment_ids'])
+      if segments.ndim == 3:  # pairs [B, 2, T]: a pair is one sample
+        segments = segments[:, 0]
+      self.samples += int(segments.max(axis=1).sum())
+      real = np.asarray(batch['attention_mask'])
+    else:  # image-caption pairs: a row each
+      real = np.asarray(batch['text_mask'])
+      self.samples += len(real)
+    self.real_tokens += int(real.sum())
+    self.total_tokens += int(real.size)
     return to_global(batch, self.mesh, self.data_axes) if self.mesh is not None else batch
 
   def stats(self) -> dict:

@@ -90,6 +90,10 @@ class Family:
     """The language model's `DecoderConfig` (vocabulary, positions, cache shape)."""
     return config.decoder
 
+  def text_vocab_size(self, config) -> int:
+    """Token ids the model's text input takes (a tokenizer may not exceed it)."""
+    return self.decoder_config(config).vocab_size
+
   def tied(self, config) -> bool:
     return bool(getattr(self.decoder_config(config), "tie_embeddings", False))
 

@@ -101,10 +101,9 @@ def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, prefer
   data = dict(data)
   source = data.pop("source", "pipeline" if data.get("sources") else "shapes")
   if contrastive is not None:
-    if source != "shapes":
-      raise ValueError(f"train.objective={contrastive.objective!r} trains on image-caption "
-                       "pairs, which only data.source='shapes' makes so far")
-    return ShapesIterator(data, None, seed, captions=True)
+    if source == "shapes":
+      return ShapesIterator(data, None, seed, captions=True)
+    data["captions"] = True
   if data.get("pairs") and preference is None:
     raise ValueError("data.pairs makes batches of preference pairs, which train.objective='lm' "
                      "does not train on: set train.objective='dpo' or 'mpo'")
@@ -126,10 +125,10 @@ def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, prefer
   from mmjax.data.tokenizer import Tokenizer
 
   tokenizer = Tokenizer.load(config.tokenizer)
-  vocab = family.decoder_config(model_config).vocab_size
+  vocab = family.text_vocab_size(model_config)
   if tokenizer.vocab_size > vocab:  # ids past the embedding table would gather garbage (NaN)
     raise ValueError(f"the tokenizer {config.tokenizer} has {tokenizer.vocab_size} tokens but the "
-                     f"model's vocabulary has {vocab} (model.decoder.vocab_size)")
+                     f"model's text vocabulary has {vocab}")
   return pipeline.make_iterator(config, tokenizer)
 
 
