@@ -225,8 +225,10 @@ class DualEncoderFamily(Family):
     mask = inputs.get("attention_mask")
     mask = None if mask is None else jnp.asarray(mask, jnp.int32)
     pixels = jnp.asarray(nchw_to_nhwc(inputs["pixel_values"]))
-    out = self.build(config).apply({"params": params}, pixels, jnp.asarray(ids, jnp.int32), mask)
-    return np.asarray(out.logits_per_image(), np.float32)
+    module = self.build(config)
+    # One compiled program: op by op, the scanned stacks alone take seconds to dispatch.
+    run = jax.jit(lambda p, *args: module.apply({"params": p}, *args).logits_per_image())
+    return np.asarray(run(params, pixels, jnp.asarray(ids, jnp.int32), mask), np.float32)
 
   def contrastive_forward(self, module, params, batch: Mapping[str, jax.Array],
                           rng=None) -> ContrastiveOutput:
