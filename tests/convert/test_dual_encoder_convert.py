@@ -84,7 +84,15 @@ def test_training_config_describes_a_model(kind):
   batch = {"pixels": jnp.zeros((3, 32, 32, 3)), "text_ids": jnp.full((3, 8), 3, jnp.int32),
            "text_mask": jnp.ones((3, 8), jnp.int32)}
   module = family.build(config)
-  out = jax.jit(lambda p, b: family.contrastive_forward(module, p, b))(params, batch)
+
+  def run(p, b):  # the training forward, and the retrieval encoders on their own
+    images = module.apply({"params": p}, b["pixels"], method=module.encode_image)
+    texts = module.apply({"params": p}, b["text_ids"], b["text_mask"], method=module.encode_text)
+    return family.contrastive_forward(module, p, b), images, texts
+
+  out, images, texts = jax.jit(run)(params, batch)
+  np.testing.assert_array_equal(images, out.image_embeds)
+  np.testing.assert_array_equal(texts, out.text_embeds)
   assert isinstance(out, ContrastiveOutput) and out.image_embeds.shape == (3, config.embed_dim)
   assert out.logits_per_image().shape == (3, 3) and out.logit_scale.shape == ()
   trained = family.train_flops(config, params, batch, ("encoder", "text_encoder", "head"))
