@@ -34,6 +34,16 @@ def siglip_vision_config(**kw):
   return transformers.SiglipVisionConfig(**{**base, **kw})
 
 
+def dual_encoder_config(kind: str, text=None, vision=None, **kw):
+  """A tiny `CLIPConfig` / `SiglipConfig`: hidden 32, 2 layers, 32x32 images of 8x8 patches;
+  `text`, `vision` override the towers' settings."""
+  tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+  text = {**tower, "vocab_size": 99, "max_position_embeddings": 16, **(text or {})}
+  vision = {**tower, "image_size": 32, "patch_size": 8, **(vision or {})}
+  cls = transformers.CLIPConfig if kind == "clip" else transformers.SiglipConfig
+  return cls(text_config=text, vision_config=vision, **kw)
+
+
 TEXT_CONFIGS = {
     "llama": transformers.LlamaConfig,
     "mistral": transformers.MistralConfig,

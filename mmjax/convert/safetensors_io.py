@@ -128,7 +128,7 @@ def write_safetensors(
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
     for (name, dtype, shape), array in zip(specs, tensors, strict=True):
-      array = np.ascontiguousarray(array)
+      array = np.require(array, requirements="C")  # ascontiguousarray would make 0-d arrays 1-d
       if array.dtype != np.dtype(dtype) or tuple(array.shape) != tuple(shape):
         raise ValueError(f"tensor {name!r}: got {array.dtype}{array.shape}, "
                          f"planned {np.dtype(dtype)}{tuple(shape)}")

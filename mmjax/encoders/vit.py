@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from mmjax.nn import axes as ax
 from mmjax.nn.attention import dot_product_attention
-from mmjax.nn.axes import VISION_AXES
+from mmjax.nn.axes import VISION_AXES, Axes
 from mmjax.nn.linear import DEFAULT_KERNEL_INIT, Einsum
 from mmjax.nn.mlp import Mlp
 from mmjax.nn.multihead import MultiHeadAttention
@@ -92,22 +92,31 @@ class VisionConfig:
 
 
 class EncoderBlock(nn.Module):
-  config: VisionConfig
+  """A pre-LN transformer layer (CLIP / SigLIP, vision and text towers alike).
+
+  `config` is any config with `hidden_size`, `num_heads`, `intermediate_size`, `activation`,
+  `layer_norm_eps`, `dtype`, `param_dtype` and `attention_backend` (a `VisionConfig`, the text
+  towers' `TextConfig`); `axes` names its parameters' logical axes.
+  """
+
+  config: Any
+  axes: Axes = VISION_AXES
 
   @nn.compact
-  def __call__(self, x, _):
-    cfg = self.config
+  def __call__(self, x, mask):
+    """`x [B, T, D]`, `mask [B, 1, T, T]` bool or None (every token sees every token)."""
+    cfg, a = self.config, self.axes
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    norm = lambda name: LayerNorm(cfg.layer_norm_eps, VISION_AXES.embed, param_dtype, name=name)
+    norm = lambda name: LayerNorm(cfg.layer_norm_eps, a.embed, param_dtype, name=name)
     h, _ = MultiHeadAttention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
-        head_dim=cfg.hidden_size // cfg.num_heads, axes=VISION_AXES, qkv_bias=True, o_bias=True,
+        head_dim=cfg.hidden_size // cfg.num_heads, axes=a, qkv_bias=True, o_bias=True,
         backend=cfg.attention_backend, dtype=dtype, param_dtype=param_dtype, name="attn",
-    )(norm("norm1")(x), None)
+    )(norm("norm1")(x), mask)
     x = x + h
-    h = Mlp(cfg.intermediate_size, cfg.activation, in_axis="vit_embed", hidden_axis="vit_mlp",
+    h = Mlp(cfg.intermediate_size, cfg.activation, in_axis=a.embed, hidden_axis=a.mlp,
             dtype=dtype, param_dtype=param_dtype, name="mlp")(norm("norm2")(x))
-    x = nn.with_logical_constraint(x + h, (ax.BATCH, ax.LENGTH, "activation_vit_embed"))
+    x = nn.with_logical_constraint(x + h, (ax.BATCH, ax.LENGTH, f"activation_{a.embed}"))
     return x, x
 
 

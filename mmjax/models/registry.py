@@ -25,6 +25,7 @@ FAMILY_MODULES = (
     "internvl",
     "mllama",
     "idefics",
+    "dual_encoder",
 )
 
 

@@ -26,9 +26,10 @@ def prefixed(rules: list[Rule], hf_prefix: str, path_prefix: str) -> list[Rule]:
   return [r.prefixed(hf_prefix, path_prefix) for r in rules]
 
 
-def vision_rules() -> list[Rule]:
-  """CLIP / SigLIP vision towers (canonical: transformers v5 `CLIPVisionModel` keys)."""
-  layer = _ATTN + [
+def encoder_layer_rules() -> list[Rule]:
+  """One CLIP / SigLIP encoder layer (vision or text tower: `mmjax.encoders.vit.EncoderBlock`),
+  relative to `encoder.layers.{i}.` / the layer's parameters."""
+  return _ATTN + [
       Rule("self_attn.out_proj.weight", "attn/o/kernel", MATRIX),
       Rule("self_attn.out_proj.bias", "attn/o/bias", SAME),
       Rule("layer_norm1.weight", "norm1/scale"), Rule("layer_norm1.bias", "norm1/bias"),
@@ -36,6 +37,10 @@ def vision_rules() -> list[Rule]:
       Rule("mlp.fc1.weight", "mlp/fc1/kernel", MATRIX), Rule("mlp.fc1.bias", "mlp/fc1/bias"),
       Rule("mlp.fc2.weight", "mlp/fc2/kernel", MATRIX), Rule("mlp.fc2.bias", "mlp/fc2/bias"),
   ]
+
+
+def vision_rules() -> list[Rule]:
+  """CLIP / SigLIP vision towers (canonical: transformers v5 `CLIPVisionModel` keys)."""
   head = [
       Rule("head.probe", "head/probe"),
       Rule("head.attention.out_proj.weight", "head/o/kernel", MATRIX),
@@ -59,7 +64,7 @@ def vision_rules() -> list[Rule]:
       Rule("pre_layrnorm.weight", "pre_norm/scale"), Rule("pre_layrnorm.bias", "pre_norm/bias"),
       Rule("post_layernorm.weight", "post_norm/scale"),
       Rule("post_layernorm.bias", "post_norm/bias"),
-      *prefixed(layer, "encoder.layers.{i}.", "layers/"),
+      *prefixed(encoder_layer_rules(), "encoder.layers.{i}.", "layers/"),
       *head,
   ]
 
