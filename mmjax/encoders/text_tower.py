@@ -39,6 +39,11 @@ class TextConfig:
   layer_norm_eps: float = 1e-5
   activation: str = "quick_gelu"
   eos_token_id: int | None = None  # CLIP's pooling token
+  # CLIP: where the text is pooled. "transformers": its rule (the first `eos_token_id`, or the
+  # largest id when that is 2, see LEGACY_CLIP_EOS); "eos": the first `eos_token_id` always (a
+  # tower trained from scratch with a tokenizer whose end token is 2, e.g. the shapes set's;
+  # transformers cannot express it, so such a model has no HF config).
+  pooling: str = "transformers"
   projection_size: int | None = None  # SigLIP's `head` output width
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -51,6 +56,8 @@ class TextConfig:
     if self.kind == "clip" and not isinstance(self.eos_token_id, int):
       raise ValueError(f"a CLIP text tower pools at eos_token_id, which must be one token id, "
                        f"got {self.eos_token_id!r}")
+    if self.pooling not in ("transformers", "eos"):
+      raise ValueError(f"text pooling must be 'transformers' or 'eos', got {self.pooling!r}")
     if self.kind == "siglip" and not self.projection_size:
       raise ValueError("a SigLIP text tower needs projection_size (its head's width)")
 
@@ -92,6 +99,9 @@ class TextConfig:
                num_attention_heads=self.num_heads, max_position_embeddings=self.max_positions,
                layer_norm_eps=self.layer_norm_eps, hidden_act=self.activation)
     if self.kind == "clip":
+      if self.pooling == "eos" and self.eos_token_id == LEGACY_CLIP_EOS:
+        raise ValueError(f"transformers pools a CLIP text tower whose eos_token_id is "
+                         f"{LEGACY_CLIP_EOS} at the largest token id, not at its end token")
       out["eos_token_id"] = self.eos_token_id
     else:
       out["projection_size"] = self.projection_size
@@ -103,7 +113,7 @@ def pool_positions(config: TextConfig, ids: jax.Array) -> jax.Array:
   picks it: SigLIP the last; legacy CLIP the largest id; CLIP the first EOS (0 when none)."""
   if config.kind == "siglip":
     return jnp.full(ids.shape[:1], ids.shape[1] - 1, jnp.int32)
-  if config.eos_token_id == LEGACY_CLIP_EOS:
+  if config.eos_token_id == LEGACY_CLIP_EOS and config.pooling == "transformers":
     return jnp.argmax(ids, axis=-1)
   return jnp.argmax(ids == config.eos_token_id, axis=-1)
 

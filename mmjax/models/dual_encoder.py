@@ -206,6 +206,9 @@ class DualEncoderFamily(Family):
   def decoder_config(self, config):
     return None
 
+  def text_vocab_size(self, config):
+    return config.text.vocab_size
+
   def example_inputs(self, config):
     v = config.vision
     return (jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32),
