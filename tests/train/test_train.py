@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mmjax.cli import main as mmjax_main
+from mmjax.models.registry import family_named
 from mmjax.train import data as train_data
 from mmjax.train.cli import apply_overrides, load_config
 from mmjax.train.loop import Trainer, train
@@ -280,7 +281,8 @@ CONFIGS = sorted(os.path.relpath(os.path.join(d, f), ROOT)
 def test_every_config_loads_and_has_the_common_keys(path):
   cfg = load_config(os.path.join(ROOT, path))
   assert cfg.train.steps > 0 and cfg.checkpoint.every_steps > 0
-  assert set(cfg.train.trainable) <= {"encoder", "connector", "decoder"}
+  family = family_named(cfg.model.get("family", "llava"))
+  assert set(cfg.train.trainable) <= set(family.part_names())
 
 
 def test_batch_that_does_not_split_over_the_mesh_is_a_clear_error():
