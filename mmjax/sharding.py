@@ -27,6 +27,7 @@ FSDP_RULES: Rules = (
     ("activation_embed", None),
     ("activation_vit_embed", None),
     ("embed", "fsdp"), ("vit_embed", "fsdp"),
+    ("lora_rank", "fsdp"),  # after `embed`: a factor with an embed axis shards that one
     ("heads", None), ("kv_heads", None), ("head_dim", None),
     ("vit_heads", None), ("vit_head_dim", None),
     ("mlp", None), ("vit_mlp", None),
@@ -41,6 +42,7 @@ FSDP_TP_RULES: Rules = (
     ("activation_embed", None),
     ("activation_vit_embed", None),
     ("embed", "fsdp"), ("vit_embed", "fsdp"),
+    ("lora_rank", "fsdp"),  # after `embed`: a factor with an embed axis shards that one
     ("heads", "tensor"), ("kv_heads", "tensor"), ("head_dim", None),
     ("vit_heads", "tensor"), ("vit_head_dim", None),
     ("mlp", "tensor"), ("vit_mlp", "tensor"),

@@ -24,6 +24,10 @@ VISION_AXES = Axes(
     embed="vit_embed", heads="vit_heads", kv_heads="vit_heads", head_dim="vit_head_dim", mlp="vit_mlp"
 )
 
+# The rank axis of LoRA factors (`mmjax.nn.lora`): the rules spread it over `fsdp` where the
+# factor has no `embed` axis (B of q/k/v/gate/up, A of o/down), which would else be replicated.
+LORA_RANK = "lora_rank"
+
 # The leading axis of stacked layers' parameters (scanned stacks, stacked DeepStack mergers).
 LAYERS = "layers"
 

@@ -13,12 +13,14 @@ DIR/adapter/
 """
 
 import json
+import math
 import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import orbax.checkpoint.experimental.v1 as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mmjax import jsonfile
 from mmjax.nn import lora
@@ -44,6 +46,24 @@ def trainable_parts(family, trainable: Sequence[str], config: lora.LoraConfig | 
                      f"({tuple(trainable)}): name only what trains besides LoRA, e.g. "
                      "train.trainable=('connector',) or ()")
   return (*trainable, LABEL), {**family.parts, LABEL: FACTOR_PART}
+
+
+def fit_shardings(shardings: Any, abstract: Any) -> Any:
+  """`shardings` (a train state's) with the LoRA factors' rank axis replicated where its mesh
+  axes do not divide it (rank 8 on fsdp 32: jit takes no uneven sharding); other leaves as
+  they are. `abstract`: the state's shapes, the same tree."""
+  def fit(path, sharding, leaf):
+    if not (isinstance(sharding, NamedSharding) and path and
+            getattr(path[-1], "key", None) in lora.FACTORS):
+      return sharding
+    spec = [*sharding.spec, *[None] * (len(leaf.shape) - len(sharding.spec))]
+    for i, names in enumerate(spec):
+      names = (names,) if isinstance(names, str) else tuple(names or ())
+      if leaf.shape[i] % math.prod(sharding.mesh.shape[n] for n in names):
+        spec[i] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec), memory_kind=sharding.memory_kind)
+
+  return jax.tree_util.tree_map_with_path(fit, shardings, abstract)
 
 
 def layouts_of(family, model_config, config: lora.LoraConfig) -> dict[str, lora.Layout]:

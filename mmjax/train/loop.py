@@ -97,6 +97,8 @@ class Trainer:
       specs = nn.get_partition_spec(boxed)
       state_shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
     abstract_state = nn.unbox(boxed)
+    if lora:
+      state_shardings = adapters.fit_shardings(state_shardings, abstract_state)
     step_options = dict(grad_accum=int(cfg.train.get("grad_accum", 1)),
                         loss_chunk=int(cfg.train.get("loss_chunk", loss.DEFAULT_CHUNK)),
                         loss_weighting=str(cfg.train.get("loss_weighting", "token")), lora=lora)

@@ -3,6 +3,7 @@ sharded factors, frozen base weights without optimizer state, 8 devices equal on
 the adapter on disk and its merged export loading in transformers with the same logits; partial
 LoRA leaves text-only rows bit-identical."""
 
+import dataclasses
 import json
 import os
 
@@ -22,6 +23,7 @@ from mmjax.train import data as train_data
 from mmjax.train.cli import add_optional_keys
 from mmjax.train.loop import Trainer, train
 from mmjax.train.model_files import model_files
+from mmjax.train.parts import merge
 from tiny_train import final_state, tiny_config
 
 TARGETS = ("decoder/layers/(attn/(q|k|v|o)|mlp/(gate|up|down))",)
@@ -42,8 +44,8 @@ def test_factors_are_scanned_sharded_zero_update_and_merge():
   with lora.applied(config):
     boxed = jax.jit(module.init)(jax.random.PRNGKey(0), ids, pos)["params"]
   q = boxed["decoder"]["layers"]["attn"]["q"]  # kernel [L, N, H, D]
-  assert q["lora_a"].names == ("layers", "embed", None) and q["lora_a"].value.shape == (2, 16, 3)
-  assert q["lora_b"].names == ("layers", None, "heads", "head_dim")
+  assert q["lora_a"].names == ("layers", "embed", "lora_rank") and q["lora_a"].value.shape == (2, 16, 3)
+  assert q["lora_b"].names == ("layers", "lora_rank", "heads", "head_dim")
   assert not np.any(q["lora_b"].value)
   bound = 1 / np.sqrt(16)  # peft's Kaiming-uniform A: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
   assert 0.6 * bound < np.abs(q["lora_a"].value).max() <= bound
@@ -62,6 +64,39 @@ def test_factors_are_scanned_sharded_zero_update_and_merge():
   assert not np.allclose(got, base, atol=1e-3)
   np.testing.assert_allclose(apply(lora.merge(trained, recorder.layouts, config)), got,
                              atol=1e-5, rtol=1e-5)
+
+
+def test_remat_saves_no_update_and_gradients_match_merged():
+  # LoRA's update `h @ B` [B, T, out] is recomputed in the backward, never a saved residual:
+  # under `dots` remat each layer keeps the base projections' outputs and only the 7 `h`
+  # [B, T, r] beside them (saving the update too cost the 7B DPO step 35 GiB per chip).
+  config = lora.LoraConfig(rank=5, alpha=10.0, targets=TARGETS)
+  module = CausalLM(dataclasses.replace(LM, remat_policy="dots"))
+  ids = jnp.asarray(np.random.default_rng(1).integers(0, 48, (2, 7)), jnp.int32)
+  pos = jnp.tile(jnp.arange(7), (2, 1))
+  with lora.applied(config) as recorder:
+    params = nn.unbox(module.init(jax.random.PRNGKey(0), ids, pos)["params"])
+  params = jax.tree_util.tree_map_with_path(  # B != 0: the update's gradients reach A
+      lambda path, x: x + 0.3 if path[-1].key == "lora_b" else x, params)
+  base = lora.without_factors(params)
+
+  def loss(full_params, lora_config):
+    with lora.applied(lora_config):
+      return jnp.sum(jnp.sin(module.apply({"params": full_params}, ids, pos).logits))
+
+  def layer_residuals(fn, arg):  # the scanned stack's saved activations [L, B, T, ...]
+    saved = jax.tree.leaves(jax.eval_shape(lambda a: jax.vjp(fn, a)[1], arg))
+    return sorted(x.shape for x in saved if x.shape[:3] == (2, 2, 7))
+
+  factors = lora.adapter(params)
+  plain = layer_residuals(lambda p: loss(p, None), base)
+  adapted = layer_residuals(lambda f: loss(merge(f, base), config), factors)
+  assert sorted(plain + [(2, 2, 7, 5)] * 7) == adapted
+  # The custom backward is the true gradient: that of the merged weights W + alpha/r A B.
+  grads = jax.jit(jax.grad(lambda f: loss(merge(f, base), config)))(factors)
+  merged = jax.jit(jax.grad(
+      lambda f: loss(lora.merge(merge(f, base), recorder.layouts, config), None)))(factors)
+  jax.tree.map(lambda g, m: np.testing.assert_allclose(g, m, rtol=0, atol=1e-4), grads, merged)
 
 
 def test_unmatched_target_and_fully_trained_component_are_named():
@@ -145,6 +180,26 @@ def test_eight_devices_equal_one(straight):
     np.testing.assert_allclose(float(metrics["loss"]), losses[step], atol=1e-5, rtol=0)
   a = state.params["decoder"]["layers"]["attn"]["q"]["lora_a"]
   assert len(a.sharding.device_set) == 8  # [L, D, r]: D over fsdp
+  b = state.params["decoder"]["layers"]["attn"]["q"]["lora_b"]  # [L, r, N, H]: no D to shard
+  assert b.sharding.spec[:3] == (None, "fsdp", "tensor")  # r = 4 over fsdp 4
+  b_opt = [x for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+           if [getattr(k, "key", None) for k in p[-2:]] == ["q", "lora_b"]]  # Adam's moments
+  assert b_opt and all(x.sharding.spec[:3] == (None, "fsdp", "tensor") for x in b_opt)
+
+
+def test_a_rank_that_fsdp_does_not_divide_is_replicated():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(8), ("fsdp",))
+  spec = jax.sharding.PartitionSpec
+  shardings = {"lora_b": jax.sharding.NamedSharding(mesh, spec(None, "fsdp", None)),
+               "lora_a": jax.sharding.NamedSharding(mesh, spec(None, "fsdp", None)),
+               "kernel": jax.sharding.NamedSharding(mesh, spec(None, "fsdp"))}
+  abstract = {"lora_b": jax.ShapeDtypeStruct((2, 3, 16), jnp.float32),  # rank 3 on fsdp 8
+              "lora_a": jax.ShapeDtypeStruct((2, 16, 3), jnp.float32),  # embed 16 on fsdp 8
+              "kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)}  # not a factor: as it was
+  fitted = adapters.fit_shardings(shardings, abstract)
+  assert fitted["lora_b"].spec == spec(None, None, None)
+  assert fitted["lora_a"].spec == spec(None, "fsdp", None)
+  assert fitted["kernel"] == shardings["kernel"]
 
 
 def test_resume_is_exact_and_the_merged_export_matches_transformers(straight, tmp_path):
