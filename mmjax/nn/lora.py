@@ -188,8 +188,7 @@ def _expand(equation: str, h: jax.Array, b: jax.Array) -> jax.Array:
 
   As a plain dot, `dots` remat (`jax.checkpoint_policies.checkpoint_dots`, the 7B presets')
   saved it per layer beside the base projection's output: as much activation memory again as
-  the adapted projections' (llava15_7b_stage2 with rank 64 on every decoder projection, v5p-64:
-  per chip temporaries 42.91 GiB for SFT, 84.09 for DPO; 25.42 and 48.69 without).
+  the adapted projections' (the README's LoRA section has the measured figures).
   """
   return einsum(equation, h, b)
 
