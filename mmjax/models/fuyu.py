@@ -159,5 +159,12 @@ class FuyuFamily(HostImagesFamily):
     return {"input_ids": ids,
             "image_patches": np.zeros((batch * length, config.patch_features), np.float32)}
 
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    """FuyuProcessor's layout (`mmjax.generation.fuyu`); Fuyu has no chat template, so
+    `chat_template` changes nothing."""
+    from mmjax.generation.fuyu import FuyuPromptBuilder
+
+    return FuyuPromptBuilder.from_checkpoint(ckpt_dir, config)
+
 
 FAMILIES = (FuyuFamily(),)
