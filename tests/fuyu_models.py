@@ -50,32 +50,3 @@ def make_inputs(hf_cfg, grids, seed: int = 0, prompt: int = 4) -> dict:
     out["image_patches"] = np.concatenate(patches)
   return out
 
-
-def sentencepiece_tokenizer(corpus, vocab_size: int = 100):
-  """A tiny SentencePiece-like tokenizer as Fuyu-8B's behaves: Unigram pieces over text with `▁`
-  prepended and for spaces, `|SPEAKER|`, `|NEWLINE|` and `<0x04>` ordinary pieces (so a run of
-  placeholders starts with a lone `▁`, which FuyuProcessor drops), `<s>` `</s>` special and `<s>`
-  in front with special tokens on -> `PreTrainedTokenizerFast`."""
-  import json
-
-  import tokenizers
-  from tokenizers import decoders, models, normalizers, processors, trainers
-
-  normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-  trained = tokenizers.Tokenizer(models.Unigram())
-  trained.normalizer = normalizer
-  trained.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
-      vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>",
-      show_progress=False))
-  vocab = [tuple(p) for p in json.loads(trained.to_str())["model"]["vocab"]]
-  vocab += [(p, 0.0) for p in ("|SPEAKER|", "|NEWLINE|", "<0x04>", "▁")
-            if p not in {v for v, _ in vocab}]
-  tok = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=0))
-  tok.normalizer = normalizer
-  tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
-                                   decoders.Strip(" ", 1, 0)])
-  tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-  tok.post_processor = processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
-  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                              eos_token="</s>", unk_token="<unk>")

@@ -18,7 +18,7 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 def idefics_config(layers=4, interval=2, resampler=False, gate="float", qk_norm=False,
-                   perceiver_qk_norm=False, tied=False, act="gelu", latents=3):
+                   perceiver_qk_norm=False, tied=False, act="gelu", latents=3, vocab=VOCAB):
   """A tiny IdeficsConfig: a 32-wide text model, a 24-wide vision tower over 16 px images of
   8 px patches (5 tokens an image)."""
   vision = dict(embed_dim=24, image_size=16, patch_size=8, intermediate_size=40,
@@ -27,7 +27,7 @@ def idefics_config(layers=4, interval=2, resampler=False, gate="float", qk_norm=
                    resampler_n_heads=2, resampler_head_dim=8,
                    qk_layer_norms_perceiver=perceiver_qk_norm)
   return transformers.IdeficsConfig(
-      vocab_size=VOCAB, additional_vocab_size=2, hidden_size=32, intermediate_size=48,
+      vocab_size=vocab, additional_vocab_size=2, hidden_size=32, intermediate_size=48,
       num_hidden_layers=layers, num_attention_heads=4, cross_layer_interval=interval,
       use_resampler=resampler, alpha_type=gate, qk_layer_norms=qk_norm,
       tie_word_embeddings=tied,

@@ -164,6 +164,13 @@ class IdeficsFamily(Family):
   def generation_pixels(self, config, inputs):
     return images_from_processor(config, inputs)
 
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    """IdeficsProcessor's layout of the images then the prompt (`mmjax.generation.
+    idefics_prompt`); IDEFICS has no chat template, so `chat_template` changes nothing."""
+    from mmjax.generation.idefics_prompt import IdeficsPromptBuilder
+
+    return IdeficsPromptBuilder.from_checkpoint(ckpt_dir, config)
+
   def example_processor_inputs(self, config, batch, length):
     v = config.vision
     return {"input_ids": np.zeros((batch, length), np.int32),

@@ -14,9 +14,9 @@ from PIL import Image
 from transformers import FuyuProcessor
 from transformers.models.fuyu.image_processing_pil_fuyu import FuyuImageProcessorPil
 
-from fuyu_models import fuyu_config, load_reference, sentencepiece_tokenizer, tiny
+from fuyu_models import fuyu_config, load_reference, tiny
 from gen_helpers import assert_chat_answers, greedy_ids, hf_greedy_on
-from hf_models import text_config
+from hf_models import sentencepiece_tokenizer, text_config
 from mmjax import cli
 from mmjax.checkpoint import read_metadata
 
