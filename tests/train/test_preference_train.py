@@ -70,7 +70,9 @@ def _assert_same_tree(a, b):
 def test_reference_is_the_initial_policy_and_frozen_parts_stay_bit_identical(straight):
   _, rows, initial, final = straight
   assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)  # policy == reference
-  assert rows[0]["rewards/margin"] == 0 and rows[0]["pairs"] == 16
+  # The policy and the reference are the same weights in two separately compiled forward
+  # passes: their log-probabilities agree to float rounding, not necessarily to the bit.
+  assert abs(rows[0]["rewards/margin"]) < 1e-6 and rows[0]["pairs"] == 16
   assert sorted(final.frozen) == ["encoder"] and sorted(final.reference) == ["connector",
                                                                              "decoder"]
   _assert_same_tree(final.frozen, initial.frozen)
@@ -98,10 +100,15 @@ def test_eight_devices_equal_one(straight):
   it = train_data.make_train_iterator(cfg.data, trainer.model_config, cfg.seed,
                                       trainer.preference)
   state = trainer.init()
-  for step in range(2):
+  for step in range(3):
     with jax.set_mesh(trainer.mesh):
       state, metrics = trainer.step_fn(state, train_data.to_global(next(it), trainer.mesh))
     for name in METRICS:
+      if name == "rewards/accuracy" and step < 2:
+        # The first update has rate 0 (warm-up): steps 1 and 2 score the initial policy, whose
+        # rewards are rounding noise (see above), so the share of pairs with chosen > rejected
+        # is noise too. From step 3 the rewards are the trained policy's.
+        continue
       assert abs(float(metrics[name]) - rows[step][name]) <= 1e-5, (step, name)
 
 
