@@ -15,7 +15,8 @@ import numpy as np
 
 from mmjax.data.preprocess import fuyu as fuyu_images
 from mmjax.generation import prompt_images
-from mmjax.generation.prompt import FamilyPromptBuilder, PromptBuilder, image_processor_config
+from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_processor_config,
+                                     required_token_ids)
 
 IMAGE_TOKEN, NEWLINE_TOKEN, BOS_TEXT = "|SPEAKER|", "|NEWLINE|", "<s>"
 BEGINNING_OF_ANSWER = "<0x04>"  # FuyuProcessor's `<boa>` string
@@ -72,11 +73,7 @@ class FuyuPromptBuilder(FamilyPromptBuilder):
                                          image_processor=False)
     pre = image_processor_config(ckpt_dir)
     settings = None if pre is None else FuyuImageSettings.from_hf(pre, config)
-    ids = {}
-    for token in (IMAGE_TOKEN, NEWLINE_TOKEN):
-      ids[token] = text.tokenizer.tok.token_to_id(token)
-      if ids[token] is None:
-        raise ValueError(f"the checkpoint's tokenizer has no {token!r}")
+    ids = required_token_ids(text.tokenizer, (IMAGE_TOKEN, NEWLINE_TOKEN))
     if ids[IMAGE_TOKEN] != config.image_token_id:
       raise ValueError(f"the tokenizer's {IMAGE_TOKEN} is id {ids[IMAGE_TOKEN]}, the model's "
                        f"image_token_id {config.image_token_id}")

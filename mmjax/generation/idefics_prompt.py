@@ -16,7 +16,7 @@ import numpy as np
 from mmjax.data.preprocess import ImageConfig, ImageProcessor
 from mmjax.generation import prompt_images
 from mmjax.generation.prompt import (FamilyPromptBuilder, PromptBuilder, image_config_from_hf,
-                                     image_processor_config)
+                                     image_processor_config, required_token_ids)
 from mmjax.models import idefics
 
 FAKE_TOKEN, IMAGE_TOKEN = "<fake_token_around_image>", "<image>"
@@ -62,11 +62,7 @@ class IdeficsPromptBuilder(FamilyPromptBuilder):
       if image_config.family != "siglip" or image_config.size != (side, side):
         raise ValueError(f"the image processor's size {pre.get('size')} is not the tower's "
                          f"{side}x{side} square")
-    ids = {}
-    for token in (IMAGE_TOKEN, FAKE_TOKEN):
-      ids[token] = text.tokenizer.tok.token_to_id(token)
-      if ids[token] is None:
-        raise ValueError(f"the checkpoint's tokenizer has no {token!r}")
+    ids = required_token_ids(text.tokenizer, (IMAGE_TOKEN, FAKE_TOKEN))
     return cls(text, config, image_config, ids[IMAGE_TOKEN], ids[FAKE_TOKEN])
 
   def check_images(self, images, image_config) -> None:

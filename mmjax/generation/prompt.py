@@ -267,6 +267,16 @@ class FamilyPromptBuilder:
                               "or processor_config.json)")
 
 
+def required_token_ids(tokenizer: Tokenizer, tokens: tuple[str, ...]) -> dict[str, int]:
+  """Each token's id in the checkpoint's tokenizer; an error naming a token it lacks."""
+  ids = {}
+  for token in tokens:
+    ids[token] = tokenizer.tok.token_to_id(token)
+    if ids[token] is None:
+      raise ValueError(f"the checkpoint's tokenizer has no {token!r}")
+  return ids
+
+
 def image_processor_config(ckpt_dir: str) -> dict | None:
   """The image processor settings a checkpoint keeps (see `_image_processor_config`)."""
   return _image_processor_config(os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR))
