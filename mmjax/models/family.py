@@ -146,6 +146,12 @@ class Family:
     of `head_loss` (see `mmjax.decoders.llama.Decoder`); `rng` drives stochastic layers."""
     raise self._unsupported("training")
 
+  def contrastive_forward(self, module, params, batch: Mapping[str, jax.Array], rng=None) -> Any:
+    """Image-caption batches (`pixels`, `text_ids`, `text_mask`) -> the towers' normalised
+    embeddings and learned scale / bias (`mmjax.models.dual_encoder.ContrastiveOutput`), for
+    `train.objective` clip / siglip."""
+    raise self._unsupported("contrastive training (train.objective clip / siglip)")
+
   def image_token_mask(self, config, batch: Mapping[str, jax.Array]) -> jax.Array:
     """`[B, T]` bool: the training batch's positions that hold image (or video) features in the
     decoder's input (where partial LoRA applies its update)."""

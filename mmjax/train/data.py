@@ -38,7 +38,7 @@ class _ShapesRow:
     }
 
 
-class _CaptionRow:
+class CaptionRow:
   """Shapes sample -> one image-caption pair (contrastive objectives): the normalised image and
   its scene's caption (`synthetic.describe_scene`), right-padded to `max_length`."""
 
@@ -68,7 +68,7 @@ class ShapesIterator:
     if batch % jax.process_count():
       raise ValueError(f"data.batch_size {batch} does not divide over {jax.process_count()} hosts")
     if captions:
-      row = _CaptionRow(cfg, synthetic.load_tokenizer(), int(data["max_length"]))
+      row = CaptionRow(cfg, synthetic.load_tokenizer(), int(data["max_length"]))
     else:
       row = _ShapesRow(synthetic.load_tokenizer(), num_image_tokens, int(data["max_length"]),
                        bool(data.get("image_first", True)))

@@ -9,7 +9,7 @@ import numpy as np
 
 from mmjax.data import synthetic
 from mmjax.nn.masks import positions_from_attention_mask
-from mmjax.train.data import shapes_config
+from mmjax.train.data import CaptionRow, shapes_config
 
 
 def shapes_accuracy(module, params: dict, config, data: dict, *, size: int = 500,
@@ -82,7 +82,7 @@ def shapes_retrieval(module, params: dict, data: dict, *, size: int = 500, batch
 
   cfg = shapes_config(data)
   dataset = synthetic.ShapesDataset(cfg, split="eval", size=size)
-  tokenizer = synthetic.load_tokenizer()
+  pair = CaptionRow(cfg, synthetic.load_tokenizer(), int(data["max_length"]))  # as in training
   family = family_of_module(module)
   embed = jax.jit(lambda p, b: (lambda o: (o.image_embeds, o.text_embeds))(
       family.contrastive_forward(module, p, b)))
@@ -90,15 +90,11 @@ def shapes_retrieval(module, params: dict, data: dict, *, size: int = 500, batch
   for start in range(0, size, batch_size):
     if should_stop():
       return None
-    batch = {"pixels": [], "text_ids": [], "text_mask": []}
-    for i in range(start, min(start + batch_size, size)):
-      sample = dataset[i]
-      captions.append(synthetic.describe_scene(sample["objects"], cfg))
-      ids, mask = synthetic.encode_caption(captions[-1], tokenizer, int(data["max_length"]))
-      batch["pixels"].append((np.asarray(sample["image"], np.float32) / 255.0 - 0.5) / 0.5)
-      batch["text_ids"].append(ids)
-      batch["text_mask"].append(mask)
-    image_embeds, text_embeds = embed(params, {k: np.stack(v) for k, v in batch.items()})
+    samples = [dataset[i] for i in range(start, min(start + batch_size, size))]
+    captions += [synthetic.describe_scene(s["objects"], cfg) for s in samples]
+    rows = [pair(s) for s in samples]
+    image_embeds, text_embeds = embed(params, {k: np.stack([r[k] for r in rows])
+                                               for k in rows[0]})
     images.append(np.asarray(image_embeds, np.float32))
     texts.append(np.asarray(text_embeds, np.float32))
   sims = np.concatenate(images) @ np.concatenate(texts).T  # [N, N] (scale and bias: monotone)
