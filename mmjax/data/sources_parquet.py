@@ -54,10 +54,14 @@ class ParquetSource:
   def _init_cache(self):
     self._lock = threading.Lock()
     self._cache: collections.OrderedDict = collections.OrderedDict()  # (file, group) -> rows
-    self._files: dict = {}
+    # Open files per thread: a pyarrow ParquetFile read from two threads at once fails
+    # ("ReadRangeCache did not find matching cache entry") or crashes, and the pipeline's
+    # read-ahead threads would turn that into good rows skipped as bad ones.
+    self._thread_files = threading.local()
 
   def __getstate__(self):  # to worker processes: open files and decoded rows stay behind
-    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache", "_files")}
+    return {k: v for k, v in self.__dict__.items()
+            if k not in ("_lock", "_cache", "_thread_files")}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
@@ -81,11 +85,10 @@ class ParquetSource:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
     try:
-      with self._lock:
-        if f not in self._files:
-          self._files[f] = pq.ParquetFile(self.paths[f])
-        file = self._files[f]
-      rows = file.read_row_group(g).to_pylist()
+      files = self._thread_files.__dict__.setdefault("files", {})
+      if f not in files:
+        files[f] = pq.ParquetFile(self.paths[f])
+      rows = files[f].read_row_group(g).to_pylist()
     except Exception as e:  # pylint: disable=broad-except  # a corrupt page: its rows are bad
       rows = e
     with self._lock:
