@@ -2,6 +2,9 @@
 
 CLIP: class token, pre-layernorm, quick_gelu, bias-free patch convolution.
 SigLIP: no class token, biased patch convolution, gelu_tanh, optional attention-pooling head.
+Idefics2's SigLIP (`fractional_positions`): images of any size (a batch padded to its largest),
+a patch mask that keeps padding patches out of attention, and fractional position ids
+(`mmjax.encoders.fractional_positions`).
 Both keep transformers' `hidden_states` convention: index 0 is the embedding output (after the
 pre-layernorm), index i the output of layer i, so feature-layer indices mean the same thing here.
 """
@@ -13,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.encoders.fractional_positions import fractional_position_ids
 from mmjax.nn import axes as ax
 from mmjax.nn.attention import dot_product_attention
 from mmjax.nn.axes import VISION_AXES, Axes
@@ -38,6 +42,9 @@ class VisionConfig:
   layer_norm_eps: float = 1e-5
   activation: str = "quick_gelu"
   pooling_head: bool = False  # SigLIP's attention-pooling head
+  # Idefics2: any image size; each patch takes the table position of its fraction of the image's
+  # valid extent (the patch mask's), not of its place in an `image_size` grid.
+  fractional_positions: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
@@ -80,6 +87,9 @@ class VisionConfig:
     """transformers' `CLIPVisionConfig` / `SiglipVisionConfig` dict (`from_hf` reads it back)."""
     if self.kind == "clip" and self.pooling_head:
       raise ValueError("a CLIP vision config has no attention-pooling head")
+    if self.fractional_positions:
+      raise ValueError("CLIP / SigLIP vision configs have no fractional positions (Idefics2's "
+                       "tower writes its own config)")
     out = dict(model_type={v: k for k, v in _KINDS.items()}[self.kind],
                image_size=self.image_size, patch_size=self.patch_size,
                hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
@@ -156,25 +166,45 @@ class VisionTransformer(nn.Module):
 
   config: VisionConfig
 
+  def patch_grid(self, pixels_shape) -> tuple[int, int]:
+    """(rows, columns) of patches of `[B, H, W, C]` images; an error unless the tower takes them."""
+    cfg = self.config
+    _, height, width, c = pixels_shape
+    p = cfg.patch_size
+    if cfg.fractional_positions:
+      if height < p or width < p or c != cfg.num_channels:
+        raise ValueError(f"expected images of at least {p}x{p}x{cfg.num_channels} (NHWC), got "
+                         f"{tuple(pixels_shape)}")
+      return height // p, width // p  # a strided convolution's 'valid' patches
+    if height != cfg.image_size or width != cfg.image_size or c != cfg.num_channels:
+      raise ValueError(f"expected images of {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} "
+                       f"(NHWC), got {tuple(pixels_shape)}")
+    return cfg.grid, cfg.grid
+
   @nn.compact
-  def __call__(self, pixels: jax.Array, num_layers: int | None = None) -> dict[str, jax.Array]:
+  def __call__(self, pixels: jax.Array, num_layers: int | None = None,
+               patch_mask: jax.Array | None = None) -> dict[str, jax.Array]:
     """Returns `hidden_states [L+1, B, N, D]`, `last_hidden_state [B, N, D]`, `pooled [B, D]`.
 
     `last_hidden_state` is the output of the final layer (CLIP) or its post-layernorm (SigLIP),
     as in transformers; `pooled` is CLIP's post-normed class token or SigLIP's head output.
     `num_layers < L` runs only the first that many layers (a caller that reads an earlier layer)
     and returns only `hidden_states [num_layers+1, B, N, D]`.
+    `patch_mask [B, Gh, Gw]` (True: a real patch) hides padding patches as keys (every token
+    still queries, as in transformers); with `fractional_positions` it also places the patches
+    (all real when absent).
     """
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    b, height, width, c = pixels.shape
+    b, _, _, c = pixels.shape
     p = cfg.patch_size
-    if height != cfg.image_size or width != cfg.image_size or c != cfg.num_channels:
-      raise ValueError(f"expected images of {cfg.image_size}x{cfg.image_size}x{cfg.num_channels} "
-                       f"(NHWC), got {pixels.shape}")
-    g = cfg.grid
-    patches = pixels.astype(dtype).reshape(b, g, p, g, p, c).transpose(0, 1, 3, 5, 2, 4)
-    patches = patches.reshape(b, g * g, c, p, p)  # [B, N, C, P, P] row-major over the grid
+    gh, gw = self.patch_grid(pixels.shape)
+    if patch_mask is not None and patch_mask.shape != (b, gh, gw):
+      raise ValueError(f"patch_mask {tuple(patch_mask.shape)} must be [batch, patch rows, patch "
+                       f"columns] = {(b, gh, gw)} for images {tuple(pixels.shape)}")
+    patches = pixels[:, :gh * p, :gw * p].astype(dtype)  # the remainder fills no patch
+    patches = patches.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 5, 2, 4)
+    patches = patches.reshape(b, gh * gw, c, p, p)  # [B, N, C, P, P] row-major over the grid
     # The kernel keeps torch's Conv2d layout [D, C, P, P].
     x = Einsum("BNcpq,Dcpq->BND", (cfg.hidden_size, c, p, p), ("vit_embed", None, None, None),
                bias_shape=None if cfg.class_token else (cfg.hidden_size,), bias_axes=("vit_embed",),
@@ -185,9 +215,20 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, cfg.hidden_size)), x], axis=1)
     pos = self.param("pos_embed", nn.with_logical_partitioning(
         DEFAULT_KERNEL_INIT, (None, "vit_embed")), (cfg.num_positions, cfg.hidden_size), param_dtype)
-    x = x + pos.astype(dtype)[None]
+    if cfg.fractional_positions:
+      real = jnp.ones((b, gh, gw), bool) if patch_mask is None else patch_mask.astype(bool)
+      x = x + pos.astype(dtype)[fractional_position_ids(real, cfg.grid)]  # [B, N, D]
+    else:
+      x = x + pos.astype(dtype)[None]
     if cfg.class_token:  # CLIP's pre-layernorm
       x = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="pre_norm")(x)
+    mask = None
+    if patch_mask is not None:
+      keys = patch_mask.reshape(b, gh * gw).astype(bool)
+      if cfg.class_token:
+        keys = jnp.concatenate([jnp.ones((b, 1), bool), keys], axis=1)
+      t = keys.shape[1]
+      mask = jnp.broadcast_to(keys[:, None, None, :], (b, 1, t, t))  # [B, 1, T, T]
     run = cfg.num_layers if num_layers is None or self.is_initializing() else num_layers
     if not 0 <= run <= cfg.num_layers:
       raise ValueError(f"num_layers must be in [0, {cfg.num_layers}], got {num_layers}")
@@ -197,7 +238,7 @@ class VisionTransformer(nn.Module):
                         in_axes=(nn.broadcast,))
     if run < cfg.num_layers:
       stack = first_layers(stack, run)
-    last, per_layer = stack(cfg, name="layers")(x, None)
+    last, per_layer = stack(cfg, name="layers")(x, mask)
     hidden_states = jnp.concatenate([x[None], per_layer], axis=0)  # [run+1, B, N, D]
     if run < cfg.num_layers:
       return dict(hidden_states=hidden_states)

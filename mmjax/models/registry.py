@@ -25,6 +25,7 @@ FAMILY_MODULES = (
     "internvl",
     "mllama",
     "idefics",
+    "idefics2",
     "dual_encoder",
 )
 

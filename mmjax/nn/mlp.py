@@ -48,12 +48,17 @@ class GatedMlp(nn.Module):
   embed_axis: str = "embed"
   hidden_axis: str = "mlp"
   use_bias: bool = False
+  # A projection to another width (Idefics2's modality projection): `down` writes this many
+  # features along `out_axis`; None keeps the input's width and axis.
+  out_features: int | None = None
+  out_axis: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
+    d_out, out_axis = self.out_features or d, self.out_axis or self.embed_axis
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     def proj(name, shape, axes):  # out-major kernels [out, in], as torch stores them
@@ -65,4 +70,4 @@ class GatedMlp(nn.Module):
     gate = proj("gate", (self.hidden, d), (self.hidden_axis, self.embed_axis))(x)
     up = proj("up", (self.hidden, d), (self.hidden_axis, self.embed_axis))(x)
     h = get_activation(self.activation)(gate) * up  # [..., F]
-    return proj("down", (d, self.hidden), (self.embed_axis, self.hidden_axis))(h)
+    return proj("down", (d_out, self.hidden), (out_axis, self.hidden_axis))(h)

@@ -9,6 +9,7 @@ import transformers
 from hf_models import clip_vision_config, llava_config, text_config
 from fuyu_models import fuyu_config
 from idefics_models import idefics_config
+from idefics2_models import idefics2_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
 from mllama_models import mllama_config
@@ -60,6 +61,9 @@ CASES = {
     "idefics_resampler": lambda: _from_hf(idefics_config(resampler=True, gate="vector",
                                                          qk_norm=True, perceiver_qk_norm=True,
                                                          interval=1, layers=3)),
+    "idefics2": lambda: _from_hf(idefics2_config()),
+    "idefics2_tied_llama": lambda: _from_hf(idefics2_config(kv_heads=4, tied=True,
+                                                            text_type="llama")),
 }
 
 
