@@ -97,7 +97,8 @@ def pack_dataset(file: str, output: str, image_root: str | None = None, num_shar
       except SampleError as e:
         counter.add(e)
         continue
-      writers[usable % num_shards].write(sources_lib.encode_record(raw['id'], raw['messages'], images))
+      writers[usable % num_shards].write(sources_lib.encode_record(
+          raw['id'], raw.get('messages', []), images, raw.get('text')))
       usable += 1
     complete = True
   finally:

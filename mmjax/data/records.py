@@ -78,11 +78,14 @@ def to_raw_sample(record: dict, sample_id: str, image_root: str | None = None) -
   """A row of a Parquet shard / a WebDataset sample's fields -> a raw sample (see `sources`).
 
   `conversations` or `messages` (a list, or JSON text) make a conversation with the row's
-  `image` / `images`; otherwise a caption (`caption`, `txt`, `text`) makes a pre-training pair
-  (user: the image, assistant: the caption). Never raises: a row that fits neither is a raw
+  `image` / `images`; a `text` with `<image>` markers, or OBELICS' `texts` list (its `images`
+  aligned, nulls where text stands), is an interleaved document (`mmjax.data.documents`);
+  otherwise a caption (`caption`, `txt`, `text`) makes a pre-training pair (user: the image,
+  assistant: the caption). Never raises: a row that fits neither is a raw
   sample with an 'error' (counted and skipped as ``bad_record``).
   """
   from mmjax.data.sources import IMAGE, _bad, normalize_record  # pylint: disable=g-import-not-at-top
+  from mmjax.data.validation import SampleError  # pylint: disable=g-import-not-at-top
 
   try:
     images = image_refs(record.get('images', record.get('image')), image_root)
@@ -95,6 +98,12 @@ def to_raw_sample(record: dict, sample_id: str, image_root: str | None = None) -
       except (ValueError, UnicodeDecodeError) as e:
         return _bad(sample_id, 'bad_record', f'{key} is not valid JSON: {e}')
       return normalize_record({'id': sample_id, 'images': images, key: turns}, 0)
+  try:
+    document = _document(record, sample_id, image_root)
+  except (SampleError, ValueError) as e:
+    return _bad(sample_id, getattr(e, 'reason', 'bad_record'), getattr(e, 'detail', str(e)))
+  if document is not None:
+    return document
   caption = caption_of(record)
   if caption is None:
     return _bad(sample_id, 'bad_record', 'no conversations, messages or caption '
@@ -104,3 +113,23 @@ def to_raw_sample(record: dict, sample_id: str, image_root: str | None = None) -
   return {'id': sample_id, 'images': images,
           'messages': [{'role': 'user', 'content': IMAGE},
                        {'role': 'assistant', 'content': caption}]}
+
+
+def _document(record: dict, sample_id: str, root: str | None) -> dict | None:
+  """An interleaved document's raw sample (`mmjax.data.documents`): a `text` with `<image>`
+  markers, or OBELICS' `texts` with its aligned `images` (nulls kept in place); None when the
+  row is no document."""
+  from mmjax.data.documents import IMAGE, document_of  # pylint: disable=g-import-not-at-top
+
+  texts, text = record.get('texts'), record.get('text')
+  if isinstance(text, (bytes, bytearray)):
+    text = text.decode('utf-8')
+  if isinstance(texts, (list, tuple)):
+    column = record.get('images')
+    column = list(column) if isinstance(column, (list, tuple, np.ndarray)) else []
+    fields = {'texts': list(texts), 'images': [image_ref(v, root) for v in column]}
+  elif isinstance(text, str) and IMAGE in text:
+    fields = {'text': text, 'images': image_refs(record.get('images', record.get('image')), root)}
+  else:
+    return None
+  return document_of(fields, sample_id, None, lambda ref, _root, _id: ref)

@@ -15,6 +15,8 @@ first axis being its own length (the packer stacks samples along it)::
   mrope_positions [L, 3] int32  (only with ``cfg.mrope``)
 
 or raises ``SampleError`` naming the sample and the reason (see ``validation.REASONS``).
+Interleaved image-text documents (raw samples with a ``text``, no ``messages``) take the same
+features through ``mmjax.data.documents`` (no template; targets are every text token).
 
 Truncation to ``cfg.max_length`` never cuts through an image: the cut moves to before the image's
 token run (wrapper tokens included) and that image is dropped; if no supervised token survives,
@@ -28,7 +30,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from mmjax.data import preprocess
+from mmjax.data import documents, preprocess
 from mmjax.data.sources import IMAGE
 from mmjax.data.templates import ChatTemplate, ChatTemplateError
 from mmjax.data.tokenizer import Tokenizer
@@ -114,6 +116,9 @@ class SampleProcessor:
     self.images = preprocess.ImageProcessor(cfg.image)
     self.image_id = tokenizer.token_to_id(cfg.image_token)
     self.wrap = [tokenizer.token_to_id(t) for t in (cfg.image_start, cfg.image_end) if t]
+    # (opening, closing) wrapper ids, None where unset (interleaved documents tell them apart)
+    self.wrap_ids = tuple(tokenizer.token_to_id(t) if t else None
+                          for t in (cfg.image_start, cfg.image_end))
     self.image_text = f'{cfg.image_start}{cfg.image_token}{cfg.image_end}'
     self.template = ChatTemplate.from_name(cfg.template, tokenizer, image_placeholder=self.image_text)
 
@@ -125,6 +130,9 @@ class SampleProcessor:
     sample_id = raw['id']
     if 'error' in raw:
       raise SampleError(raw['error'][0], sample_id, raw['error'][1])
+    if documents.is_document(raw):
+      documents.check_document(raw)
+      return
     messages = raw['messages']
     if not isinstance(messages, list) or not all(
         isinstance(m, dict) and m.get('role') in ROLES and isinstance(m.get('content'), str)
@@ -226,6 +234,8 @@ class SampleProcessor:
   def __call__(self, raw: dict) -> dict:
     sample_id = raw['id']
     self.check_structure(raw)
+    if documents.is_document(raw):  # an interleaved image-text document, not a conversation
+      return documents.process_document(self, raw)
     ids, assistant, image_pos = self.tokens(raw)
     pil_images = [load_image(ref, sample_id) for ref in raw['images']]
     ids, assistant, keep = self.expand(sample_id, ids, assistant, image_pos, pil_images)

@@ -6,21 +6,25 @@ A *raw sample* is a dict::
    'messages': [{'role': 'system' | 'user' | 'assistant', 'content': str}, ...],  # '<image>' marks images
    'images': [ref, ...]}   # ref: encoded image bytes, a file path, or a uint8 HWC array
 
+or an interleaved image-text document, ``{'id', 'text': str, 'images'}`` with an ``<image>``
+marker per image in ``text`` (``mmjax.data.documents``).
+
 Sources are grain ``RandomAccessDataSource``s (``__len__`` + ``__getitem__``), so they plug into
 ``grain.MapDataset.source``. Normalizing a record never raises: a malformed record becomes a raw
 sample with an ``'error'`` key (reason, detail) that the pipeline counts and skips.
 
 * ``JsonSource``: LLaVA JSON / JSONL (``id``, ``image`` | ``images``, ``conversations`` with
   ``from``/``value``) or OpenAI-style ``messages`` (``content`` a string or a list of
-  ``{'type': 'text'|'image'|'image_url', ...}`` parts), paths relative to ``image_root`` (default:
-  the file's directory) and refused outside it.
+  ``{'type': 'text'|'image'|'image_url', ...}`` parts), or interleaved documents (``text`` with
+  ``<image>`` markers, or OBELICS' ``texts`` / ``images`` lists), paths relative to ``image_root``
+  (default: the file's directory) and refused outside it.
 * ``ArrayRecordSource``: shards written by ``mmjax data pack`` (images embedded, format below).
 * ``TfdsSource``: a TFDS dataset through ``tfds.data_source`` (ArrayRecord-backed, no TensorFlow).
 
 ArrayRecord record format (one record per sample)::
 
   uint32 little-endian header length | header JSON (utf-8) | image bytes, concatenated
-  header = {"id": ..., "messages": [...], "image_lengths": [n_bytes, ...]}
+  header = {"id": ..., "messages": [...], "image_lengths": [n_bytes, ...]}  (documents: "text")
 
 (A custom framing rather than tf.train.Example because it needs no TensorFlow/protobuf and a record
 decodes with one ``json.loads`` and slicing.)
@@ -37,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mmjax.data import image_refs
+from mmjax.data import documents, image_refs
 from mmjax.data.validation import SampleError
 
 IMAGE = '<image>'
@@ -50,12 +54,19 @@ def _bad(sample_id: str, reason: str, detail: str) -> dict:
 
 
 def normalize_record(record: Any, index: int, image_root: str | None = None) -> dict:
-  """LLaVA or OpenAI-style record -> raw sample (or a raw sample with an 'error')."""
+  """LLaVA or OpenAI-style record, or an interleaved document -> raw sample (or a raw sample
+  with an 'error')."""
   if not isinstance(record, dict):
     return _bad(f'#{index}', 'bad_record', f'record is a {type(record).__name__}, not an object')
   sample_id = str(record.get('id', f'#{index}'))
   messages = []
   try:
+    if 'conversations' not in record and 'messages' not in record:
+      document = documents.document_of(record, sample_id, image_root)
+      if document is None:
+        return _bad(sample_id, 'bad_record', 'record has neither "conversations", "messages" nor '
+                    'an interleaved document\'s "text" / "texts"')
+      return document
     images = image_refs.refs_of(record.get('images', record.get('image')), sample_id)
     if 'conversations' in record:
       for turn in record['conversations']:
@@ -63,7 +74,7 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
         if role is None:
           return _bad(sample_id, 'bad_record', f'unknown speaker {turn.get("from")!r}')
         messages.append({'role': role, 'content': str(turn.get('value', ''))})
-    elif 'messages' in record:
+    else:  # messages
       inline = []
       for turn in record['messages']:
         role = _ROLES.get(str(turn.get('role', '')).lower())
@@ -87,8 +98,6 @@ def normalize_record(record: Any, index: int, image_root: str | None = None) -> 
           content = ''.join(parts)
         messages.append({'role': role, 'content': str(content)})
       images = images + inline
-    else:
-      return _bad(sample_id, 'bad_record', 'record has neither "conversations" nor "messages"')
     resolved = [image_refs.resolve(ref, image_root, sample_id) for ref in images]
     videos = record.get('videos', record.get('video'))  # '<video>' placeholders (Qwen-VL)
     if videos is not None:  # the same kinds of reference, under the same root, as images
@@ -146,9 +155,12 @@ class JsonSource:
     return f'JsonSource({self.path!r}, image_root={self.image_root!r}, n={len(self)})'
 
 
-def encode_record(sample_id: str, messages: list[dict], images: Sequence[bytes]) -> bytes:
-  """Serializes one sample for an ArrayRecord shard (format in the module docstring)."""
-  header = json.dumps({'id': sample_id, 'messages': messages, 'image_lengths': [len(b) for b in images]},
+def encode_record(sample_id: str, messages: list[dict], images: Sequence[bytes],
+                  text: str | None = None) -> bytes:
+  """Serializes one sample for an ArrayRecord shard (format in the module docstring); `text`:
+  an interleaved document's (then `messages` is unused)."""
+  fields = {'id': sample_id, 'messages': messages} if text is None else {'id': sample_id, 'text': text}
+  header = json.dumps({**fields, 'image_lengths': [len(b) for b in images]},
                       ensure_ascii=False).encode()
   return b''.join([struct.pack('<I', len(header)), header, *images])
 
@@ -161,6 +173,8 @@ def decode_record(data: bytes) -> dict:
   for length in header.pop('image_lengths'):
     images.append(bytes(data[offset:offset + length]))
     offset += length
+  if 'text' in header:  # an interleaved document
+    return {'id': header['id'], 'text': header['text'], 'images': images}
   return {'id': header['id'], 'messages': header['messages'], 'images': images}
 
 

@@ -70,6 +70,12 @@ class Family:
     raise Unsupported(f"training configs cannot describe a {self.name!r} model; it trains from "
                       "a converted checkpoint (train.init_from)")
 
+  def with_training_settings(self, config, model: Mapping[str, Any]) -> Any:
+    """A converted checkpoint's config with the settings a training config's `model` section
+    adds to it, those transformers' config does not hold (e.g. IDEFICS' `image_token_id`);
+    unchanged by default."""
+    return config
+
   def hf_config(self, config) -> dict[str, Any]:
     """The transformers config.json dict of this model (`config_from_hf` reads it back to
     `config`, execution settings aside): what `mmjax export` writes for a trained model."""
@@ -156,6 +162,11 @@ class Family:
     """`[B, T]` bool: the training batch's positions that hold image (or video) features in the
     decoder's input (where partial LoRA applies its update)."""
     raise self._unsupported("partial LoRA (image positions in the decoder's input)")
+
+  def check_training_data(self, config, data, tokenizer) -> None:
+    """ValueError, naming the setting, when the pipeline's `data` (`mmjax.data.DataConfig`) and
+    `tokenizer` do not make batches this model reads (e.g. another image token); nothing is
+    checked by default."""
 
   def stochastic_kwargs(self, module, rng) -> dict:
     """Extra arguments of the module's call that turn on stochastic layers (drop path) in

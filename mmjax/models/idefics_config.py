@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from mmjax.connectors.perceiver import ResamplerConfig
 from mmjax.decoders.config import DecoderConfig
 from mmjax.encoders.vit import VisionConfig
+from mmjax.nn.rope import RopeConfig
 
 GATED = "gated_cross"  # the layer kind (`mmjax.decoders.gated_cross`)
 # transformers' nn.LayerNorm default in IDEFICS' perceiver (no eps in its config).
@@ -42,6 +43,9 @@ class IdeficsConfig:
   decoder: DecoderConfig  # the merged stack (text and gated layers)
   cross_layer_interval: int
   resampler: ResamplerConfig | None = None  # `use_resampler`
+  # The `<image>` token's id, from which training finds the images in a row (transformers'
+  # config does not hold it: IdeficsProcessor asks the tokenizer); None: not set.
+  image_token_id: int | None = None
 
   def __post_init__(self):
     d = self.decoder
@@ -96,6 +100,36 @@ class IdeficsConfig:
         additional_vocab_size=int(cfg.get("additional_vocab_size", 0)))
     return cls(vision=vision, decoder=decoder, cross_layer_interval=interval,
                resampler=resampler)
+
+  @classmethod
+  def from_training(cls, model: Mapping[str, Any]) -> "IdeficsConfig":
+    """A training config's `model` section, e.g. `configs/tiny/idefics.py`: `vision` (a CLIP-style
+    `VisionConfig`), `resampler` (optional; `ResamplerConfig` fields, IDEFICS' LayerNorm / ReLU
+    MLP by default), `decoder` (a `DecoderConfig` of the language model: `num_layers` text
+    layers, `rope` a dict; `num_kv_heads` and `head_dim` default to IDEFICS' one head width),
+    `cross_layer_interval`, `gate` ("float" | "vector"), `qk_norm`, `additional_vocab_size`,
+    `image_token_id`."""
+    vision = VisionConfig(**{"kind": "clip", "activation": "gelu", **dict(model["vision"])})
+    resampler = None
+    if model.get("resampler"):
+      resampler = ResamplerConfig(**{
+          "features": vision.hidden_size, "norm": "layer", "norm_eps": PERCEIVER_NORM_EPS,
+          "mlp": "relu", **dict(model["resampler"])})
+    d = dict(model["decoder"])
+    rope = RopeConfig(**dict(d.pop("rope", None) or {}))
+    text = int(d.pop("num_layers"))
+    d.setdefault("num_kv_heads", d["num_heads"])
+    d.setdefault("head_dim", d["hidden_size"] // d["num_heads"])
+    interval = int(model.get("cross_layer_interval", 1))
+    gated = gated_positions(text, interval)
+    decoder = DecoderConfig(
+        rope=rope, num_layers=text + len(gated), cross_attention_layers=gated,
+        cross_attention_kind=GATED, cross_attention_gate=str(model.get("gate", "float")),
+        cross_attention_qk_norm=bool(model.get("qk_norm", False)),
+        additional_vocab_size=int(model.get("additional_vocab_size", 0)), **d)
+    token = model.get("image_token_id")
+    return cls(vision=vision, decoder=decoder, cross_layer_interval=interval,
+               resampler=resampler, image_token_id=None if token is None else int(token))
 
   def to_hf(self) -> dict[str, Any]:
     """transformers' `IdeficsConfig` dict (`from_hf` reads it back)."""

@@ -129,6 +129,7 @@ def make_train_iterator(data: Mapping[str, Any], model_config, seed: int, prefer
   if tokenizer.vocab_size > vocab:  # ids past the embedding table would gather garbage (NaN)
     raise ValueError(f"the tokenizer {config.tokenizer} has {tokenizer.vocab_size} tokens but the "
                      f"model's text vocabulary has {vocab}")
+  family.check_training_data(model_config, config, tokenizer)
   return pipeline.make_iterator(config, tokenizer)
 
 

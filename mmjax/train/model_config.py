@@ -50,11 +50,14 @@ def _plain(value):
 
 
 def build_model_config(model: dict, checkpoint_config: tuple[Family, Any] | None = None):
-  """(family, config): from the checkpoint when given (execution keys still apply), else from
-  the training config's `model` section (`model.family`, default 'llava')."""
+  """(family, config): from the checkpoint when given (execution keys and the family's
+  `with_training_settings` still apply), else from the training config's `model` section
+  (`model.family`, default 'llava')."""
   execution = {k: _plain(model[k]) for k in EXECUTION_KEYS if model.get(k) is not None}
   if checkpoint_config is not None:
     family, config = checkpoint_config
+    config = family.with_training_settings(
+        config, {k: _plain(v) for k, v in model.items() if k not in EXECUTION_KEYS})
   else:
     family = family_named(model.get("family", "llava"))
     config = family.config_from_training(

@@ -105,6 +105,10 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
                        pad_to_square=False, merge_size=2, max_tiles=12),
       'qwen2_vl': dict(family='qwen2_vl', shortest_edge=None, crop_size=None, pad_to_square=False,
                        merge_size=2),
+      # IdeficsImageProcessor: a bicubic resize to the tower's square, CLIP's mean / std; one
+      # `<image>` token an image (its states enter through cross-attention, not the sequence).
+      'idefics': dict(family='siglip', shortest_edge=None, size=224, crop_size=None,
+                      pad_to_square=False, tokens_per_image=1),
       'mllama': dict(family='mllama', shortest_edge=None, size=560, crop_size=None,
                      pad_to_square=False, max_tiles=4, resample='bilinear'),
       'pixtral': dict(family='pixtral', shortest_edge=None, size=1024, crop_size=None,
