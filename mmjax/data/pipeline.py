@@ -5,7 +5,8 @@ Stages (``build_dataset``)::
   MapDataset.source(src)[process_index::process_count]   host shard (before shuffling)
     .shuffle(seed).repeat(num_epochs)                       per source, reshuffled every epoch
   MapDataset.mix(sources, weights)                         weighted mixture (Flamingo-style)
-    .map(preprocess)                                       image + template + tokens, or a skip marker
+    .map(preprocess)                                       image + template + tokens (interleaved
+                                                           documents: no template), or a skip marker
     .to_iter_dataset() -> skip counter                     drops skips, counts them per reason
     -> first-fit packing -> .batch(B / process_count) -> flatten image slots
     .mp_prefetch(num_workers)                              worker processes
@@ -19,7 +20,8 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
   input_ids        [B, T]    int32    tokens; an image placeholder is expanded to the image's
                                       token count (all = image_token_id); padding = 0
   labels           [B, T]    int32    next-token targets: logits[:, t] predicts labels[:, t]
-  loss_mask        [B, T]    float32  1 on assistant targets (end-of-turn included), else 0
+  loss_mask        [B, T]    float32  1 on assistant targets (end-of-turn included), else 0;
+                                      documents: 1 on every text target (mmjax.data.documents)
   attention_mask   [B, T]    int32    1 = real token, 0 = padding
   segment_ids      [B, T]    int32    0 = padding, 1..k = k-th sample packed in the row
   positions        [B, T]    int32    position within its sample (restarts at 0 per segment)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ def tiny_config(docs):
   cfg = load_config(f"{CONFIG}:{docs}")
   cfg.optim.warmup_steps = 1
   cfg.train.update(steps=STEPS, log_every=1)
-  cfg.checkpoint.every_steps = 100  # the stop's and the end's checkpoints only
+  cfg.checkpoint.every_steps = 3
   return cfg
 
 
@@ -63,27 +64,28 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def runs(docs, tmp_path_factory):
-  """A straight run, a run stopped after step 3 and resumed, and the parameters both start from."""
+  """A straight run, the same run resumed from its step-3 checkpoint (as after a preemption
+  there: a run of its own from then on), and the parameters both start from."""
   assert jax.device_count() == 8
   work = tmp_path_factory.mktemp("idefics_runs")
   cfg = tiny_config(docs)
   straight = train(cfg, str(work / "straight"))
-  stopped = train(cfg, str(work / "resumed"), stop_after=3)
+  shutil.copytree(work / "straight" / "checkpoints" / "3", work / "resumed" / "checkpoints" / "3")
   resumed = train(cfg, str(work / "resumed"))
   trainer = Trainer.build(cfg)
   before = jax.device_get(trainer.init().all_params())
   _, _, after = load_checkpoint(str(work / "straight" / "model"))
-  return dict(cfg=cfg, trainer=trainer, before=before, after=after, summaries=(
-      straight, stopped, resumed), losses=(_losses(work / "straight"), _losses(work / "resumed")))
+  return dict(cfg=cfg, trainer=trainer, before=before, after=after, summaries=(straight, resumed),
+              losses=(_losses(work / "straight"), _losses(work / "resumed")))
 
 
 def test_recipe_trains_on_8_devices_and_resumes_exactly(runs):
-  straight, stopped, resumed = runs["summaries"]
+  straight, resumed = runs["summaries"]
   assert straight["final_step"] == STEPS and straight["skipped"] == 0
   assert not straight["skipped_samples"]  # every document fits whole
-  assert stopped["final_step"] == 3 and resumed["start_step"] == 3
+  assert resumed["start_step"] == 3 and resumed["final_step"] == STEPS
   a, b = runs["losses"]
-  assert [a[s] for s in range(1, STEPS + 1)] == [b[s] for s in range(1, STEPS + 1)]
+  assert [a[s] for s in range(4, STEPS + 1)] == [b[s] for s in range(4, STEPS + 1)]
   assert np.isfinite(list(a.values())).all() and a[STEPS] < a[1], a
 
 
@@ -244,3 +246,22 @@ def test_sources_mix_by_weight(tmp_path):
   counts = np.bincount([int(mixed[n]["id"].split("/")[0]) for n in range(draws)], minlength=4)
   expected = np.asarray(weights) / sum(weights) * draws
   assert np.all(np.abs(counts - expected) <= 2), (counts, expected)
+
+
+def test_image_token_settings(docs, tokenizer):
+  """A converted checkpoint takes `model.image_token_id` from the training config (its
+  config.json has none); the pipeline's image token must be the model's."""
+  from mmjax.models.registry import family_named
+  from mmjax.train.model_config import build_model_config
+
+  family = family_named("idefics")
+  model = tiny_config(docs).model.to_dict()
+  config = family.config_from_training(model)
+  bare = dataclasses.replace(config, image_token_id=None)  # as `config_from_hf` reads it
+  _, trained = build_model_config({"image_token_id": 3, "dtype": "float32"}, (family, bare))
+  assert trained.image_token_id == 3 and trained.decoder == config.decoder
+  family.check_training_data(config, _data(docs), tokenizer)
+  with pytest.raises(ValueError, match="model.image_token_id"):
+    family.check_training_data(config, _data(docs, image_token="<s>"), tokenizer)
+  with pytest.raises(ValueError, match="max_tiles"):
+    family.check_training_data(config, _data(docs, max_tiles=8), tokenizer)
