@@ -49,9 +49,8 @@ def is_document(raw: dict) -> bool:
 
 def document_of(record: dict, sample_id: str, image_root: str | None,
                 resolve=image_refs.resolve) -> dict | None:
-  """A record's document as a raw sample, or None when the record is no document (a
-  conversation, a caption without markers). Raises SampleError('bad_record') for a malformed
-  one."""
+  """A record's document as a raw sample (a `text` string, or OBELICS' `texts` list), or None
+  when it has neither. Raises SampleError('bad_record') for a malformed one."""
   texts = record.get('texts')
   if isinstance(texts, (list, tuple)):  # OBELICS: aligned lists, one entry set at each index
     images = record.get('images')
@@ -71,12 +70,12 @@ def document_of(record: dict, sample_id: str, image_root: str | None,
       else:
         parts.append(text)
     text = ''.join(parts)
+    refs = image_refs.refs_of(refs, sample_id)
   else:
     text = record.get(TEXT_KEY)
     if not isinstance(text, str):
       return None
     refs = image_refs.refs_of(record.get('images', record.get('image')), sample_id)
-  refs = image_refs.refs_of(refs, sample_id)
   return {'id': sample_id, TEXT_KEY: text,
           'images': [resolve(ref, image_root, sample_id) for ref in refs]}
 

@@ -34,9 +34,9 @@ from mmjax.connectors.perceiver import PerceiverResampler
 from mmjax.decoders.cross import CrossInputs
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionTransformer
+from mmjax.models import flops as fl
 from mmjax.models.family import Family
 from mmjax.models.idefics_config import IdeficsConfig
-from mmjax.models import flops as fl
 from mmjax.models.inputs import text_inputs, text_train_batch
 from mmjax.nn.masks import tile_cross_attention_mask
 
@@ -234,7 +234,6 @@ class IdeficsFamily(Family):
             "pixel_values": np.zeros((batch, 1, v.num_channels, v.image_size, v.image_size),
                                      np.float32),
             "image_attention_mask": np.ones((batch, length, 1), bool)}
-
 
   def check_training_data(self, config, data, tokenizer):
     """The pipeline's image token is the model's, one token and one tile an image (image slots:
