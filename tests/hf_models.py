@@ -170,3 +170,24 @@ def sentencepiece_tokenizer(corpus, vocab_size: int = 100):
       single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
                                               eos_token="</s>", unk_token="<unk>")
+
+
+def converted_once(tmp_path_factory, prefix: str, hf_config_of, tiny, load_reference):
+  """`get(name)`: (root, hf config, transformers model, (family, config, params)) of the config
+  `hf_config_of(name)`, saved by `tiny(path, hf_config)`, converted by `mmjax convert` and loaded
+  back, once per name (for a module-scoped fixture)."""
+  from mmjax import cli  # pylint: disable=g-import-not-at-top
+  from mmjax.checkpoint import load_checkpoint  # pylint: disable=g-import-not-at-top
+
+  built = {}
+
+  def get(name):
+    if name not in built:
+      root = tmp_path_factory.mktemp(prefix)
+      hf_cfg = hf_config_of(name)
+      hf_dir = tiny(str(root / "hf"), hf_cfg)
+      assert cli.main(["convert", "--hf", hf_dir, "--out", str(root / "mm"), "--quiet"]) == 0
+      built[name] = (root, hf_cfg, load_reference(hf_dir), load_checkpoint(str(root / "mm")))
+    return built[name]
+
+  return get

@@ -10,11 +10,10 @@ until the next one), left padding; the additional vocabulary's ids throughout.
 import numpy as np
 import pytest
 
-from hf_models import assert_logits_match
+from hf_models import assert_logits_match, converted_once
 from idefics_models import (FAKE, IMAGE, idefics_config, load_reference, make_inputs,
                             reference_logits, tiny)
 from mmjax import cli
-from mmjax.checkpoint import load_checkpoint
 from mmjax.models.registry import forward_from_hf_inputs
 from mmjax.train import parts
 
@@ -32,20 +31,8 @@ ROWS = [[2, "img", 3, "img", 2], [4, "img", 1, "eos", 2, "img", 1], [5], ["img",
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  """`converted(name)`: (root, hf config, transformers model, (family, config, params)) of a
-  config, built and converted once per module."""
-  built = {}
-
-  def get(name):
-    if name not in built:
-      root = tmp_path_factory.mktemp("idefics")
-      hf_cfg = idefics_config(**CONFIGS[name])
-      hf_dir = tiny(str(root / "hf"), hf_cfg)
-      assert cli.main(["convert", "--hf", hf_dir, "--out", str(root / "mm"), "--quiet"]) == 0
-      built[name] = (root, hf_cfg, load_reference(hf_dir), load_checkpoint(str(root / "mm")))
-    return built[name]
-
-  return get
+  return converted_once(tmp_path_factory, "idefics", lambda name: idefics_config(**CONFIGS[name]),
+                        tiny, load_reference)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -17,11 +17,10 @@ import torch
 import transformers
 
 from hf_files import assert_same_tensors, load_tensors, rewrite
-from hf_models import assert_logits_match, cli_logits, reference_logits
+from hf_models import assert_logits_match, cli_logits, converted_once, reference_logits
 from idefics2_models import (IMAGE, hf_greedy, idefics2_config, load_reference, make_inputs,
                              tiny)
 from mmjax import cli
-from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.exporter import export_hf
 from mmjax.convert.importer import convert_hf
 from mmjax.convert.plan import ConversionError
@@ -44,20 +43,8 @@ N = 6  # generated tokens
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  """`converted(name)`: (root, hf config, transformers model, (family, config, params)) of a
-  config, built and converted once per module."""
-  built = {}
-
-  def get(name):
-    if name not in built:
-      root = tmp_path_factory.mktemp("idefics2")
-      hf_cfg = idefics2_config(**CONFIGS[name])
-      hf_dir = tiny(str(root / "hf"), hf_cfg)
-      assert cli.main(["convert", "--hf", hf_dir, "--out", str(root / "mm"), "--quiet"]) == 0
-      built[name] = (root, hf_cfg, load_reference(hf_dir), load_checkpoint(str(root / "mm")))
-    return built[name]
-
-  return get
+  return converted_once(tmp_path_factory, "idefics2", lambda name: idefics2_config(**CONFIGS[name]),
+                        tiny, load_reference)
 
 
 def test_first_config_through_the_logits_command(converted):
