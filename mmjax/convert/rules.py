@@ -122,6 +122,23 @@ class ConvPatch(Transform):
     return np.ascontiguousarray(p.transpose(3, 2, 0, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class LeadingOnes(Transform):
+  """A parameter saved with `count` leading axes of 1 (`[1, 1, D]` <-> `[D]`)."""
+
+  count: int = 1
+  reshape_only = True
+
+  def hf_shape(self, target):
+    return (1,) * self.count + tuple(target)
+
+  def to_params(self, a, target):
+    return a.reshape(target)
+
+  def to_hf(self, p):
+    return p.reshape(self.hf_shape(p.shape))
+
+
 SAME, FLAT, CONV_PATCH = Same(), Flat(), ConvPatch()
 LINEAR, LINEAR_OUT2 = Linear(1), Linear(2)  # in-major kernels (transposed on conversion)
 MATRIX, HEADS_MATRIX = Matrix(1), Matrix(2)  # out-major kernels: [out, in], [N, H, D]

@@ -1,7 +1,12 @@
-"""CLIP and SigLIP vision transformers.
+"""CLIP, SigLIP and BLIP-2 (EVA) vision transformers.
 
 CLIP: class token, pre-layernorm, quick_gelu, bias-free patch convolution.
 SigLIP: no class token, biased patch convolution, gelu_tanh, optional attention-pooling head.
+BLIP-2 (`blip2`, EVA ViT-g in the release): class token, biased patch convolution, no
+pre-layernorm, exact gelu, `post_layernorm` over every token. Its fused `qkv` Linear starts with
+a zero key bias (q and v biases only); transformers 5 keeps the whole fused bias as one parameter,
+so the key bias is a parameter here too (zero in released checkpoints), which keeps export bit
+for bit. The conversion table splits the fused tensor.
 Idefics2's SigLIP (`fractional_positions`): images of any size (a batch padded to its largest),
 a patch mask that keeps padding patches out of attention, and fractional position ids
 (`mmjax.encoders.fractional_positions`).
@@ -26,12 +31,15 @@ from mmjax.nn.multihead import MultiHeadAttention
 from mmjax.nn.norms import LayerNorm
 from mmjax.nn.stack import first_layers, scan_layers
 
-_KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
+_KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip",
+          "blip_2_vision_model": "blip2"}
+_DEFAULT_EPS = {"clip": 1e-5, "siglip": 1e-6, "blip2": 1e-6}
+_DEFAULT_ACT = {"clip": "quick_gelu", "siglip": "gelu_pytorch_tanh", "blip2": "gelu"}
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  kind: str  # 'clip' | 'siglip'
+  kind: str  # 'clip' | 'siglip' | 'blip2'
   image_size: int
   patch_size: int
   hidden_size: int
@@ -45,6 +53,7 @@ class VisionConfig:
   # Idefics2: any image size; each patch takes the table position of its fraction of the image's
   # valid extent (the patch mask's), not of its place in an `image_size` grid.
   fractional_positions: bool = False
+  qkv_bias: bool = True  # BLIP-2's `qkv_bias` (CLIP and SigLIP always have them)
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
@@ -52,6 +61,15 @@ class VisionConfig:
 
   @property
   def class_token(self) -> bool:
+    return self.kind in ("clip", "blip2")
+
+  @property
+  def patch_bias(self) -> bool:
+    return self.kind != "clip"
+
+  @property
+  def pre_norm(self) -> bool:
+    """CLIP's `pre_layrnorm` after the embeddings."""
     return self.kind == "clip"
 
   @property
@@ -77,16 +95,20 @@ class VisionConfig:
         num_layers=cfg["num_hidden_layers"],
         num_heads=cfg["num_attention_heads"],
         num_channels=cfg.get("num_channels", 3),
-        layer_norm_eps=cfg.get("layer_norm_eps", 1e-5 if kind == "clip" else 1e-6),
-        activation=cfg.get("hidden_act", "quick_gelu" if kind == "clip" else "gelu_pytorch_tanh"),
+        layer_norm_eps=cfg.get("layer_norm_eps", _DEFAULT_EPS[kind]),
+        activation=cfg.get("hidden_act", _DEFAULT_ACT[kind]),
         pooling_head=kind == "siglip" and cfg.get("vision_use_head", True),
+        qkv_bias=bool(cfg.get("qkv_bias", True)) if kind == "blip2" else True,
         **overrides,
     )
 
   def to_hf(self) -> dict[str, Any]:
-    """transformers' `CLIPVisionConfig` / `SiglipVisionConfig` dict (`from_hf` reads it back)."""
-    if self.kind == "clip" and self.pooling_head:
-      raise ValueError("a CLIP vision config has no attention-pooling head")
+    """transformers' `CLIPVisionConfig` / `SiglipVisionConfig` / `Blip2VisionConfig` dict
+    (`from_hf` reads it back)."""
+    if self.kind != "siglip" and self.pooling_head:
+      raise ValueError(f"a {self.kind} vision config has no attention-pooling head")
+    if self.kind != "blip2" and not self.qkv_bias:
+      raise ValueError(f"a {self.kind} vision config has q/k/v biases")
     if self.fractional_positions:
       raise ValueError("CLIP / SigLIP vision configs have no fractional positions (Idefics2's "
                        "tower writes its own config)")
@@ -98,6 +120,8 @@ class VisionConfig:
                hidden_act=self.activation)
     if self.kind == "siglip":
       out["vision_use_head"] = self.pooling_head
+    if self.kind == "blip2":
+      out["qkv_bias"] = self.qkv_bias
     return out
 
 
@@ -120,7 +144,8 @@ class EncoderBlock(nn.Module):
     norm = lambda name: LayerNorm(cfg.layer_norm_eps, a.embed, param_dtype, name=name)
     h, _ = MultiHeadAttention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
-        head_dim=cfg.hidden_size // cfg.num_heads, axes=a, qkv_bias=True, o_bias=True,
+        head_dim=cfg.hidden_size // cfg.num_heads, axes=a,
+        qkv_bias=getattr(cfg, "qkv_bias", True), o_bias=True,
         backend=cfg.attention_backend, dtype=dtype, param_dtype=param_dtype, name="attn",
     )(norm("norm1")(x), mask)
     x = x + h
@@ -207,7 +232,7 @@ class VisionTransformer(nn.Module):
     patches = patches.reshape(b, gh * gw, c, p, p)  # [B, N, C, P, P] row-major over the grid
     # The kernel keeps torch's Conv2d layout [D, C, P, P].
     x = Einsum("BNcpq,Dcpq->BND", (cfg.hidden_size, c, p, p), ("vit_embed", None, None, None),
-               bias_shape=None if cfg.class_token else (cfg.hidden_size,), bias_axes=("vit_embed",),
+               bias_shape=(cfg.hidden_size,) if cfg.patch_bias else None, bias_axes=("vit_embed",),
                dtype=dtype, param_dtype=param_dtype, name="patch_embed")(patches)
     if cfg.class_token:
       cls = self.param("class_embed", nn.with_logical_partitioning(
@@ -220,7 +245,7 @@ class VisionTransformer(nn.Module):
       x = x + pos.astype(dtype)[fractional_position_ids(real, cfg.grid)]  # [B, N, D]
     else:
       x = x + pos.astype(dtype)[None]
-    if cfg.class_token:  # CLIP's pre-layernorm
+    if cfg.pre_norm:  # CLIP's pre-layernorm
       x = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="pre_norm")(x)
     mask = None
     if patch_mask is not None:
@@ -243,6 +268,9 @@ class VisionTransformer(nn.Module):
     if run < cfg.num_layers:
       return dict(hidden_states=hidden_states)
     post_norm = LayerNorm(cfg.layer_norm_eps, "vit_embed", param_dtype, name="post_norm")
+    if cfg.kind == "blip2":  # every token post-normed; pooled: the class token normed again
+      last = post_norm(last)
+      return dict(hidden_states=hidden_states, last_hidden_state=last, pooled=post_norm(last[:, 0]))
     if cfg.class_token:
       return dict(hidden_states=hidden_states, last_hidden_state=last, pooled=post_norm(last[:, 0]))
     last = post_norm(last)

@@ -5,9 +5,8 @@ Canonical keys: transformers v5 module names `model.vision_tower.*`, `model.lang
 the `v4` spelling. The original release has its own table (`internvl_chat`).
 """
 
-import dataclasses
 
-from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, Layout, Rule, Transform
+from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, LeadingOnes, Layout, Rule
 from mmjax.convert.tables.common import decoder_rules, prefixed
 
 
@@ -58,20 +57,3 @@ LAYOUTS = (
                   ("model.multi_modal_projector.", "multi_modal_projector."))),
     Layout("v5"),
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class LeadingOnes(Transform):
-  """A parameter saved with `count` leading axes of 1 (`[1, 1, D]` <-> `[D]`)."""
-
-  count: int = 1
-  reshape_only = True
-
-  def hf_shape(self, target):
-    return (1,) * self.count + tuple(target)
-
-  def to_params(self, a, target):
-    return a.reshape(target)
-
-  def to_hf(self, p):
-    return p.reshape(self.hf_shape(p.shape))

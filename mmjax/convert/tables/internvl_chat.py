@@ -14,9 +14,8 @@ import os
 
 import numpy as np
 
-from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, Layout, Rule, Transform
+from mmjax.convert.rules import FLAT, HEADS_MATRIX, MATRIX, Layout, LeadingOnes, Rule, Transform
 from mmjax.convert.tables.common import decoder_rules, prefixed
-from mmjax.convert.tables.internvl import LeadingOnes
 from mmjax.models.internvl import IMAGE_CONTEXT_TOKEN
 
 STORED_AS = "internvl"
