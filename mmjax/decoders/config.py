@@ -12,6 +12,7 @@ _FAMILY_DEFAULTS = {
     "qwen2": dict(qkv_bias=True, o_bias=False, qk_norm=False),
     "qwen3": dict(qkv_bias=None, o_bias=None, qk_norm=True),
     "persimmon": dict(qkv_bias=True, o_bias=True, qk_norm=None),  # qk_norm: its qk_layernorm
+    "opt": dict(qkv_bias=None, o_bias=None, qk_norm=False),  # biases: its enable_bias
 }
 
 # Persimmon (Fuyu's decoder) is the same block with other parts: LayerNorms with bias (blocks,
@@ -19,11 +20,18 @@ _FAMILY_DEFAULTS = {
 # conversion table splits, and partial RoPE (`RopeConfig.partial_rotary_factor`).
 _PERSIMMON = dict(norm="layer", mlp="dense", mlp_bias=True)
 
+# OPT is the same block again: LayerNorms (eps 1e-5, pre-LN), a dense MLP, one `enable_bias` for
+# every Linear, no RoPE but a learned position table read at `position + 2` (transformers'
+# `OPTLearnedPositionalEmbedding`), and token embeddings of `word_embed_proj_dim` projected in
+# and out of the blocks' width when the two differ.
+_OPT = dict(norm="layer", mlp="dense", rms_norm_eps=1e-5, position_offset=2)
+_OPT_POSITION_OFFSET = 2
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
   """One Llama-family decoder: Llama 2/3.x, Vicuna, Mistral, Qwen2 (qkv bias), Qwen3 (q/k norm),
-  Persimmon (LayerNorms, dense MLP)."""
+  Persimmon (LayerNorms, dense MLP), OPT (LayerNorms, dense MLP, learned positions)."""
 
   vocab_size: int
   hidden_size: int
@@ -44,6 +52,13 @@ class DecoderConfig:
   tie_embeddings: bool = False
   sliding_window: int | None = None
   model_type: str = "llama"
+  # Rows of a learned position table added to the input embeddings (OPT), read at
+  # `position + position_offset`; 0: RoPE rotates q and k instead.
+  learned_positions: int = 0
+  position_offset: int = 0
+  # Width of the token embeddings (and the LM head's input) when it is not `hidden_size`
+  # (OPT's `word_embed_proj_dim`: bias-free `project_in` / `project_out` around the blocks).
+  embed_dim: int = 0
   # Indices of cross-attention layers among the `num_layers` (Llama 3.2 Vision); their kind is
   # `cross_attention_kind`, the module `mmjax.decoders.<kind>` that defines its `BLOCK`.
   cross_attention_layers: tuple[int, ...] = ()
@@ -80,7 +95,9 @@ class DecoderConfig:
     if tie_embeddings is None:
       tie_embeddings = bool(cfg.get("tie_word_embeddings", False))
     variant = {}
-    if model_type == "persimmon":
+    if model_type == "opt":
+      variant = _opt_from_hf(cfg, heads)
+    elif model_type == "persimmon":
       # One head count (no GQA) whatever else the config carries.
       variant = dict(_PERSIMMON, rms_norm_eps=cfg.get("layer_norm_eps", 1e-5),
                      qk_norm=bool(cfg.get("qk_layernorm", True)), num_kv_heads=heads,
@@ -88,7 +105,7 @@ class DecoderConfig:
     fields = dict(
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
+        intermediate_size=cfg["ffn_dim"] if model_type == "opt" else cfg["intermediate_size"],
         num_layers=cfg["num_hidden_layers"],
         num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads,
@@ -106,6 +123,33 @@ class DecoderConfig:
     )
     return cls(**{**fields, **variant, **overrides})
 
+  @property
+  def embed_width(self) -> int:
+    """Width of the token embeddings and of the LM head's input."""
+    return self.embed_dim or self.hidden_size
+
+  @property
+  def projects_embeddings(self) -> bool:
+    """Whether `project_in` / `project_out` map between the embedding and block widths."""
+    return self.embed_width != self.hidden_size
+
+
+def _opt_from_hf(cfg: Mapping[str, Any], heads: int) -> dict[str, Any]:
+  """`OPTConfig` fields -> the decoder's; errors name the settings mmjax does not model."""
+  for key, supported in (("do_layer_norm_before", True), ("_remove_final_layer_norm", False),
+                         ("layer_norm_elementwise_affine", True)):
+    if key in cfg and bool(cfg[key]) != supported:
+      raise ValueError(f"OPT configs with {key}={cfg[key]} are not supported (only "
+                       f"{key}={supported}: pre-LN blocks, a final LayerNorm with scale and bias)")
+  bias = bool(cfg.get("enable_bias", True))
+  hidden = cfg["hidden_size"]
+  proj = cfg.get("word_embed_proj_dim") or hidden
+  return dict(_OPT, activation=cfg.get("activation_function", "relu"), qkv_bias=bias,
+              o_bias=bias, mlp_bias=bias, num_kv_heads=heads, head_dim=hidden // heads,
+              learned_positions=cfg.get("max_position_embeddings", 2048) + _OPT_POSITION_OFFSET,
+              embed_dim=0 if proj == hidden else proj,
+              tie_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+
 
 def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
   """A transformers `LlamaConfig` / `MistralConfig` / `Qwen2Config` / `Qwen3Config` dict for the
@@ -121,6 +165,11 @@ def decoder_to_hf(d: DecoderConfig) -> dict[str, Any]:
       raise ValueError(f"a {d.model_type!r} text config cannot say {name}={getattr(d, name)}")
   if d.model_type == "persimmon":
     return _persimmon_to_hf(d)
+  if d.model_type == "opt":
+    return _opt_to_hf(d)
+  if d.learned_positions or d.embed_dim:
+    raise ValueError(f"a {d.model_type!r} text config has no learned positions or "
+                     "word_embed_proj_dim")
   if (d.norm, d.mlp) != ("rms", "gated"):
     raise ValueError(f"a {d.model_type!r} text config has RMS norms and a gated MLP, not "
                      f"norm={d.norm!r}, mlp={d.mlp!r}")
@@ -167,3 +216,23 @@ def _persimmon_to_hf(d: DecoderConfig) -> dict[str, Any]:
       num_attention_heads=d.num_heads, hidden_act=d.activation, layer_norm_eps=d.rms_norm_eps,
       qk_layernorm=d.qk_norm, max_position_embeddings=d.rope.max_position_embeddings,
       rope_parameters=rope, tie_word_embeddings=d.tie_embeddings)
+
+
+def _opt_to_hf(d: DecoderConfig) -> dict[str, Any]:
+  """A transformers `OPTConfig` dict: one head count, head_dim = hidden / heads, one bias flag."""
+  for name, fixed in _OPT.items():
+    if getattr(d, name) != fixed:
+      raise ValueError(f"an 'opt' text config cannot say {name}={getattr(d, name)!r}")
+  if not d.qkv_bias == d.o_bias == d.mlp_bias:
+    raise ValueError("an 'opt' text config has one enable_bias for every Linear")
+  if d.num_kv_heads != d.num_heads or d.head_dim * d.num_heads != d.hidden_size:
+    raise ValueError("an 'opt' text config has num_kv_heads == num_heads and head_dim == "
+                     f"hidden_size / num_heads, not {d.num_kv_heads}, {d.head_dim}")
+  if d.sliding_window is not None or d.learned_positions <= _OPT_POSITION_OFFSET:
+    raise ValueError("an 'opt' text config has learned positions and no sliding window")
+  return dict(
+      model_type="opt", vocab_size=d.vocab_size, hidden_size=d.hidden_size, ffn_dim=d.intermediate_size,
+      num_hidden_layers=d.num_layers, num_attention_heads=d.num_heads,
+      activation_function=d.activation, enable_bias=d.qkv_bias, do_layer_norm_before=True,
+      max_position_embeddings=d.learned_positions - _OPT_POSITION_OFFSET,
+      word_embed_proj_dim=d.embed_width, tie_word_embeddings=d.tie_embeddings)

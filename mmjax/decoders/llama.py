@@ -216,10 +216,22 @@ class Decoder(nn.Module):
                        "additional_vocab_size (decoupled rows), not both")
     # IDEFICS' decoupled rows are parameters of their own, few: never split over the vocabulary.
     additional_axes = (None, "embed")
+    width = cfg.embed_width
     embed = lambda rows, name, axes: nn.Embed(
-        rows, cfg.hidden_size, param_dtype=param_dtype,
+        rows, width, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, axes), name=name)
     self.embedder = embed(cfg.vocab_size + cfg.extra_embeddings, "embed", ("vocab", "embed"))
+    if cfg.learned_positions:  # OPT: a position table instead of RoPE
+      self.pos_embedder = nn.Embed(
+          cfg.learned_positions, cfg.hidden_size, param_dtype=param_dtype,
+          embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT, (None, "embed")),
+          name="pos_embed")
+    if cfg.projects_embeddings:  # OPT's word_embed_proj_dim
+      proj = lambda shape, name: Einsum(  # out-major [out, in], as torch's Linear.weight
+          "BTI,OI->BTO", shape, ("embed", None) if name == "project_in" else (None, "embed"),
+          dtype=jnp.dtype(cfg.dtype), param_dtype=param_dtype, name=name)
+      self.project_in = proj((cfg.hidden_size, width), "project_in")
+      self.project_out = proj((width, cfg.hidden_size), "project_out")
     if cfg.additional_vocab_size:
       self.embedder_additional = embed(cfg.additional_vocab_size, "embed_additional",
                                        additional_axes)
@@ -230,7 +242,7 @@ class Decoder(nn.Module):
     self.norm = make_norm(cfg.norm, cfg.rms_norm_eps, param_dtype=param_dtype, name="norm")
     if not cfg.tie_embeddings:
       head = lambda rows, name, axes: Einsum(  # [V, D], the embedding's layout
-          "BTD,VD->BTV", (rows, cfg.hidden_size), axes, dtype=jnp.dtype(cfg.dtype),
+          "BTD,VD->BTV", (rows, cfg.embed_width), axes, dtype=jnp.dtype(cfg.dtype),
           param_dtype=param_dtype, name=name)
       self.lm_head = head(cfg.vocab_size, "lm_head", ("vocab", "embed"))
       if cfg.additional_vocab_size:
@@ -280,7 +292,8 @@ class Decoder(nn.Module):
     """
     cfg = self.config
     t = embeddings.shape[1]
-    x = nn.with_logical_constraint(embeddings, (ax.BATCH, ax.LENGTH, ax.EMBED))
+    x = self._inputs(embeddings, positions)
+    x = nn.with_logical_constraint(x, (ax.BATCH, ax.LENGTH, ax.EMBED))
     if cache is None:  # every backend reads the structure (the einsum path skips causal blocks)
       mask = MaskSpec(segment_ids, attention_mask_, causal=True, sliding_window=cfg.sliding_window)
     else:
@@ -290,7 +303,8 @@ class Decoder(nn.Module):
           k_valid=attention_mask_, q_segment=segment_ids, k_segment=segment_ids,
           sliding_window=cfg.sliding_window,
       )
-    ctx = LayerContext(mask, rope_cos_sin(cfg.rope, cfg.head_dim, positions), cache_index,
+    rope = None if cfg.learned_positions else rope_cos_sin(cfg.rope, cfg.head_dim, positions)
+    ctx = LayerContext(mask, rope, cache_index,
                        layer_inputs, cross, generating=cache is not None)
     if head_loss is not None:
       if cache is not None:
@@ -298,6 +312,17 @@ class Decoder(nn.Module):
       return DecoderOutput(None, None, None, self._head_loss(head_loss, x, ctx))
     x, cache = self._stack(x, ctx, cache)
     return DecoderOutput(self.logits(x), cache, x)
+
+  def _inputs(self, embeddings: jax.Array, positions: jax.Array) -> jax.Array:
+    """The first block's input: embeddings `[B, T, E]` projected in to `[B, T, D]` and, with a
+    learned position table, its rows at `positions + position_offset` added."""
+    cfg = self.config
+    x = embeddings
+    if cfg.projects_embeddings:
+      x = self.project_in(x)
+    if cfg.learned_positions:
+      x = x + self.pos_embedder(positions + cfg.position_offset).astype(x.dtype)
+    return x
 
   def _stack(self, x, ctx: LayerContext, cache):
     """Every segment in order; the cache keeps `init_cache`'s structure."""
@@ -380,6 +405,8 @@ class Decoder(nn.Module):
     the parameters `head_params` picks."""
     cfg = self.config
     x = self.norm(x)
+    if cfg.projects_embeddings:
+      x = self.project_out(x)
     if cfg.tie_embeddings:
       x = x.astype(jnp.dtype(cfg.dtype))
       heads = (self.embedder.attend,) + (
@@ -399,6 +426,6 @@ def _rows_of(cross, rows):
 def head_params(decoder_params: dict) -> dict:
   """The subtree of a decoder's parameters that `Decoder.logits` reads: the final norm and the LM
   head (the embedding when tied), so the head can be differentiated on its own."""
-  names = ("norm", "lm_head", "lm_head_additional") if "lm_head" in decoder_params else \
-      ("norm", "embed", "embed_additional")
+  names = ("norm", "project_out", "lm_head", "lm_head_additional") if "lm_head" in decoder_params \
+      else ("norm", "project_out", "embed", "embed_additional")
   return {name: decoder_params[name] for name in names if name in decoder_params}

@@ -38,10 +38,10 @@ class VisionModel(nn.Module):
 
 
 class CausalLMFamily(Family):
-  """Llama-family text models (Llama, Mistral, Qwen2, Qwen3) and Persimmon."""
+  """Llama-family text models (Llama, Mistral, Qwen2, Qwen3), Persimmon and OPT."""
 
   name = "causal_lm"
-  hf_model_types = ("llama", "mistral", "qwen2", "qwen3", "persimmon")
+  hf_model_types = ("llama", "mistral", "qwen2", "qwen3", "persimmon", "opt")
   config_cls = DecoderConfig
   module_cls = CausalLM
   table = "causal_lm"
