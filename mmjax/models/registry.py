@@ -27,6 +27,7 @@ FAMILY_MODULES = (
     "idefics",
     "idefics2",
     "dual_encoder",
+    "blip2",
 )
 
 

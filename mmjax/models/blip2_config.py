@@ -1,0 +1,85 @@
+"""BLIP-2 configuration, read from and written back to transformers' `Blip2Config`.
+
+Defaults are transformers' own (`Blip2VisionConfig`, `Blip2QFormerConfig`; an OPT text model)
+for keys a config.json leaves out. The Q-Former's cross-attention width is the vision tower's, as
+transformers sets it.
+"""
+
+import dataclasses
+from typing import Any, Mapping
+
+from mmjax.connectors.qformer import QFormerConfig
+from mmjax.decoders.config import DecoderConfig, decoder_to_hf
+from mmjax.encoders.vit import VisionConfig
+
+_VISION = dict(model_type="blip_2_vision_model", hidden_size=1408, intermediate_size=6144,
+               num_hidden_layers=39, num_attention_heads=16, image_size=224, patch_size=14,
+               hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True)
+_QFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+                layer_norm_eps=1e-12, cross_attention_frequency=2, use_qformer_text_input=False)
+NUM_QUERY_TOKENS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Blip2Config:
+  vision: VisionConfig  # kind 'blip2' (EVA)
+  qformer: QFormerConfig
+  decoder: DecoderConfig  # OPT or Llama-family
+  image_token_id: int
+
+  def __post_init__(self):
+    v, q, d = self.vision, self.qformer, self.decoder
+    if v.kind != "blip2":
+      raise ValueError(f"BLIP-2's vision tower is kind 'blip2', not {v.kind!r}")
+    if q.encoder_hidden_size != v.hidden_size:
+      raise ValueError(f"the Q-Former cross-attends to {q.encoder_hidden_size} features, the "
+                       f"vision tower gives {v.hidden_size}")
+    if d.embed_width != d.hidden_size:
+      raise ValueError(f"BLIP-2 places its {d.hidden_size}-wide query tokens among token "
+                       f"embeddings of width {d.embed_width} (word_embed_proj_dim): they must "
+                       "be equal")
+
+  @property
+  def tokens_per_image(self) -> int:
+    """Image-token slots an image fills (`num_query_tokens`)."""
+    return self.qformer.num_queries
+
+  @classmethod
+  def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "Blip2Config":
+    """Reads transformers' `Blip2Config` dict (config.json); `execution` sets dtypes etc."""
+    v = {**_VISION, **(cfg.get("vision_config") or {})}
+    vision = VisionConfig.from_hf(v, **execution)
+    q = {**_QFORMER, **(cfg.get("qformer_config") or {})}
+    qformer = QFormerConfig(
+        hidden_size=q["hidden_size"], num_layers=q["num_hidden_layers"],
+        num_heads=q["num_attention_heads"], intermediate_size=q["intermediate_size"],
+        encoder_hidden_size=vision.hidden_size,
+        num_queries=int(cfg.get("num_query_tokens", NUM_QUERY_TOKENS)),
+        cross_attention_frequency=q["cross_attention_frequency"], activation=q["hidden_act"],
+        layer_norm_eps=q["layer_norm_eps"], dropout=q["hidden_dropout_prob"],
+        text_input=bool(q["use_qformer_text_input"]), **execution)
+    text = {"model_type": "opt", **(cfg.get("text_config") or {})}
+    if text.get("is_encoder_decoder"):
+      raise ValueError(f"BLIP-2 with an encoder-decoder language model ({text['model_type']!r}, "
+                       "e.g. Flan-T5) is not supported")
+    decoder = DecoderConfig.from_hf(text, **execution)
+    image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
+    if image_token is None:
+      raise ValueError("BLIP-2 config.json has no image_token_index: transformers >= 4.47 "
+                       "places the query outputs at that token's slots")
+    return cls(vision=vision, qformer=qformer, decoder=decoder, image_token_id=int(image_token))
+
+  def to_hf(self) -> dict[str, Any]:
+    """transformers' `Blip2Config` dict (`from_hf` reads it back)."""
+    v, q = self.vision, self.qformer
+    qformer = dict(model_type="blip_2_qformer", hidden_size=q.hidden_size,
+                   num_hidden_layers=q.num_layers, num_attention_heads=q.num_heads,
+                   intermediate_size=q.intermediate_size, hidden_act=q.activation,
+                   hidden_dropout_prob=q.dropout, layer_norm_eps=q.layer_norm_eps,
+                   cross_attention_frequency=q.cross_attention_frequency,
+                   encoder_hidden_size=v.hidden_size, use_qformer_text_input=q.text_input)
+    return dict(architectures=["Blip2ForConditionalGeneration"], model_type="blip-2",
+                num_query_tokens=q.num_queries, image_token_index=self.image_token_id,
+                vision_config=v.to_hf(), qformer_config=qformer,
+                text_config=decoder_to_hf(self.decoder))
