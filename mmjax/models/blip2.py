@@ -8,15 +8,19 @@ prompt (before its BOS, and before the left padding of a padded batch), in row-m
 image per row, embedding fusion with an unchanged decoder.
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.connectors.qformer import QFormer
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionTransformer
 from mmjax.models.blip2_config import Blip2Config
 from mmjax.models.fusion import check_placeholders, merge_image_features
+from mmjax.models.inputs import nchw_to_nhwc, text_inputs
 from mmjax.models.tiled_family import TiledImageFamily
 from mmjax.nn.linear import Einsum
 from mmjax.nn.multihead import KVCache
@@ -91,6 +95,13 @@ class Blip2(nn.Module):
                         head_loss=head_loss)
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled_apply(config: Blip2Config):
+  """The model's jitted `apply`, one per config (frozen, hashable): the tower, Q-Former and
+  decoder as one program (op by op they run many times slower on CPU)."""
+  return jax.jit(Blip2(config).apply)
+
+
 class Blip2Family(TiledImageFamily):
   """transformers' `blip-2` checkpoints with a decoder-only language model (inference: logits,
   generation)."""
@@ -103,6 +114,18 @@ class Blip2Family(TiledImageFamily):
 
   def config_from_hf(self, hf_config, **execution):
     return Blip2Config.from_hf(hf_config, **execution)
+
+  def forward_from_hf_inputs(self, config, params, inputs):
+    """`input_ids [B, T]`, `attention_mask` (optional), `position_ids` (optional) and
+    `pixel_values [I, C, H, W]` as `Blip2Processor` makes them -> float32 logits `[B, T, V]`;
+    placeholders and images are checked on the host first (jit cannot count)."""
+    input_ids, mask, positions = text_inputs(inputs)
+    pixels = inputs.get("pixel_values")
+    pixels = None if pixels is None else nchw_to_nhwc(pixels)
+    check_placeholders(np.asarray(input_ids), config.image_token_id,
+                       (0 if pixels is None else pixels.shape[0]) * config.tokens_per_image)
+    out = _compiled_apply(config)({"params": params}, input_ids, pixels, positions, mask)
+    return np.asarray(out.logits, np.float32)
 
   def hf_processor_config(self, config, image_token):
     """`Blip2Processor` puts `num_query_tokens` `image_token`s in front of each prompt."""
