@@ -6,6 +6,7 @@ import os
 import pytest
 import transformers
 
+from blip2_models import blip2_config
 from hf_models import clip_vision_config, llava_config, text_config
 from fuyu_models import fuyu_config
 from idefics_models import idefics_config
@@ -62,6 +63,8 @@ CASES = {
                                                          qk_norm=True, perceiver_qk_norm=True,
                                                          interval=1, layers=3)),
     "idefics2": lambda: _from_hf(idefics2_config()),
+    "blip2_opt": lambda: _from_hf(blip2_config(depth=3, freq=2)),
+    "blip2_llama": lambda: _from_hf(blip2_config(text="llama", vision_act="quick_gelu")),
     "idefics2_tied_llama": lambda: _from_hf(idefics2_config(kv_heads=4, tied=True,
                                                             text_type="llama")),
 }
