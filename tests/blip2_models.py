@@ -97,3 +97,50 @@ def hf_greedy(model, inputs, n: int) -> np.ndarray:
     out = model.generate(**{k: torch.tensor(v) for k, v in inputs.items()}, do_sample=False,
                          max_new_tokens=n, pad_token_id=PAD)
   return out[:, inputs["input_ids"].shape[1]:].numpy()
+
+
+# InstructBLIP: the same tiny parts, a Q-Former with its own 64-word vocabulary and 20 positions.
+def instructblip_config(depth=2, freq=2, queries=3):
+  base = blip2_config(depth=depth, freq=freq, text="llama", queries=queries).to_dict()
+  qformer = {**base["qformer_config"], "vocab_size": VOCAB, "max_position_embeddings": 20}
+  for key in ("model_type", "use_qformer_text_input"):
+    qformer.pop(key, None)
+  vision = {k: v for k, v in base["vision_config"].items() if k != "model_type"}
+  return transformers.InstructBlipConfig(vision_config=vision, qformer_config=qformer,
+                                         text_config=base["text_config"],
+                                         num_query_tokens=queries, image_token_index=IMAGE)
+
+
+def instructblip_tiny(path: str, hf_cfg, seed: int = 0) -> str:
+  torch.manual_seed(seed)
+  return save(transformers.InstructBlipForConditionalGeneration(hf_cfg), path, seed=seed)
+
+
+def instructblip_reference(hf_dir: str):
+  return transformers.InstructBlipForConditionalGeneration.from_pretrained(
+      hf_dir, attn_implementation="eager").eval()
+
+
+def instructblip_processor(hf_cfg) -> transformers.InstructBlipProcessor:
+  side = hf_cfg.vision_config.image_size
+  images = BlipImageProcessorPil(size={"height": side, "width": side})
+  qformer_tokenizer = tokenizer()
+  qformer_tokenizer.padding_side = "right"  # BERT's
+  out = transformers.InstructBlipProcessor(images, tokenizer(), qformer_tokenizer,
+                                           num_query_tokens=hf_cfg.num_query_tokens)
+  assert out.tokenizer.convert_tokens_to_ids("<image>") == IMAGE
+  return out
+
+
+def make_instructblip_inputs(hf_cfg, lengths=(6, 3, 1), seed: int = 0) -> dict[str, np.ndarray]:
+  """`InstructBlipProcessor`'s arrays: the prompt both as the language model's (image tokens,
+  left padding) and as the Q-Former's instruction (right padding)."""
+  rng = np.random.default_rng(seed)
+  prompts = [" ".join(rng.choice(WORDS, n)) for n in lengths]
+  images = [Image.fromarray(rng.integers(0, 256, (20 + 7 * i, 33, 3), dtype=np.uint8))
+            for i in range(len(lengths))]
+  out = instructblip_processor(hf_cfg)(images=images, text=prompts, padding=True,
+                                       return_tensors="np")
+  return {k: out[k].astype(np.float32 if k == "pixel_values" else np.int64)
+          for k in ("input_ids", "attention_mask", "pixel_values", "qformer_input_ids",
+                    "qformer_attention_mask")}

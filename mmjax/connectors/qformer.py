@@ -48,6 +48,10 @@ class QFormerConfig:
   layer_norm_eps: float = 1e-12
   dropout: float = 0.1  # hidden_dropout_prob (attention dropout is not modelled)
   text_input: bool = False  # the text rows' feed-forward exists (`use_qformer_text_input`)
+  # InstructBLIP's own text embeddings (word + learned absolute positions from 0), read by
+  # `text_ids`; 0: none (text rows come as embeddings, or not at all).
+  text_vocab_size: int = 0
+  text_max_positions: int = 512
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
@@ -194,13 +198,18 @@ class QFormer(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, mask: str = "itm",
-               deterministic: bool = True) -> QFormerOutput:
-    """`images [B, S, E]` image features; `text [B, T, D]` text-row embeddings (word + position,
-    before the input layer norm) with `text_mask [B, T]` (1: real; default all real); `mask` one
-    of `QFORMER_MASKS`. Dropout runs when not `deterministic` (a 'dropout' rng)."""
+               deterministic: bool = True, text_ids: jax.Array | None = None) -> QFormerOutput:
+    """`images [B, S, E]` image features; text rows as `text [B, T, D]` embeddings (word +
+    position, before the input layer norm) or as `text_ids [B, T]` for the Q-Former's own
+    embeddings (`text_vocab_size`), with `text_mask [B, T]` (1: real; default all real); `mask`
+    one of `QFORMER_MASKS`. Dropout runs when not `deterministic` (a 'dropout' rng)."""
     cfg = self.config
     b = images.shape[0]
     dtype = jnp.dtype(cfg.dtype)
+    if text_ids is not None:
+      if text is not None:
+        raise ValueError("give the Q-Former's text rows as text or as text_ids, not both")
+      text = self._embed_text(text_ids)
     tokens = self.param("query_tokens", nn.with_logical_partitioning(
         DEFAULT_KERNEL_INIT, (None, VISION_AXES.embed)), (cfg.num_queries, cfg.hidden_size),
         jnp.dtype(cfg.param_dtype))
@@ -222,6 +231,23 @@ class QFormer(nn.Module):
       x, _ = stack(*args, deterministic, name=segment.name)(x, images, attn_mask)
     q = cfg.num_queries
     return QFormerOutput(queries=x[:, :q], text=x[:, q:] if text is not None else None)
+
+  def _embed_text(self, ids: jax.Array) -> jax.Array:
+    """`ids [B, T]` -> word + position embeddings `[B, T, D]` (positions 0..T-1)."""
+    cfg = self.config
+    if not cfg.text_vocab_size:
+      raise ValueError("this Q-Former has no text embeddings (text_vocab_size=0): it takes no "
+                       "text_ids")
+    if ids.shape[1] > cfg.text_max_positions:
+      raise ValueError(f"{ids.shape[1]} Q-Former text tokens exceed its "
+                       f"{cfg.text_max_positions} positions")
+    table = lambda rows, name: nn.Embed(
+        rows, cfg.hidden_size, param_dtype=jnp.dtype(cfg.param_dtype),
+        embedding_init=nn.with_logical_partitioning(DEFAULT_KERNEL_INIT,
+                                                    (None, VISION_AXES.embed)), name=name)
+    words = table(cfg.text_vocab_size, "word_embed")(ids)
+    positions = table(cfg.text_max_positions, "pos_embed")(jnp.arange(ids.shape[1]))
+    return (words + positions[None]).astype(jnp.dtype(cfg.dtype))
 
 
 __all__ = ["QFORMER_MASKS", "QFormer", "QFormerConfig", "QFormerOutput", "self_attention_mask",

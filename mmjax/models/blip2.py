@@ -1,6 +1,8 @@
 """BLIP-2 (transformers `blip-2`, `Blip2ForConditionalGeneration`): an EVA vision tower, a Q-Former
 whose learned queries read its features, a `language_projection` Linear, and an OPT or
-Llama-family decoder.
+Llama-family decoder. InstructBLIP (`instructblip`) is the same composition whose Q-Former also
+reads the instruction (`qformer_input_ids`, its own BERT vocabulary) as text rows beside the
+queries, every row seeing every row; only the query rows leave the Q-Former.
 
 As in transformers 5, the projected query outputs replace the embeddings of the
 `num_query_tokens` image tokens (`image_token_index`) that `Blip2Processor` puts in front of each
@@ -18,9 +20,10 @@ import numpy as np
 from mmjax.connectors.qformer import QFormer
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionTransformer
-from mmjax.models.blip2_config import Blip2Config
+from mmjax.models.blip2_config import Blip2Config, InstructBlipConfig
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.inputs import nchw_to_nhwc, text_inputs
+from mmjax.models.host_images import HostImagesFamily
 from mmjax.models.tiled_family import TiledImageFamily
 from mmjax.nn.linear import Einsum
 from mmjax.nn.multihead import KVCache
@@ -32,10 +35,14 @@ class Blip2Connector(nn.Module):
   config: Blip2Config
 
   @nn.compact
-  def __call__(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
+  def __call__(self, features: jax.Array, deterministic: bool = True,
+               text_ids: jax.Array | None = None, text_mask: jax.Array | None = None) -> jax.Array:
+    """`text_ids [I, T]` / `text_mask [I, T]`: InstructBLIP's instruction rows, beside the
+    queries under the all-see-all mask; only the query rows leave."""
     cfg = self.config
-    queries = QFormer(cfg.qformer, name="qformer")(features,
-                                                   deterministic=deterministic).queries
+    queries = QFormer(cfg.qformer, name="qformer")(
+        features, text_mask=text_mask, mask="itm", deterministic=deterministic,
+        text_ids=text_ids).queries
     d, q = cfg.decoder.hidden_size, cfg.qformer.hidden_size
     return Einsum("BQI,OI->BQO", (d, q), ("embed", "vit_embed"), bias_shape=(d,),
                   bias_axes=("embed",), dtype=jnp.dtype(cfg.decoder.dtype),
@@ -54,6 +61,9 @@ class Blip2(nn.Module):
     """`pixels [I, H, W, C]` -> `[I, Q, D_text]` (the post-normed tower output, every token)."""
     return self.connector(self.encoder(pixels)["last_hidden_state"])
 
+  def image_count(self, pixels) -> int:
+    return pixels.shape[0]
+
   def embed(self, input_ids: jax.Array, pixels: jax.Array | None,
             image_valid: jax.Array | None = None) -> jax.Array:
     """Token embeddings `[B, T, D]` with the images' query tokens in the image-token slots;
@@ -61,7 +71,7 @@ class Blip2(nn.Module):
     cfg = self.config
     embeddings = self.decoder.embed(input_ids)
     is_placeholder = input_ids == cfg.image_token_id
-    if pixels is None or pixels.shape[0] == 0:
+    if pixels is None or self.image_count(pixels) == 0:
       check_placeholders(input_ids, cfg.image_token_id, 0)
       return embeddings
     features = self.image_features(pixels)  # [I, Q, D]
@@ -132,4 +142,109 @@ class Blip2Family(TiledImageFamily):
     return dict(processor_class="Blip2Processor", num_query_tokens=config.tokens_per_image)
 
 
-FAMILIES = (Blip2Family(),)
+class InstructBlip(Blip2):
+  """InstructBLIP: the images come with the Q-Former's instruction ids (`InstructBlipImages`)."""
+
+  config: InstructBlipConfig
+
+  def image_features(self, images: dict) -> jax.Array:
+    states = self.encoder(images["pixel_values"])["last_hidden_state"]
+    return self.connector(states, text_ids=images["qformer_input_ids"],
+                          text_mask=images["qformer_attention_mask"])
+
+  def image_count(self, images) -> int:
+    return images["pixel_values"].shape[0]
+
+
+# {'pixel_values': [I, H, W, C] float32, 'qformer_input_ids': [I, T] int32,
+#  'qformer_attention_mask': [I, T] int32}: one image and its instruction per row.
+InstructBlipImages = dict
+
+
+def instructblip_images(config: InstructBlipConfig, inputs) -> InstructBlipImages | None:
+  """InstructBlipProcessor's `pixel_values [B, C, H, W]`, `qformer_input_ids [B, T]` and
+  `qformer_attention_mask [B, T]` (ones when absent) -> the module's images; None without
+  pixels."""
+  pixels = inputs.get("pixel_values")
+  if pixels is None:
+    return None
+  pixels = nchw_to_nhwc(pixels)
+  if "qformer_input_ids" not in inputs:
+    raise KeyError("InstructBLIP inputs with pixel_values need qformer_input_ids (the "
+                   "instruction for the Q-Former)")
+  ids = np.asarray(inputs["qformer_input_ids"], np.int32)
+  mask = inputs.get("qformer_attention_mask")
+  mask = np.ones_like(ids) if mask is None else np.asarray(mask, np.int32)
+  if ids.ndim != 2 or ids.shape[0] != pixels.shape[0] or mask.shape != ids.shape:
+    raise ValueError(f"qformer_input_ids {ids.shape} and qformer_attention_mask {mask.shape} "
+                     f"must be [images, tokens] for {pixels.shape[0]} images")
+  if ids.shape[1] > config.qformer.text_max_positions:
+    raise ValueError(f"qformer_input_ids have {ids.shape[1]} tokens, more than the Q-Former's "
+                     f"{config.qformer.text_max_positions} positions")
+  return {"pixel_values": pixels, "qformer_input_ids": ids, "qformer_attention_mask": mask}
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_instructblip(config: InstructBlipConfig):
+  return jax.jit(InstructBlip(config).apply)
+
+
+class InstructBlipFamily(HostImagesFamily):
+  """transformers' `instructblip` checkpoints with a decoder-only language model (inference:
+  logits, generation)."""
+
+  name = "instructblip"
+  hf_model_types = ("instructblip",)
+  config_cls = InstructBlipConfig
+  module_cls = InstructBlip
+  table = "blip2"
+  processor_keys = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
+
+  def config_from_hf(self, hf_config, **execution):
+    return InstructBlipConfig.from_hf(hf_config, **execution)
+
+  def hf_processor_config(self, config, image_token):
+    return dict(processor_class="InstructBlipProcessor", num_query_tokens=config.tokens_per_image)
+
+  def tokens_per_image(self, config) -> int:
+    return config.tokens_per_image
+
+  def example_inputs(self, config):
+    v, n = config.vision, config.tokens_per_image
+    images = {"pixel_values": jnp.zeros((1, v.image_size, v.image_size, v.num_channels)),
+              "qformer_input_ids": jnp.zeros((1, 2), jnp.int32),
+              "qformer_attention_mask": jnp.ones((1, 2), jnp.int32)}
+    ids = jnp.full((1, n), config.image_token_id, jnp.int32)
+    return ids, images, jnp.zeros_like(ids)
+
+  def images_from_processor(self, config, inputs):
+    return instructblip_images(config, inputs)
+
+  def check_image_placeholders(self, config, input_ids, images):
+    count = 0 if images is None else images["pixel_values"].shape[0]
+    check_placeholders(np.asarray(input_ids), config.image_token_id,
+                       count * config.tokens_per_image)
+
+  def forward_from_hf_inputs(self, config, params, inputs):
+    """InstructBlipProcessor's arrays -> float32 logits `[B, T, V]` (one compiled program)."""
+    input_ids, mask, positions = text_inputs(inputs)
+    images = instructblip_images(config, inputs)
+    self.check_image_placeholders(config, input_ids, images)
+    out = _compiled_instructblip(config)({"params": params}, input_ids, images, positions, mask)
+    return np.asarray(out.logits, np.float32)
+
+  def example_processor_inputs(self, config, batch, length):
+    n = config.tokens_per_image
+    if length < n:
+      raise ValueError(f"a prompt of {length} tokens cannot hold an image's {n} tokens")
+    ids = np.zeros((batch, length), np.int32)
+    ids[:, :n] = config.image_token_id
+    v = config.vision
+    return {"input_ids": ids,
+            "pixel_values": np.zeros((batch, v.num_channels, v.image_size, v.image_size),
+                                     np.float32),
+            "qformer_input_ids": np.zeros((batch, 4), np.int32),
+            "qformer_attention_mask": np.ones((batch, 4), np.int32)}
+
+
+FAMILIES = (Blip2Family(), InstructBlipFamily())

@@ -1,4 +1,5 @@
-"""BLIP-2 configuration, read from and written back to transformers' `Blip2Config`.
+"""BLIP-2 and InstructBLIP configurations, read from and written back to transformers'
+`Blip2Config` / `InstructBlipConfig`.
 
 Defaults are transformers' own (`Blip2VisionConfig`, `Blip2QFormerConfig`; an OPT text model)
 for keys a config.json leaves out. The Q-Former's cross-attention width is the vision tower's, as
@@ -17,12 +18,20 @@ _VISION = dict(model_type="blip_2_vision_model", hidden_size=1408, intermediate_
                hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True)
 _QFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                 intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                layer_norm_eps=1e-12, cross_attention_frequency=2, use_qformer_text_input=False)
+                layer_norm_eps=1e-12, cross_attention_frequency=2)
 NUM_QUERY_TOKENS = 32
 
 
 @dataclasses.dataclass(frozen=True)
 class Blip2Config:
+  """BLIP-2; `InstructBlipConfig` is the same composition with a Q-Former that reads text."""
+
+  # transformers' names of the composition and its parts (`from_hf` / `to_hf`).
+  HF_TYPE = "blip-2"
+  HF_ARCHITECTURE = "Blip2ForConditionalGeneration"
+  HF_VISION_TYPE = "blip_2_vision_model"
+  HF_QFORMER_TYPE = "blip_2_qformer"
+
   vision: VisionConfig  # kind 'blip2' (EVA)
   qformer: QFormerConfig
   decoder: DecoderConfig  # OPT or Llama-family
@@ -48,8 +57,8 @@ class Blip2Config:
   @classmethod
   def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "Blip2Config":
     """Reads transformers' `Blip2Config` dict (config.json); `execution` sets dtypes etc."""
-    v = {**_VISION, **(cfg.get("vision_config") or {})}
-    vision = VisionConfig.from_hf(v, **execution)
+    v = {**_VISION, **(cfg.get("vision_config") or {}), "model_type": _VISION["model_type"]}
+    vision = VisionConfig.from_hf(v, **execution)  # InstructBLIP's tower is BLIP-2's
     q = {**_QFORMER, **(cfg.get("qformer_config") or {})}
     qformer = QFormerConfig(
         hidden_size=q["hidden_size"], num_layers=q["num_hidden_layers"],
@@ -58,7 +67,7 @@ class Blip2Config:
         num_queries=int(cfg.get("num_query_tokens", NUM_QUERY_TOKENS)),
         cross_attention_frequency=q["cross_attention_frequency"], activation=q["hidden_act"],
         layer_norm_eps=q["layer_norm_eps"], dropout=q["hidden_dropout_prob"],
-        text_input=bool(q["use_qformer_text_input"]), **execution)
+        **cls._qformer_text(q), **execution)
     text = {"model_type": "opt", **(cfg.get("text_config") or {})}
     if text.get("is_encoder_decoder"):
       raise ValueError(f"BLIP-2 with an encoder-decoder language model ({text['model_type']!r}, "
@@ -70,16 +79,50 @@ class Blip2Config:
                        "places the query outputs at that token's slots")
     return cls(vision=vision, qformer=qformer, decoder=decoder, image_token_id=int(image_token))
 
+  @classmethod
+  def _qformer_text(cls, q: Mapping[str, Any]) -> dict[str, Any]:
+    """The Q-Former's text settings from its config dict (BLIP-2's: a text feed-forward when
+    `use_qformer_text_input`; its stage-1 text embeddings sit outside the Q-Former)."""
+    return dict(text_input=bool(q.get("use_qformer_text_input", False)))
+
+  def _qformer_text_to_hf(self) -> dict[str, Any]:
+    return dict(use_qformer_text_input=self.qformer.text_input)
+
   def to_hf(self) -> dict[str, Any]:
-    """transformers' `Blip2Config` dict (`from_hf` reads it back)."""
+    """transformers' `Blip2Config` / `InstructBlipConfig` dict (`from_hf` reads it back)."""
     v, q = self.vision, self.qformer
-    qformer = dict(model_type="blip_2_qformer", hidden_size=q.hidden_size,
+    qformer = dict(model_type=self.HF_QFORMER_TYPE, hidden_size=q.hidden_size,
                    num_hidden_layers=q.num_layers, num_attention_heads=q.num_heads,
                    intermediate_size=q.intermediate_size, hidden_act=q.activation,
                    hidden_dropout_prob=q.dropout, layer_norm_eps=q.layer_norm_eps,
                    cross_attention_frequency=q.cross_attention_frequency,
-                   encoder_hidden_size=v.hidden_size, use_qformer_text_input=q.text_input)
-    return dict(architectures=["Blip2ForConditionalGeneration"], model_type="blip-2",
+                   encoder_hidden_size=v.hidden_size, **self._qformer_text_to_hf())
+    return dict(architectures=[self.HF_ARCHITECTURE], model_type=self.HF_TYPE,
                 num_query_tokens=q.num_queries, image_token_index=self.image_token_id,
-                vision_config=v.to_hf(), qformer_config=qformer,
-                text_config=decoder_to_hf(self.decoder))
+                vision_config={**v.to_hf(), "model_type": self.HF_VISION_TYPE},
+                qformer_config=qformer, text_config=decoder_to_hf(self.decoder))
+
+
+@dataclasses.dataclass(frozen=True)
+class InstructBlipConfig(Blip2Config):
+  """InstructBLIP: BLIP-2's composition whose Q-Former embeds instruction ids (its own word and
+  position tables) and reads them as text rows beside the queries (all see all)."""
+
+  HF_TYPE = "instructblip"
+  HF_ARCHITECTURE = "InstructBlipForConditionalGeneration"
+  HF_VISION_TYPE = "instructblip_vision_model"
+  HF_QFORMER_TYPE = "instructblip_qformer"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not (self.qformer.text_input and self.qformer.text_vocab_size):
+      raise ValueError("InstructBLIP's Q-Former has text embeddings and a text feed-forward")
+
+  @classmethod
+  def _qformer_text(cls, q):
+    return dict(text_input=True, text_vocab_size=int(q.get("vocab_size", 30522)),
+                text_max_positions=int(q.get("max_position_embeddings", 512)))
+
+  def _qformer_text_to_hf(self):
+    q = self.qformer
+    return dict(vocab_size=q.text_vocab_size, max_position_embeddings=q.text_max_positions)

@@ -1,4 +1,6 @@
-"""Conversion table of BLIP-2 (`blip-2`, `Blip2ForConditionalGeneration`).
+"""Conversion table of BLIP-2 (`blip-2`, `Blip2ForConditionalGeneration`) and InstructBLIP
+(`instructblip`, `InstructBlipForConditionalGeneration`: the same keys, and the Q-Former's text
+embeddings under `qformer.embeddings.`).
 
 transformers 4.x and 5.x save the same keys: `vision_model.`, `query_tokens`, `qformer.`,
 `language_projection.`, `language_model.` (an `OPTForCausalLM`'s `model.decoder.` and

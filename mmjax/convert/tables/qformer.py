@@ -45,10 +45,15 @@ def _layer(cross: bool) -> list[Rule]:
 
 def qformer_rules(config) -> list[Rule]:
   """A `QFormerConfig`'s layers and input norm, relative to `qformer.` / the connector; the
-  query tokens are the caller's (they sit beside `qformer.` in transformers)."""
+  query tokens are the caller's (they sit beside `qformer.` in transformers). A Q-Former with
+  text embeddings (InstructBLIP) keeps its input norm beside them, in `embeddings.`."""
   kinds = {SELF: ("encoder.layer.{i}.", _layer(False)),
            CROSS: ("encoder.layer.{i}.", _layer(True))}
-  return [Rule("layernorm.weight", "embed_norm/scale"), Rule("layernorm.bias", "embed_norm/bias"),
+  norm = "embeddings.layernorm" if config.text_vocab_size else "layernorm"
+  embeddings = [Rule("embeddings.word_embeddings.weight", "word_embed/embedding"),
+                Rule("embeddings.position_embeddings.weight", "pos_embed/embedding")]
+  return [Rule(f"{norm}.weight", "embed_norm/scale"), Rule(f"{norm}.bias", "embed_norm/bias"),
+          *(embeddings if config.text_vocab_size else []),
           *segment_rules(config.plan, kinds)]
 
 
