@@ -121,9 +121,15 @@ class Blip2Family(TiledImageFamily):
   config_cls = Blip2Config
   module_cls = Blip2
   table = "blip2"
+  stacks = {"encoder": "vision", "connector": "qformer", "decoder": "decoder"}
 
   def config_from_hf(self, hf_config, **execution):
     return Blip2Config.from_hf(hf_config, **execution)
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True, **image_options):
+    """Not yet: Blip2Processor puts the image tokens before the BOS and any padding, a layout
+    the generic chat prompt does not make (`mmjax generate --inputs` takes its arrays)."""
+    raise self._unsupported("chat mode")
 
   def forward_from_hf_inputs(self, config, params, inputs):
     """`input_ids [B, T]`, `attention_mask` (optional), `position_ids` (optional) and
@@ -198,6 +204,7 @@ class InstructBlipFamily(HostImagesFamily):
   config_cls = InstructBlipConfig
   module_cls = InstructBlip
   table = "blip2"
+  stacks = {"encoder": "vision", "connector": "qformer", "decoder": "decoder"}
   processor_keys = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
 
   def config_from_hf(self, hf_config, **execution):

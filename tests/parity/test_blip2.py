@@ -23,6 +23,7 @@ from mmjax import cli
 from mmjax.convert.exporter import export_hf
 from mmjax.convert.importer import convert_hf
 from mmjax.convert.plan import ConversionError
+from mmjax.models.family import Unsupported
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import forward_from_hf_inputs
 
@@ -62,12 +63,11 @@ def test_logits_match_transformers(converted, name):
   assert_logits_match(f"blip2/{name}", ours, ref, inputs["attention_mask"])
 
 
-@pytest.mark.parametrize("name", ["opt_depth3_freq2"])
-def test_greedy_generation_through_the_generate_command(converted, name):
+def test_greedy_generation_through_the_generate_command(converted):
   """`mmjax generate --inputs`: greedy ids equal transformers' `generate` (the images only in the
-  prefill; OPT's learned positions and Llama's RoPE continue from the attention mask)."""
-  root, hf_cfg, model, _ = converted(name)
-  inputs = make_inputs(hf_cfg, lengths=(2, 7, 4), seed=1)  # the logits test's shapes
+  prefill; OPT's learned positions continue from the attention mask, padding in mid-row)."""
+  root, hf_cfg, model, _ = converted(FIRST)
+  inputs = make_inputs(hf_cfg, lengths=(2, 7, 4), seed=1)
   np.savez(root / "inputs.npz", **inputs)
   assert cli.main(["generate", "--checkpoint", str(root / "mm"), "--inputs",
                    str(root / "inputs.npz"), "--out", str(root / "ids.npy"),
@@ -121,6 +121,8 @@ def test_config_and_processor_settings(converted):
   _, hf_cfg, _, (family, config, _) = converted("opt_depth3_freq2")
   assert family.config_from_hf(family.hf_config(config)) == config
   assert config.qformer.cross_layers == (0, 2) and config.tokens_per_image == 4
+  with pytest.raises(Unsupported, match="chat mode"):
+    family.prompt_builder("unused", config)
   settings = family.hf_processor_config(config, "<image>")
   assert settings == {"processor_class": "Blip2Processor", "num_query_tokens": 4}
   assert processor(hf_cfg).num_query_tokens == settings["num_query_tokens"]

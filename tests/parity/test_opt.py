@@ -96,3 +96,15 @@ def test_export_round_trips_bit_for_bit(converted, tmp_path, name):
   _, info = transformers.OPTForCausalLM.from_pretrained(str(tmp_path / "back"),
                                                         output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
+@pytest.mark.parametrize("key,value", [("do_layer_norm_before", False),
+                                       ("_remove_final_layer_norm", True),
+                                       ("layer_norm_elementwise_affine", False)])
+def test_unsupported_settings_are_named(key, value):
+  """opt-350m's post-LN blocks and norms without parameters are refused, naming the setting."""
+  from mmjax.decoders.config import DecoderConfig  # pylint: disable=g-import-not-at-top
+
+  cfg = {**opt_config().to_dict(), key: value}
+  with pytest.raises(ValueError, match=f"{key}={value}"):
+    DecoderConfig.from_hf(cfg)
