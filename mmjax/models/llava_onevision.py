@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmjax.data.preprocess.onevision import DEFAULT_PINPOINTS
 from mmjax.models import onevision_layout as layout
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.inputs import text_inputs
@@ -29,8 +30,7 @@ PROCESSOR_KEYS = ("pixel_values", "image_sizes", "batch_num_images", "pixel_valu
 HF_DEFAULTS = dict(image_token_index=151646, video_token_index=151647,
                    vision_feature_select_strategy="full", vision_feature_layer=-1,
                    vision_aspect_ratio="anyres_max_9",
-                   image_grid_pinpoints=[[h, w] for h in range(384, 2305, 384)
-                                         for w in range(384, 2305, 384)])
+                   image_grid_pinpoints=[list(p) for p in DEFAULT_PINPOINTS])
 
 # {'tiles': [N, H, W, C] float32, 'image_index' / 'video_index': [F, 4] int32,
 #  'image_weights' / 'video_weights': [F, 4] float32} (see `onevision_layout`)

@@ -14,24 +14,20 @@ weights `(1, 0, 1, 0)`, which return it exactly. Two places mix features, both a
 
 Tiles are laid out images first (each image's real tiles, the base view first), then every video
 frame, in the order the model runs them through the tower.
+
+The counts alone (`tokens_for`, `video_tokens`) live with the preprocessing
+(`mmjax.data.preprocess.onevision`).
 """
 
 import math
 
 import numpy as np
 
-from mmjax.data.preprocess.anyres import select_best_resolution, unpadded_grid
+from mmjax.data.preprocess.anyres import unpadded_grid
+from mmjax.data.preprocess.onevision import (anyres_grid, max_patches, shrunk, tokens_for,
+                                             video_tokens)
 
 COPY = np.array([1.0, 0.0, 1.0, 0.0], np.float32)  # weights that take x0 as it is
-
-
-def max_patches(vision_aspect_ratio: str) -> int:
-  """N of `anyres_max_N`, read as transformers reads it (the characters of "anyres_max_" stripped
-  from both ends)."""
-  value = str(vision_aspect_ratio).strip("anyres_max_")
-  if not value.isdigit():
-    raise ValueError(f"vision_aspect_ratio {vision_aspect_ratio!r} is not 'anyres_max_<int>'")
-  return int(value)
 
 
 def taps(n_in: int, n_out: int):
@@ -64,21 +60,6 @@ def copies(rows: np.ndarray):
   return np.repeat(rows[:, None], 4, 1), np.tile(COPY, (rows.shape[0], 1))
 
 
-def anyres_grid(height: int, width: int, pinpoints, side: int) -> tuple[int, int]:
-  """(rows, cols) of tiles of an image of (height, width) (`side`: the tile's pixels)."""
-  best_h, best_w = select_best_resolution(height, width, pinpoints)
-  return best_h // side, best_w // side
-
-
-def shrunk(rows: int, cols: int, g: int, max_tiles: int) -> tuple[int, int] | None:
-  """The size `anyres_max_<max_tiles>` shrinks an unpadded `rows x cols` grid to, else None
-  (computed in Python floats exactly as transformers does)."""
-  ratio = math.sqrt(rows * cols / (max_tiles * g ** 2))
-  if ratio > 1.1:
-    return int(rows // ratio), int(cols // ratio)
-  return None
-
-
 def image_layout(height, width, first, g, pinpoints, side, max_tiles, newline):
   """An image cut into tiles (AnyRes; its tiles start at tile `first`): the base view, then the
   unpadded grid (shrunk past `max_tiles`), each row ended by the newline row."""
@@ -102,25 +83,6 @@ def image_layout(height, width, first, g, pinpoints, side, max_tiles, newline):
       np.concatenate([weights.reshape(out_rows, out_cols, 4), nl_weights[:, None]],
                      1).reshape(-1, 4)))
   return parts, 1 + rows * cols
-
-
-def tokens_for(height: int, width: int, g: int, pinpoints, side: int, max_tiles: int,
-               multi: bool = False) -> int:
-  """Placeholders of one image: its base view and a newline when it shares its row with other
-  images, else the base view, the unpadded (maybe shrunk) grid and a newline per grid row."""
-  if multi:
-    return g * g + 1
-  rows, cols = anyres_grid(height, width, pinpoints, side)
-  _, kept_rows, _, kept_cols = unpadded_grid(height, width, rows * g, cols * g)
-  size = shrunk(kept_rows, kept_cols, g, max_tiles)
-  out_rows, out_cols = (kept_rows, kept_cols) if size is None else size
-  return g * g + out_rows * out_cols + out_rows
-
-
-def video_tokens(frames: int, g: int) -> int:
-  """Placeholders of a video: every frame pooled to ceil(g / 2) a side, one newline at the end."""
-  p = math.ceil(g / 2)
-  return frames * p * p + 1
 
 
 def feature_layout(image_sizes, multi, videos, g: int, pinpoints, side: int, max_tiles: int):
