@@ -172,7 +172,7 @@ class LlavaOnevision(LlavaNext):
 
 
 class LlavaOnevisionFamily(LlavaNextFamily):
-  """transformers' `llava_onevision` checkpoints (inference: logits, generation)."""
+  """transformers' `llava_onevision` checkpoints (inference: logits, generation, chat mode)."""
 
   name = "llava_onevision"
   hf_model_types = ("llava_onevision",)
@@ -231,7 +231,9 @@ class LlavaOnevisionFamily(LlavaNextFamily):
                                      np.float32)}
 
   def prompt_builder(self, ckpt_dir, config, chat_template=True):
-    raise self._unsupported("chat mode")
+    from mmjax.generation.llava_onevision import OnevisionPromptBuilder
+
+    return OnevisionPromptBuilder.from_checkpoint(ckpt_dir, config, chat_template)
 
 
 FAMILIES = (LlavaOnevisionFamily(),)

@@ -24,12 +24,14 @@ from mmjax.data.preprocess.anyres import select_best_resolution, unpadded_grid
 DEFAULT_PINPOINTS = tuple((h, w) for h in range(384, 2305, 384) for w in range(384, 2305, 384))
 
 
-def image_config(size: int = 384, patch_size: int = 14, grid_pinpoints=DEFAULT_PINPOINTS,
-                 **overrides):
-  """`ImageConfig` of a LlavaOnevisionImageProcessor resizing to `size` squares (CLIP's mean /
-  std, bicubic), for a tower of `patch_size`."""
+def image_config(size: int | tuple[int, int] = 384, patch_size: int = 14,
+                 grid_pinpoints=DEFAULT_PINPOINTS, **overrides):
+  """`ImageConfig` of a LlavaOnevisionImageProcessor resizing to `size` (a square's side, or
+  (height, width); tiles are height-sided squares) with CLIP's mean / std, bicubic, by
+  default, for a tower of `patch_size`."""
   return ImageConfig(**{**dict(
-      family="anyres", shortest_edge=None, size=(size, size), crop_size=None,
+      family="anyres", shortest_edge=None,
+      size=(size, size) if isinstance(size, int) else tuple(size), crop_size=None,
       pad_to_square=True, patch_size=patch_size,
       grid_pinpoints=tuple(tuple(p) for p in grid_pinpoints)), **overrides})
 
