@@ -151,3 +151,20 @@ def test_inputs_that_disagree_are_named(built):
     run(image_sizes=None)
   with pytest.raises(ValueError, match=r"\[videos, frames, channels, height, width\]"):
     run(pixel_values_videos=inputs["pixel_values_videos"][0])
+
+
+def test_example_processor_inputs_fit_the_adapter(built):
+  """What `mmjax aot --step generate` feeds the adapter: one whole-grid image per row."""
+  _, _, _, (family, config, params) = built("siglip_qwen2_tied_odd_grid")
+  h, w = config.grid_pinpoints[0]
+  example = family.example_processor_inputs(config, 2, config.tokens_for(h, w) + 3)
+  ids = example["input_ids"]
+  images, _ = family.generation_adapter(config).prepare_inputs(
+      ids, np.ones_like(ids), family.generation_pixels(config, example), None)
+  assert images["image_index"].shape == (2 * config.tokens_for(h, w), 4)
+  assert images["video_index"].shape == (0, 4)
+  with pytest.raises(ValueError, match="cannot hold"):
+    family.example_processor_inputs(config, 1, 4)
+  with pytest.raises(ValueError, match="unknown inputs"):
+    family.generation_adapter(config).prepare_inputs(
+        ids, np.ones_like(ids), {**example, "image_sizes_videos": np.zeros((1, 2))}, None)
