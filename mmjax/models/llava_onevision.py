@@ -146,6 +146,16 @@ def check_image_placeholders(config: LlavaOnevisionConfig, input_ids, images):
     check_placeholders(input_ids, token, features)
 
 
+def mix_features(flat: jax.Array, index: jax.Array, weights: jax.Array) -> jax.Array:
+  """`flat [R, D]` rows mixed as `onevision_layout` lays them out: `index [F, 4]`, `weights
+  [F, 4]` (w0, w1, h0, h1) -> `(w0 x0 + w1 x1) h0 + (w0 x2 + w1 x3) h1` `[F, D]`, the order of
+  torch's bilinear kernel (width inside, height outside)."""
+  x = flat[index]  # [F, 4, D]
+  w = weights.astype(flat.dtype)[:, :, None]  # [F, 4, 1]
+  return ((x[:, 0] * w[:, 0] + x[:, 1] * w[:, 1]) * w[:, 2]
+          + (x[:, 2] * w[:, 0] + x[:, 3] * w[:, 1]) * w[:, 3])
+
+
 class LlavaOnevision(LlavaNext):
   """`LlavaNext` whose placeholders take bilinear mixes of tile features (`onevision_layout`),
   images in the `<image>` and videos in the `<video>` placeholders."""
@@ -163,10 +173,7 @@ class LlavaOnevision(LlavaNext):
       index = images[f"{kind}_index"]
       if index.shape[0] == 0:
         continue
-      x = flat[index]  # [F, 4, D]
-      w = images[f"{kind}_weights"].astype(flat.dtype)[:, :, None]  # [F, 4, 1]
-      mixed = ((x[:, 0] * w[:, 0] + x[:, 1] * w[:, 1]) * w[:, 2]
-               + (x[:, 2] * w[:, 0] + x[:, 3] * w[:, 1]) * w[:, 3])  # [F, D]
+      mixed = mix_features(flat, index, images[f"{kind}_weights"])  # [F, D]
       embeddings = merge_image_features(embeddings, input_ids == token, mixed)
     return embeddings
 
