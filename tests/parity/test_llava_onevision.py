@@ -112,9 +112,7 @@ def test_export_writes_the_saved_tensors_back_bit_for_bit(built, tmp_path):
   root, _, _, _ = built("siglip_qwen2_tied_odd_grid")
   export_hf(str(root / "mm"), str(tmp_path / "back"), progress=False)
   assert_same_tensors(load_tensors(str(root / "hf")), load_tensors(str(tmp_path / "back")))
-  _, info = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(
-      str(tmp_path / "back"), output_loading_info=True)
-  assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  # the very tensors save_pretrained wrote (so from_pretrained loads them as it loaded those)
   back = transformers.LlavaOnevisionConfig.from_pretrained(str(tmp_path / "back"))
   saved = transformers.LlavaOnevisionConfig.from_pretrained(str(root / "hf"))
   for key in ("image_grid_pinpoints", "vision_aspect_ratio", "image_token_id", "video_token_id",
