@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.data.preprocess.onevision import DEFAULT_PINPOINTS
+from mmjax.data.preprocess import onevision
 from mmjax.models import onevision_layout as layout
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.inputs import text_inputs
@@ -30,7 +30,7 @@ PROCESSOR_KEYS = ("pixel_values", "image_sizes", "batch_num_images", "pixel_valu
 HF_DEFAULTS = dict(image_token_index=151646, video_token_index=151647,
                    vision_feature_select_strategy="full", vision_feature_layer=-1,
                    vision_aspect_ratio="anyres_max_9",
-                   image_grid_pinpoints=[list(p) for p in DEFAULT_PINPOINTS])
+                   image_grid_pinpoints=[list(p) for p in onevision.DEFAULT_PINPOINTS])
 
 # {'tiles': [N, H, W, C] float32, 'image_index' / 'video_index': [F, 4] int32,
 #  'image_weights' / 'video_weights': [F, 4] float32} (see `onevision_layout`)
@@ -46,19 +46,19 @@ class LlavaOnevisionConfig(LlavaNextConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    layout.max_patches(self.vision_aspect_ratio)  # a readable value
+    onevision.max_patches(self.vision_aspect_ratio)  # a readable value
 
   @property
   def max_tiles(self) -> int:
-    return layout.max_patches(self.vision_aspect_ratio)
+    return onevision.max_patches(self.vision_aspect_ratio)
 
   def tokens_for(self, height: int, width: int, multi: bool = False) -> int:
     """Placeholders of one image (`multi`: it shares its row with other images)."""
-    return layout.tokens_for(height, width, self.tile_grid, self.grid_pinpoints,
+    return onevision.tokens_for(height, width, self.tile_grid, self.grid_pinpoints,
                              self.vision.image_size, self.max_tiles, multi)
 
   def video_tokens(self, frames: int) -> int:
-    return layout.video_tokens(frames, self.tile_grid)
+    return onevision.video_tokens(frames, self.tile_grid)
 
   @classmethod
   def from_hf(cls, cfg: Mapping[str, Any], **execution) -> "LlavaOnevisionConfig":

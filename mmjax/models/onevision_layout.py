@@ -24,8 +24,7 @@ import math
 import numpy as np
 
 from mmjax.data.preprocess.anyres import unpadded_grid
-from mmjax.data.preprocess.onevision import (anyres_grid, max_patches, shrunk, tokens_for,
-                                             video_tokens)
+from mmjax.data.preprocess.onevision import anyres_grid, shrunk
 
 COPY = np.array([1.0, 0.0, 1.0, 0.0], np.float32)  # weights that take x0 as it is
 
@@ -82,7 +81,7 @@ def image_layout(height, width, first, g, pinpoints, side, max_tiles, newline):
       np.concatenate([index.reshape(out_rows, out_cols, 4), nl_index[:, None]], 1).reshape(-1, 4),
       np.concatenate([weights.reshape(out_rows, out_cols, 4), nl_weights[:, None]],
                      1).reshape(-1, 4)))
-  return parts, 1 + rows * cols
+  return parts
 
 
 def feature_layout(image_sizes, multi, videos, g: int, pinpoints, side: int, max_tiles: int):
@@ -101,8 +100,7 @@ def feature_layout(image_sizes, multi, videos, g: int, pinpoints, side: int, max
     if m:
       image_parts += [copies(first * per_tile + np.arange(per_tile)), copies([newline])]
     else:
-      parts, _ = image_layout(int(h), int(w), first, g, pinpoints, side, max_tiles, newline)
-      image_parts += parts
+      image_parts += image_layout(int(h), int(w), first, g, pinpoints, side, max_tiles, newline)
     first += n
   video_parts, p = [], math.ceil(g / 2)
   frame_rows = np.arange(per_tile).reshape(g, g)
