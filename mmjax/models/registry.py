@@ -18,6 +18,7 @@ from mmjax.models.family import Family, Unsupported
 FAMILY_MODULES = (
     "llava",
     "llava_next",
+    "llava_onevision",
     "pixtral",
     "fuyu",
     "standalone",

@@ -13,6 +13,7 @@ from idefics_models import idefics_config
 from idefics2_models import idefics2_config
 from internvl_models import internvl_config
 from llava_next_models import llava_next_config
+from llava_onevision_models import onevision_config
 from mllama_models import mllama_config
 from pixtral_models import mistral3_config, pixtral_config, pixtral_vision_config
 from qwen_vl_models import qwen_vl_config
@@ -47,6 +48,9 @@ CASES = {
     "qwen3_vl": lambda: _from_hf(qwen_vl_config("qwen3_vl")),
     "internvl": lambda: _from_hf(internvl_config()),
     "llava_next": lambda: _from_hf(llava_next_config(vision_feature_layer=[-1, 0])),
+    "llava_onevision": lambda: _from_hf(onevision_config(
+        clip_vision_config(), vision_feature_layer=[-1, 0],
+        vision_feature_select_strategy="default", vision_aspect_ratio="anyres_max_4")),
     "mllama": lambda: _from_hf(mllama_config()),
     "fuyu_persimmon": lambda: _from_hf(fuyu_config(text_config(
         "persimmon", qk_layernorm=False, layer_norm_eps=1e-6, tie_word_embeddings=True,
