@@ -36,7 +36,11 @@ from mmjax.data.preprocess.common import decode_image
 # fit, ``num_tokens(h, w, cfg)`` (default: one tile's tokens), ``sample_tiles(processed, cfg)``
 # (the sample's pixel rows; default: ``processed.pixels``), ``empty_tiles(cfg)``,
 # ``PER_IMAGE_FEATURES`` + ``image_features(processed_images, cfg)`` (arrays per image that
-# packing puts into ``max_images`` slots) and ``check_row_budget(cfg, max_tiles, max_images)``.
+# packing puts into ``max_images`` slots), ``TOKEN_FEATURES`` + ``token_features(processed_images,
+# cfg)`` (arrays per image token, packed along the text), ``LAYOUT_TOKENS`` +
+# ``placeholder_ids(height, width, cfg, image_id, layout_ids)`` (an image's placeholder run when it is
+# not all ``image_token``: Pixtral's row breaks, Fuyu's newlines) and
+# ``check_row_budget(cfg, max_tiles, max_images)``.
 _MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
             'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama,
             'pixtral': pixtral}
@@ -168,6 +172,20 @@ class ImageProcessor:
     hook = getattr(_MODULES[self.cfg.family], 'image_features', None)
     return {} if hook is None else hook(processed, self.cfg)
 
+  def token_features(self, processed: Sequence[ProcessedImage]) -> dict[str, np.ndarray]:
+    """The family's arrays per image token (``token_features``): each `[tokens of the sample's
+    images, ...]`, in the order of the sample's ``image_token`` placeholders."""
+    hook = getattr(_MODULES[self.cfg.family], 'token_features', None)
+    return {} if hook is None else hook(processed, self.cfg)
+
+  def placeholder_ids(self, height: int, width: int, image_id: int,
+                      layout_ids: Sequence[int]) -> np.ndarray | None:
+    """The placeholder run (int32 ``[num_tokens]``) of an original image of (height, width),
+    with the family's ``LAYOUT_TOKENS`` ids (``layout_ids``) in place; None where the run is
+    ``image_id`` throughout."""
+    hook = getattr(_MODULES[self.cfg.family], 'placeholder_ids', None)
+    return None if hook is None else hook(height, width, self.cfg, image_id, layout_ids)
+
   def __call__(self, image: Image.Image) -> ProcessedImage:
     image = common.to_rgb(image)
     w, h = image.size
@@ -181,9 +199,25 @@ def per_image_features(cfg: ImageConfig) -> tuple[str, ...]:
   return tuple(getattr(_MODULES[cfg.family], 'PER_IMAGE_FEATURES', ()))
 
 
+def token_features(cfg: ImageConfig) -> tuple[str, ...]:
+  """Names of the arrays ``ImageProcessor.token_features`` adds per image token."""
+  return tuple(getattr(_MODULES[cfg.family], 'TOKEN_FEATURES', ()))
+
+
+def layout_tokens(cfg: ImageConfig) -> tuple[str, ...]:
+  """The tokens besides ``image_token`` an image's placeholder run holds (their ids go to
+  ``ImageProcessor.placeholder_ids``)."""
+  return tuple(getattr(_MODULES[cfg.family], 'LAYOUT_TOKENS', ()))
+
+
 # Every family's per-image arrays (the batch keys flattened as image slots).
 ALL_PER_IMAGE_FEATURES = tuple(dict.fromkeys(
     name for module in _MODULES.values() for name in getattr(module, 'PER_IMAGE_FEATURES', ())))
+
+
+# Every family's per-token arrays (packed along the text like ``input_ids``).
+ALL_TOKEN_FEATURES = tuple(dict.fromkeys(
+    name for module in _MODULES.values() for name in getattr(module, 'TOKEN_FEATURES', ())))
 
 
 def check_row_budget(cfg: ImageConfig, max_tiles: int, max_images: int) -> None:

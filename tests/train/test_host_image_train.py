@@ -1,0 +1,157 @@
+"""LLaVA-NeXT (AnyRes tiles), Pixtral (native resolution, packed tower) and Fuyu (raw patches)
+through `mmjax train` on a JSON dataset of one- and two-image and text-only samples, on 8 fake
+devices: the loss falls, the frozen parts stay bit for bit, and the train forward of a packed
+pipeline batch gives, sample by sample, the logits of the parity-tested inference forward
+(`forward_from_hf_inputs`) on that sample's arrays laid out as the family's processor lays them.
+One run (one compiled trainer) per family."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_models import TOLERANCE, record
+from mmjax.checkpoint import load_checkpoint
+from mmjax.data import pipeline
+from mmjax.data.tokenizer import Tokenizer, train_tiny_tokenizer
+from mmjax.models.registry import family_named
+from mmjax.train.cli import load_config
+from mmjax.train.loop import Trainer, train
+from mmjax.train.step import forward
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny")
+FAMILIES = ("llava_next",)
+IMAGE_TOKENS = {"llava_next": "<image>", "pixtral": "[IMG]", "fuyu": "|SPEAKER|"}
+SPECIALS = ("<unk>", "<s>", "</s>", "<image>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "|SPEAKER|",
+            "|NEWLINE|")
+CORPUS = ["A chat between a curious user and an artificial intelligence assistant. USER: "
+          "ASSISTANT: What is in the picture? A red square on a blue background. Two shapes, "
+          "one green."] * 20
+STEPS = 5
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  """(json path, image root, tokenizer dir): one- and two-image samples of different sizes and
+  aspect ratios, and text-only ones."""
+  tmp = tmp_path_factory.mktemp("host_image_data")
+  tok_dir = tmp / "tok"
+  tok_dir.mkdir()
+  train_tiny_tokenizer(CORPUS, special_tokens=SPECIALS, vocab_size=200).save(
+      str(tok_dir / "tokenizer.json"))
+  root = tmp / "images"
+  root.mkdir()
+  rng = np.random.default_rng(0)
+  sizes = [(30, 50), (64, 40), (40, 40), (50, 26), (48, 64), (32, 32)]
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{i}.png")
+  records = []
+  for i in range(12):
+    images = [] if i % 4 == 3 else [f"{i % 6}.png"] + ([f"{(i + 1) % 6}.png"] if i % 4 == 1 else [])
+    question = "<image>\n" * len(images) + "What is in the picture?"
+    answer = "A red square on a blue background." if i % 2 else "Two shapes, one green."
+    records.append({"id": f"s{i}", "images": images, "conversations": [
+        {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+  path = tmp / "data.json"
+  path.write_text(json.dumps(records))
+  return str(path), str(root), str(tok_dir)
+
+
+def config(family, dataset):
+  path, root, tok_dir = dataset
+  cfg = load_config(os.path.join(TINY, f"{family}.py"))
+  cfg.model.image_token_id = Tokenizer.load(tok_dir).token_to_id(IMAGE_TOKENS[family])
+  # The plain template (images, then the answer): a short text beside up to 48 image tokens.
+  cfg.data.update(tokenizer=tok_dir, sources=[dict(path=path, image_root=root)], template="plain")
+  cfg.optim.update(lr=3e-3, warmup_steps=1)
+  cfg.train.update(steps=STEPS, log_every=1)
+  cfg.checkpoint.update(every_steps=100, async_save=False)
+  return cfg
+
+
+def _paths(tree):
+  return {"/".join(k.key for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def run(request, dataset, tmp_path_factory):
+  """One `mmjax train` run of the family's tiny config: its losses, the parameters it started
+  from and ended with, a one-device trainer and the pipeline's first batch."""
+  assert jax.device_count() == 8
+  family = request.param
+  cfg = config(family, dataset)
+  work = tmp_path_factory.mktemp(f"{family}_run")
+  summary = train(cfg, str(work))
+  with open(work / "metrics.jsonl") as f:
+    losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  trainer = Trainer.build(cfg, jax.devices()[:1])
+  before = jax.device_get(trainer.init().all_params())
+  _, _, after = load_checkpoint(str(work / "model"))
+  batch = next(pipeline.make_iterator(pipeline.DataConfig.from_dict(cfg.data)))
+  return dict(family=family, cfg=cfg, summary=summary, losses=losses, trainer=trainer,
+              before=before, after=after, batch=batch)
+
+
+def test_loss_falls_and_frozen_parts_stay(run):
+  summary, losses = run["summary"], run["losses"]
+  print(run["family"], "losses", losses)  # the report's figures
+  assert summary["final_step"] == STEPS and summary["skipped"] == 0
+  assert not summary["skipped_samples"], summary["skipped_samples"]
+  assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.1, losses
+  trainable = tuple(run["cfg"].train.trainable)
+  before, after = _paths(run["before"]), _paths(run["after"])
+  assert sorted(before) == sorted(after)
+  for path, value in before.items():
+    moved = bool(np.any(after[path] != value))
+    assert moved == path.startswith(trainable), path  # frozen parts bit for bit
+
+
+def _llava_next_samples(batch, b):
+  """Row b's samples as LlavaNextProcessor lays them out: (token mask, processor arrays)."""
+  rows = batch["input_ids"].shape[0]
+  slots = batch["pixel_values"].shape[0] // rows
+  m = batch["image_sizes"].shape[0] // rows
+  tiles = batch["pixel_values"][b * slots:(b + 1) * slots]
+  counts = batch["image_tiles"][b * m:(b + 1) * m]
+  sizes = batch["image_sizes"][b * m:(b + 1) * m]
+  image_segments = batch["image_segment_ids"][b * m:(b + 1) * m]
+  first = np.concatenate([[0], np.cumsum(counts)])
+  for s in range(1, batch["segment_ids"][b].max() + 1):
+    tokens = batch["segment_ids"][b] == s
+    sample = {"input_ids": batch["input_ids"][b][tokens][None]}
+    mine = np.flatnonzero(image_segments == s)
+    if len(mine):
+      most = int(counts[mine].max())
+      pixels = np.zeros((len(mine), most, *tiles.shape[1:]), np.float32)  # [I, P, H, W, C]
+      for j, i in enumerate(mine):
+        pixels[j, :counts[i]] = tiles[first[i]:first[i + 1]]
+      sample.update(pixel_values=np.transpose(pixels, (0, 1, 4, 2, 3)), image_sizes=sizes[mine])
+    yield tokens, sample
+
+
+SAMPLES = {"llava_next": _llava_next_samples}
+
+
+def test_train_forward_equals_the_inference_forward_per_sample(run):
+  """The logits of each packed sample of the first rows equal the inference forward's on that
+  sample alone, its images as the family's processor gives them."""
+  family, trainer, params, batch = run["family"], run["trainer"], run["after"], run["batch"]
+  logits = np.asarray(jax.jit(lambda p, b: forward(trainer.module, p, b))(params, batch))
+  fam = family_named(family)
+  worst, checked, with_images, two_images = 0.0, 0, 0, 0
+  for b in range(2):
+    for tokens, sample in SAMPLES[family](batch, b):
+      ref = fam.forward_from_hf_inputs(trainer.model_config, params, sample)[0]
+      worst = max(worst, float(np.abs(logits[b][tokens] - ref).max()))
+      checked += 1
+      n = len(sample.get("image_sizes", ()))
+      with_images += n > 0
+      two_images += n > 1
+  record(f"host_images/train_forward_vs_forward_{family}", worst)
+  print(family, "samples", checked, "worst logits diff", worst)
+  assert checked >= 3 and with_images >= 2 and two_images, (checked, with_images, two_images)
+  assert worst <= 1e-5, worst
