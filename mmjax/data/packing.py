@@ -29,6 +29,7 @@ def length_struct(cfg) -> dict[str, int]:
   """Per-feature budgets of a packed row."""
   lengths = {k: cfg.max_length for k in TEXT_FEATURES}
   lengths['pixel_values'] = cfg.max_tiles
+  lengths.update({k: cfg.max_tiles for k in preprocess.tile_features(cfg.image)})
   lengths.update({k: cfg.max_images for k in IMAGE_FEATURES})
   lengths.update({k: cfg.max_images for k in preprocess.per_image_features(cfg.image)})
   lengths.update({k: cfg.max_length for k in preprocess.token_features(cfg.image)})
@@ -78,6 +79,9 @@ def finalize_row(row: dict) -> dict:
       'image_tiles': row['image_tiles'].astype(np.int32),
       'num_images': np.int32((image_segments > 0).sum()),
   }
+  for key in preprocess.ALL_TILE_FEATURES:  # the image family's arrays per tile
+    if key in row:
+      out[key] = row[key].astype(np.int32)
   for key in preprocess.ALL_PER_IMAGE_FEATURES:  # the image family's arrays per image
     if key in row:
       out[key] = row[key].astype(np.int32)

@@ -222,6 +222,7 @@ class SampleProcessor:
         'image_tiles': np.asarray([len(t) for t in tiles], np.int32),
     }
     arrays.update(self.images.image_features(processed))
+    arrays.update(self.images.tile_features(processed))  # (pixtral) beside pixel_values
     return arrays, processed
 
   def text_arrays(self, ids: np.ndarray, targets: tuple[np.ndarray, np.ndarray],
