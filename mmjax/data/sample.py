@@ -188,10 +188,7 @@ class SampleProcessor:
     assistant = np.repeat(assistant, repeats) & (ids != self.image_id)
     starts = image_pos + np.concatenate([[0], np.cumsum(np.asarray(counts) - 1)])[:len(image_pos)]
     starts = starts.astype(np.int64)  # first image token of each image, after expansion
-    for s, im in zip(starts, pil_images):  # runs with layout tokens (Pixtral, Fuyu)
-      run = self.images.placeholder_ids(im.height, im.width, self.image_id, self.layout_ids)
-      if run is not None:
-        ids[s:s + len(run)] = run
+    self.lay_out_runs(ids, starts, pil_images)
 
     keep_images = len(pil_images)
     if len(ids) > cfg.max_length:
@@ -206,6 +203,15 @@ class SampleProcessor:
           break
       ids, assistant = ids[:cut], assistant[:cut]
     return ids, assistant, keep_images
+
+  def lay_out_runs(self, ids: np.ndarray, starts, pil_images: list) -> None:
+    """Writes, in place, each image's placeholder run (from its first token `starts[i]`) where
+    the family's holds layout tokens besides `image_token` (Pixtral's row breaks, Fuyu's
+    newlines); other families' runs stay `image_token` throughout."""
+    for s, im in zip(starts, pil_images):
+      run = self.images.placeholder_ids(im.height, im.width, self.image_id, self.layout_ids)
+      if run is not None:
+        ids[s:s + len(run)] = run
 
   def image_arrays(self, sample_id: str, pil_images: list) -> tuple[dict, list]:
     """The images' example features (pixels, sizes, tiles, the family's per-image arrays) and

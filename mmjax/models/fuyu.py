@@ -14,19 +14,17 @@ rows of patch slots with `image_mask` marking the real ones (`FuyuFamily.train_i
 import dataclasses
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mmjax.decoders.config import DecoderConfig, decoder_to_hf
-from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.decoders.llama import Decoder
 from mmjax.models import flops as fl
 from mmjax.models.inputs import text_train_batch
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
 from mmjax.nn.linear import Einsum
-from mmjax.nn.multihead import KVCache
 
 # FuyuProcessor's patches: `image_patches` (its default, legacy output) or `pixel_values` (with
 # `return_legacy_image_output=False`): the same array, `[P, F]` (or `[I, P, F]` from older
@@ -86,7 +84,7 @@ def num_patches(patches) -> int:
   return 0 if patches is None else int(np.shape(patches)[0])
 
 
-class Fuyu(nn.Module):
+class Fuyu(HostImagesModule):
   """`vision_embed_tokens` (the connector) over raw patches, Persimmon decoder."""
 
   config: FuyuConfig
@@ -116,23 +114,6 @@ class Fuyu(nn.Module):
       return embeddings
     features = self.connector(patches.astype(embeddings.dtype))  # [P, D]
     return merge_image_features(embeddings, input_ids == cfg.image_token_id, features, valid)
-
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      patches: jax.Array | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `patches [P, F]` (every image's patches, in row order) -> the
-    decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, patches)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
 
 
 def config_from_training(model: Mapping[str, Any]) -> FuyuConfig:

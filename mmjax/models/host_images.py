@@ -13,10 +13,37 @@ Its module is called as `module(input_ids [B, T], images, positions [B, T], atte
 
 from typing import Any, Mapping
 
+import flax.linen as nn
+import jax
 import numpy as np
 
+from mmjax.decoders.llama import DecoderOutput, HeadLoss
 from mmjax.models.family import Family
 from mmjax.models.inputs import text_inputs
+from mmjax.nn.multihead import KVCache
+
+
+class HostImagesModule(nn.Module):
+  """The call the three modules share: `embed(input_ids, images)` (the subclass's: images into
+  the placeholder slots), then its `decoder`."""
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      images: Any,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+      head_loss: HeadLoss | None = None,
+  ) -> DecoderOutput:
+    """`input_ids [B, T]`, the batch's `images` (every image, in row order, as the family lays
+    them out) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states; or
+    `head_loss`'s result)."""
+    embeddings = self.embed(input_ids, images)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        head_loss=head_loss)
 
 
 class HostImagesFamily(Family):

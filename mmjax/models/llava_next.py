@@ -17,13 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.data.preprocess.anyres import feature_sources, select_best_resolution, unpadded_grid
-from mmjax.decoders.llama import DecoderOutput, HeadLoss
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
 from mmjax.models.inputs import text_train_batch
 from mmjax.models.llava import Llava, LlavaConfig, config_from_dict
 from mmjax.models.tiled_family import tile_flops
-from mmjax.nn.multihead import KVCache
 
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 PROCESSOR_KEYS = ("pixel_values", "image_sizes")
@@ -144,7 +142,7 @@ def check_image_placeholders(config: LlavaNextConfig, input_ids, images: AnyResI
   check_placeholders(input_ids, config.image_token_id, features)
 
 
-class LlavaNext(Llava):
+class LlavaNext(HostImagesModule, Llava):
   """`Llava` with `image_newline [D]` and the AnyRes layout of image features."""
 
   def setup(self):
@@ -169,23 +167,6 @@ class LlavaNext(Llava):
       gathered = flat[images["token_index"]].astype(embeddings.dtype)  # [B, T, D]
       return jnp.where(slots[..., None], gathered, embeddings)
     return merge_image_features(embeddings, slots, flat[images["index"]])
-
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      images: AnyResImages | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `images` from `anyres_images` (every image of the batch, in row
-    order) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, images)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
 
 
 def config_from_training(model: Mapping[str, Any]) -> LlavaNextConfig:

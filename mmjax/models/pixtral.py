@@ -22,16 +22,15 @@ import numpy as np
 from mmjax.connectors.projector import Projector, ProjectorConfig
 from mmjax.connectors.spatial_merger import SpatialMerger, SpatialMergerConfig, merge_index
 from mmjax.decoders.config import DecoderConfig
-from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.decoders.llama import Decoder
 from mmjax.encoders.pixtral_vit import (PixtralVisionConfig, PixtralVisionTransformer,
                                         pack_images, patch_grids)
 from mmjax.models import flops as fl
 from mmjax.models.family import Family
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
 from mmjax.models.inputs import text_train_batch
 from mmjax.models.llava import LlavaConfig
-from mmjax.nn.multihead import KVCache
 from mmjax.nn.rope import RopeConfig
 
 PROCESSOR_KEYS = ("pixel_values", "image_sizes")
@@ -152,7 +151,7 @@ def check_image_placeholders(config: PixtralConfig, input_ids, images: PackedIma
   check_placeholders(input_ids, config.image_token_id, num_features(images))
 
 
-class Pixtral(nn.Module):
+class Pixtral(HostImagesModule):
   """Pixtral tower, projector (Mistral3: norm + patch merger + MLP), Llama-family decoder."""
 
   config: PixtralConfig
@@ -192,23 +191,6 @@ class Pixtral(nn.Module):
     features = self.image_features(images)
     return merge_image_features(embeddings, input_ids == self.config.image_token_id, features,
                                 images.get("valid"))
-
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      images: PackedImages | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `images` from `packed_images` (every image of the batch, in row
-    order) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, images)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
 
 
 def config_from_training(model: Mapping[str, Any]) -> PixtralConfig:

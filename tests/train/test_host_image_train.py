@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_models import TOLERANCE, record
+from hf_models import record
 from mmjax.data.tokenizer import Tokenizer, train_tiny_tokenizer
 from mmjax.models.registry import family_named
 from mmjax.train.cli import load_config
