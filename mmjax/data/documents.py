@@ -142,10 +142,12 @@ def process_document(proc, raw: dict) -> dict:
   repeats[image_pos] = counts
   ids = np.repeat(ids, repeats)
   first = image_pos + np.concatenate([[0], np.cumsum(np.asarray(counts) - 1)])[:len(counts)]
+  in_run = ids == proc.image_id  # every image token, layout tokens (row breaks) to come included
+  proc.lay_out_runs(ids, first.astype(np.int64), pil_images)
   starts = chunk_starts(ids, first.astype(np.int64), counts, *proc.wrap_ids)
   cut, keep = truncate(len(ids), starts, sample_id, cfg)
   ids = ids[:cut]
-  layout = np.isin(ids, [proc.image_id, *(i for i in proc.wrap_ids if i is not None)])
+  layout = in_run[:cut] | np.isin(ids, [i for i in proc.wrap_ids if i is not None])
   targets = next_token_targets(ids, ~layout, sample_id, cfg.max_length)  # text tokens only
   images, processed = proc.image_arrays(sample_id, pil_images[:keep])
   return {**proc.text_arrays(ids, targets, processed), **images}

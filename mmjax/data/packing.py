@@ -29,8 +29,10 @@ def length_struct(cfg) -> dict[str, int]:
   """Per-feature budgets of a packed row."""
   lengths = {k: cfg.max_length for k in TEXT_FEATURES}
   lengths['pixel_values'] = cfg.max_tiles
+  lengths.update({k: cfg.max_tiles for k in preprocess.tile_features(cfg.image)})
   lengths.update({k: cfg.max_images for k in IMAGE_FEATURES})
   lengths.update({k: cfg.max_images for k in preprocess.per_image_features(cfg.image)})
+  lengths.update({k: cfg.max_length for k in preprocess.token_features(cfg.image)})
   if cfg.mrope:
     lengths['mrope_positions'] = cfg.max_length
   if cfg.image.family == 'qwen2_vl':
@@ -77,18 +79,35 @@ def finalize_row(row: dict) -> dict:
       'image_tiles': row['image_tiles'].astype(np.int32),
       'num_images': np.int32((image_segments > 0).sum()),
   }
+  for key in preprocess.ALL_TILE_FEATURES:  # the image family's arrays per tile
+    if key in row:
+      out[key] = row[key].astype(np.int32)
   for key in preprocess.ALL_PER_IMAGE_FEATURES:  # the image family's arrays per image
     if key in row:
       out[key] = row[key].astype(np.int32)
   for key in ('pixel_values_videos', 'video_grid_thw'):  # videos: patches, then their grids
     if key in row:
       out[key] = row[key] if key == 'pixel_values_videos' else row[key].astype(np.int32)
+  if 'image_token_source' in row:  # (anyres) tiles of the sample -> tile slots of the row
+    out['image_token_source'] = rebase_tiles(row['image_token_source'], segment_ids, tile_segments)
   if 'mrope_positions' in row:
     out['mrope_positions'] = row['mrope_positions'].astype(np.int32)  # [T, 3]
   counts = np.zeros(len(REASONS), np.int64)
   for vector in row.get(SKIP_COUNTS, ()):
     counts += np.asarray(vector, np.int64)
   out[SKIP_COUNTS] = counts
+  return out
+
+
+def rebase_tiles(source: np.ndarray, segment_ids: np.ndarray,
+                 tile_segments: np.ndarray) -> np.ndarray:
+  """`source [T, 2]` (tile of its sample, feature; tile -1: none) -> the same with the tile as a
+  slot of the row: a sample's tiles were packed contiguously from its first slot."""
+  out = source.astype(np.int32).copy()
+  for s in np.unique(segment_ids[(segment_ids > 0) & (out[:, 0] >= 0)]):
+    first = int(np.argmax(tile_segments == s))
+    mine = (segment_ids == s) & (out[:, 0] >= 0)
+    out[mine, 0] += first
   return out
 
 

@@ -29,8 +29,12 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
   pixel_values     [B*S, H, W, 3] float32 NHWC image tiles, row-major: row b owns slots
                                       [b*S, (b+1)*S); its tiles are in the order its image
                                       tokens appear; unused slots are zeros
-                   (qwen2_vl: [B*S, 3*T*P*P] flattened patches, S = patch budget)
+                   (qwen2_vl: [B*S, 3*T*P*P] flattened patches, S = patch budget;
+                    pixtral: [B*S, 3, P, P] patches; fuyu: [B*S, P*P*3] raw patches)
   image_mask       [B*S]     bool     1 = real tile
+  patch_positions  [B*S, 2]  int32    (pixtral) (row, column) of each patch in its image's grid
+  image_token_source [B, T, 2] int32  (anyres) per token: (tile slot of the row, feature within
+                                      the tile); slot -1 for a grid row's newline / text
   image_sizes      [B*M, 2]  int32    original (h, w) per image, row b owns [b*M, (b+1)*M)
   image_tiles      [B*M]     int32    tiles (qwen2_vl: patches) of each image, 0 for unused slots
   image_segment_ids [B*M]    int32    segment of the row each image belongs to (0 = unused)
@@ -67,7 +71,7 @@ from mmjax.data.video import VideoConfig
 
 log = logging.getLogger('mmjax.data')
 
-FLAT_TILE_KEYS = ('pixel_values', 'image_mask')
+FLAT_TILE_KEYS = ('pixel_values', 'image_mask', *preprocess.ALL_TILE_FEATURES)
 FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'pixel_values_videos',
                    'video_grid_thw',  # videos: mmjax.data.media_sample
                    *preprocess.ALL_PER_IMAGE_FEATURES)

@@ -119,6 +119,8 @@ class SampleProcessor:
     # (opening, closing) wrapper ids, None where unset (interleaved documents tell them apart)
     self.wrap_ids = tuple(tokenizer.token_to_id(t) if t else None
                           for t in (cfg.image_start, cfg.image_end))
+    # The family's tokens inside an image's run besides image_token (Pixtral's [IMG_BREAK], ...).
+    self.layout_ids = [tokenizer.token_to_id(t) for t in preprocess.layout_tokens(cfg.image)]
     self.image_text = f'{cfg.image_start}{cfg.image_token}{cfg.image_end}'
     self.template = ChatTemplate.from_name(cfg.template, tokenizer, image_placeholder=self.image_text)
 
@@ -186,6 +188,7 @@ class SampleProcessor:
     assistant = np.repeat(assistant, repeats) & (ids != self.image_id)
     starts = image_pos + np.concatenate([[0], np.cumsum(np.asarray(counts) - 1)])[:len(image_pos)]
     starts = starts.astype(np.int64)  # first image token of each image, after expansion
+    self.lay_out_runs(ids, starts, pil_images)
 
     keep_images = len(pil_images)
     if len(ids) > cfg.max_length:
@@ -200,6 +203,15 @@ class SampleProcessor:
           break
       ids, assistant = ids[:cut], assistant[:cut]
     return ids, assistant, keep_images
+
+  def lay_out_runs(self, ids: np.ndarray, starts, pil_images: list) -> None:
+    """Writes, in place, each image's placeholder run (from its first token `starts[i]`) where
+    the family's holds layout tokens besides `image_token` (Pixtral's row breaks, Fuyu's
+    newlines); other families' runs stay `image_token` throughout."""
+    for s, im in zip(starts, pil_images):
+      run = self.images.placeholder_ids(im.height, im.width, self.image_id, self.layout_ids)
+      if run is not None:
+        ids[s:s + len(run)] = run
 
   def image_arrays(self, sample_id: str, pil_images: list) -> tuple[dict, list]:
     """The images' example features (pixels, sizes, tiles, the family's per-image arrays) and
@@ -216,6 +228,7 @@ class SampleProcessor:
         'image_tiles': np.asarray([len(t) for t in tiles], np.int32),
     }
     arrays.update(self.images.image_features(processed))
+    arrays.update(self.images.tile_features(processed))  # (pixtral) beside pixel_values
     return arrays, processed
 
   def text_arrays(self, ids: np.ndarray, targets: tuple[np.ndarray, np.ndarray],
@@ -223,6 +236,13 @@ class SampleProcessor:
     """input_ids, labels, loss_mask (`targets`: `next_token_targets`) and M-RoPE positions."""
     labels, loss_mask = targets
     arrays = {'input_ids': ids.astype(np.int32), 'labels': labels, 'loss_mask': loss_mask}
+    slots = ids == self.image_id
+    for name, values in self.images.token_features(processed).items():  # (anyres) per token
+      if len(values) != int(slots.sum()):
+        raise ValueError(f'{name} has {len(values)} rows for {int(slots.sum())} image tokens')
+      full = np.full((len(ids), *values.shape[1:]), -1, np.int32)  # [L, ...], -1 off images
+      full[slots] = values
+      arrays[name] = full
     if self.cfg.mrope:  # (qwen2_vl)
       grids = [p.grid_thw for p in processed]
       arrays['mrope_positions'] = mrope_positions(arrays['input_ids'], self.image_id, grids,

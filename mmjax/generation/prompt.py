@@ -131,6 +131,11 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
     size = {"longest_edge": height} if height == width else {"height": height, "width": width}
     return dict(image_processor_type="PixtralImageProcessor", size=size,
                 patch_size={"height": cfg.patch_size, "width": cfg.patch_size}, do_pad=True, **out)
+  if cfg.family == "fuyu":  # `mmjax.generation.fuyu.FuyuImageSettings.from_hf` reads it back
+    height, width = cfg.size
+    return dict(image_processor_type="FuyuImageProcessor", size={"height": height, "width": width},
+                patch_size={"height": cfg.patch_size, "width": cfg.patch_size}, do_pad=True,
+                padding_value=1.0, padding_mode="constant", **out)
   if cfg.family in ("clip", "llava"):
     crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
     kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
@@ -139,8 +144,8 @@ def image_config_to_hf(cfg: ImageConfig) -> dict:
                 do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
                 **extra, **out)
   raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl, mllama and "
-                   "pixtral are)")
+                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl, mllama, "
+                   "pixtral and fuyu are)")
 
 
 @dataclasses.dataclass

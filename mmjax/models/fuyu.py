@@ -7,24 +7,24 @@ slots in order, as transformers' `masked_scatter` does (the processor ends each 
 
 The Linear is the model's `connector` (its only image part): the family's components are
 `("connector", "decoder")` and its only scanned stack the decoder (`Family.components`,
-`Family.stacks`: nothing names an encoder). Training is not wired yet (no data pipeline for
-patches).
+`Family.stacks`: nothing names an encoder). Training takes the pipeline's `fuyu` image preset:
+rows of patch slots with `image_mask` marking the real ones (`FuyuFamily.train_images`).
 """
 
 import dataclasses
 from typing import Any, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mmjax.decoders.config import DecoderConfig, decoder_to_hf
-from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.decoders.llama import Decoder
+from mmjax.models import flops as fl
+from mmjax.models.inputs import text_train_batch
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
 from mmjax.nn.linear import Einsum
-from mmjax.nn.multihead import KVCache
 
 # FuyuProcessor's patches: `image_patches` (its default, legacy output) or `pixel_values` (with
 # `return_legacy_image_output=False`): the same array, `[P, F]` (or `[I, P, F]` from older
@@ -84,7 +84,7 @@ def num_patches(patches) -> int:
   return 0 if patches is None else int(np.shape(patches)[0])
 
 
-class Fuyu(nn.Module):
+class Fuyu(HostImagesModule):
   """`vision_embed_tokens` (the connector) over raw patches, Persimmon decoder."""
 
   config: FuyuConfig
@@ -98,36 +98,36 @@ class Fuyu(nn.Module):
         name="connector")
     self.decoder = Decoder(cfg.decoder)
 
-  def embed(self, input_ids: jax.Array, patches: jax.Array | None) -> jax.Array:
-    """Text embeddings `[B, T, D]` with the patches' embeddings in the placeholder slots."""
+  def embed(self, input_ids: jax.Array, patches: jax.Array | Mapping[str, jax.Array] | None
+            ) -> jax.Array:
+    """Text embeddings `[B, T, D]` with the patches' embeddings in the placeholder slots.
+    `patches`: `[P, F]`, or a training batch's `{'patches': [P, F], 'valid': [P]}` (padding
+    slots among them)."""
     cfg = self.config
     embeddings = self.decoder.embed(input_ids)
-    check_placeholders(input_ids, cfg.image_token_id, num_patches(patches))
+    valid = None
+    if isinstance(patches, Mapping):
+      patches, valid = patches["patches"], patches["valid"]
+    else:
+      check_placeholders(input_ids, cfg.image_token_id, num_patches(patches))
     if patches is None or patches.shape[0] == 0:
       return embeddings
     features = self.connector(patches.astype(embeddings.dtype))  # [P, D]
-    return merge_image_features(embeddings, input_ids == cfg.image_token_id, features)
+    return merge_image_features(embeddings, input_ids == cfg.image_token_id, features, valid)
 
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      patches: jax.Array | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `patches [P, F]` (every image's patches, in row order) -> the
-    decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, patches)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
+
+def config_from_training(model: Mapping[str, Any]) -> FuyuConfig:
+  """A training config's model section: `decoder` in transformers' `PersimmonConfig` keys (Fuyu's
+  language model is always Persimmon: read as a checkpoint's is), `image_token_id`,
+  `patch_size` and `num_channels` (execution keys apply after)."""
+  return FuyuConfig.from_hf({**{k: model[k] for k in ("image_token_id", "patch_size",
+                                                       "num_channels") if k in model},
+                             "text_config": dict(model["decoder"])})
 
 
 class FuyuFamily(HostImagesFamily):
-  """transformers' `fuyu` checkpoints (inference: logits, generation)."""
+  """transformers' `fuyu` checkpoints (inference: logits, generation) and training from the
+  pipeline's `fuyu` samples (`train_images`)."""
 
   name = "fuyu"
   hf_model_types = ("fuyu",)
@@ -137,9 +137,48 @@ class FuyuFamily(HostImagesFamily):
   components = ("connector", "decoder")  # no encoder: the patch Linear is the connector
   stacks = {"decoder": "decoder"}
   processor_keys = PROCESSOR_KEYS
+  flops_batch_keys = ("image_mask",)
 
   def config_from_hf(self, hf_config, **execution):
     return FuyuConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_training(model)
+
+  def check_training_data(self, config, data, tokenizer):
+    """The pipeline's `fuyu` patches are the model's and its `|SPEAKER|` is the image token."""
+    token = tokenizer.token_to_id(data.image_token)
+    if token != config.image_token_id:
+      raise ValueError(f"data.image_token {data.image_token!r} is id {token} in the tokenizer, but "
+                       f"model.image_token_id is {config.image_token_id}")
+    if data.image.family != "fuyu" or data.image.patch_size != config.patch_size \
+        or config.num_channels != 3:
+      raise ValueError(f"Fuyu takes raw RGB patches of {config.patch_size} px: data.image_preset="
+                       f"'fuyu' with image_overrides.patch_size={config.patch_size} (got "
+                       f"{data.image.family!r}, patch_size {data.image.patch_size})")
+
+  def train_images(self, config, batch):
+    """The batch's patch slots `pixel_values [B*S, F]` and `image_mask [B*S]` (real patches, in
+    row order, fill the `|SPEAKER|` slots in order)."""
+    return {"patches": batch["pixel_values"], "valid": batch["image_mask"]}
+
+  def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """The decoder per token; the patch Linear per real patch (`image_mask`)."""
+    rows, length = np.shape(batch["input_ids"])
+    per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
+    flops = fl.decoder_flops(config.decoder, params.get("decoder", {}), rows, length,
+                             per["decoder"], "decoder" in attention)
+    if "connector" in params:
+      patches = int(np.sum(batch["image_mask"])) if "image_mask" in batch else \
+          num_patches(patches_from_processor(config, batch))
+      flops += per["connector"] * fl.count_params(params["connector"]) * patches
+    return float(flops)
+
+  def abstract_train_batch(self, config, data, sds):
+    """Rows own `max_tiles` patch slots `[patch_size^2 * channels]`."""
+    slots = int(data["batch_size"]) * int(data.get("max_tiles", 1))
+    return {**text_train_batch(data, sds), "image_mask": sds((slots,), jnp.bool_),
+            "pixel_values": sds((slots, config.patch_features), jnp.float32)}
 
   def example_inputs(self, config):
     """One row of two placeholders and their two patches."""

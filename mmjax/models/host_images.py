@@ -5,16 +5,45 @@ they share.
 A subclass names its processor arrays (`processor_keys`), turns them into the module's images
 (`images_from_processor`) and checks those against the placeholders
 (`check_image_placeholders`); generation runs through `mmjax.generation.adapters.HostImagesFusion`.
+For training it turns a pipeline batch's fixed-shape image slots into the module's images under
+jit (`train_images`): the layout the host computed from the images' sizes travels in the batch.
 Its module is called as `module(input_ids [B, T], images, positions [B, T], attention_mask
 [B, T])` and has `embed(input_ids, images)` and a `decoder`.
 """
 
 from typing import Any, Mapping
 
+import flax.linen as nn
+import jax
 import numpy as np
 
+from mmjax.decoders.llama import DecoderOutput, HeadLoss
 from mmjax.models.family import Family
 from mmjax.models.inputs import text_inputs
+from mmjax.nn.multihead import KVCache
+
+
+class HostImagesModule(nn.Module):
+  """The call the three modules share: `embed(input_ids, images)` (the subclass's: images into
+  the placeholder slots), then its `decoder`."""
+
+  def __call__(
+      self,
+      input_ids: jax.Array,
+      images: Any,
+      positions: jax.Array,
+      attention_mask: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      cache_index: jax.Array | int = 0,
+      head_loss: HeadLoss | None = None,
+  ) -> DecoderOutput:
+    """`input_ids [B, T]`, the batch's `images` (every image, in row order, as the family lays
+    them out) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states; or
+    `head_loss`'s result)."""
+    embeddings = self.embed(input_ids, images)
+    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
+                        head_loss=head_loss)
 
 
 class HostImagesFamily(Family):
@@ -34,6 +63,22 @@ class HostImagesFamily(Family):
     images = self.images_from_processor(config, inputs)
     out = self.build(config).apply({"params": params}, input_ids, images, positions, mask)
     return np.asarray(out.logits, np.float32)
+
+  def train_images(self, config, batch: Mapping[str, Any]) -> Any:
+    """The module's images from a training batch's arrays (traced; schema:
+    `mmjax.data.pipeline`)."""
+    raise self._unsupported("training")
+
+  def train_forward(self, module, params, batch, rng=None, head_loss=None):
+    """Logits `[B, T, V]` (or `head_loss`'s result) of a packed training batch: the module on
+    `train_images`, with the batch's per-sample positions and segments."""
+    images = self.train_images(module.config, batch)
+    out = module.apply({"params": params}, batch["input_ids"], images, batch["positions"],
+                       batch["attention_mask"], batch.get("segment_ids"), head_loss=head_loss)
+    return out.logits if head_loss is None else out.loss
+
+  def image_token_mask(self, config, batch):
+    return batch["input_ids"] == config.image_token_id
 
   def generation_adapter(self, config):
     from mmjax.generation.adapters import HostImagesFusion

@@ -16,17 +16,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.data.preprocess.anyres import select_best_resolution, unpadded_grid
-from mmjax.decoders.llama import DecoderOutput, HeadLoss
+from mmjax.data.preprocess.anyres import feature_sources, select_best_resolution, unpadded_grid
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
-from mmjax.models.llava import Llava, LlavaConfig
-from mmjax.nn.multihead import KVCache
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
+from mmjax.models.inputs import text_train_batch
+from mmjax.models.llava import Llava, LlavaConfig, config_from_dict
+from mmjax.models.tiled_family import tile_flops
 
 DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 PROCESSOR_KEYS = ("pixel_values", "image_sizes")
 
-AnyResImages = dict  # {'tiles': [N, H, W, C] float32, 'index': [F] int32} (see `feature_layout`)
+# {'tiles': [N, H, W, C] float32, 'index': [F] int32} (see `feature_layout`); in training
+# 'token_index' [B, T] (the row of each position, see `LlavaNextFamily.train_images`) replaces
+# 'index'.
+AnyResImages = dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,14 +100,9 @@ def feature_layout(config: LlavaNextConfig, image_sizes) -> tuple[list[int], np.
   newline = sum(counts) * per_tile  # the appended newline's row
   index, first = [], 0
   for (h, w), n in zip(sizes, counts):
-    rows, cols = config.grid_shape(int(h), int(w))
-    index.append(first * per_tile + np.arange(per_tile))  # the base view
-    top, kept_rows, left, kept_cols = unpadded_grid(int(h), int(w), rows * g, cols * g)
-    y = np.arange(top, top + kept_rows)[:, None]  # [R, 1] feature rows of the whole grid
-    x = np.arange(left, left + kept_cols)[None, :]  # [1, C]
-    tile = 1 + (y // g) * cols + x // g  # [R, C] tile of each kept feature (after the base)
-    grid = (first + tile) * per_tile + (y % g) * g + x % g  # [R, C]
-    index.append(np.concatenate([grid, np.full((kept_rows, 1), newline)], axis=1).reshape(-1))
+    source = feature_sources(int(h), int(w), g, config.vision.image_size, config.grid_pinpoints)
+    tile, within = source[:, 0], source[:, 1]
+    index.append(np.where(tile >= 0, (first + tile) * per_tile + within, newline))
     first += n
   flat = np.concatenate(index) if index else np.zeros((0,), np.int64)
   return counts, flat.astype(np.int32)
@@ -137,12 +135,14 @@ def anyres_images(config: LlavaNextConfig, pixel_values, image_sizes) -> AnyResI
 
 def check_image_placeholders(config: LlavaNextConfig, input_ids, images: AnyResImages | None):
   """`PlaceholderMismatchError` unless the placeholders take exactly the images' features
-  (concrete `input_ids` only)."""
+  (concrete `input_ids` only; a training batch's `token_index` is checked by the pipeline)."""
+  if images is not None and "token_index" in images:
+    return
   features = 0 if images is None else int(np.shape(images["index"])[0])
   check_placeholders(input_ids, config.image_token_id, features)
 
 
-class LlavaNext(Llava):
+class LlavaNext(HostImagesModule, Llava):
   """`Llava` with `image_newline [D]` and the AnyRes layout of image features."""
 
   def setup(self):
@@ -159,32 +159,27 @@ class LlavaNext(Llava):
     check_image_placeholders(cfg, input_ids, images)
     if images is None:
       return embeddings
-    index = images["index"]
     features = self.image_features(images["tiles"])  # [N, g*g, D]
     flat = jnp.concatenate([features.reshape(-1, features.shape[-1]),
                             self.image_newline[None].astype(features.dtype)])  # [N*g*g + 1, D]
-    return merge_image_features(embeddings, input_ids == cfg.image_token_id, flat[index])
+    slots = input_ids == cfg.image_token_id  # [B, T]
+    if "token_index" in images:  # training batches: every position's row of `flat` (`[B, T]`)
+      gathered = flat[images["token_index"]].astype(embeddings.dtype)  # [B, T, D]
+      return jnp.where(slots[..., None], gathered, embeddings)
+    return merge_image_features(embeddings, slots, flat[images["index"]])
 
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      images: AnyResImages | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `images` from `anyres_images` (every image of the batch, in row
-    order) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, images)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
+
+def config_from_training(model: Mapping[str, Any]) -> LlavaNextConfig:
+  """A training config's model section: LLaVA's (`mmjax.models.llava.config_from_dict`) and
+  `grid_pinpoints` (the `(height, width)` tile grids an image may take)."""
+  llava = config_from_dict(model)
+  return LlavaNextConfig(**{f.name: getattr(llava, f.name) for f in dataclasses.fields(LlavaConfig)},
+                         grid_pinpoints=tuple(model.get("grid_pinpoints", DEFAULT_PINPOINTS)))
 
 
 class LlavaNextFamily(HostImagesFamily):
-  """transformers' `llava_next` checkpoints (inference: logits, generation, chat mode)."""
+  """transformers' `llava_next` checkpoints (inference: logits, generation, chat mode) and
+  training from the pipeline's `anyres` samples (`train_images`)."""
 
   name = "llava_next"
   hf_model_types = ("llava_next",)
@@ -193,9 +188,57 @@ class LlavaNextFamily(HostImagesFamily):
   table = "llava_next"
   components = ("encoder", "connector", "image_newline", "decoder")
   processor_keys = PROCESSOR_KEYS
+  flops_batch_keys = ("image_mask",)
 
   def config_from_hf(self, hf_config, **execution):
     return LlavaNextConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_training(model)
+
+  def check_training_data(self, config, data, tokenizer):
+    """The pipeline's `anyres` tiles are the tower's, and its layout the model's: tile side,
+    patch size and pinpoints agree; its image token is the model's."""
+    token = tokenizer.token_to_id(data.image_token)
+    if token != config.image_token_id:
+      raise ValueError(f"data.image_token {data.image_token!r} is id {token} in the tokenizer, but "
+                       f"model.image_token_id is {config.image_token_id}")
+    image, v = data.image, config.vision
+    if image.family != "anyres" or image.tile_size != (v.image_size, v.image_size) or \
+        image.patch_size != v.patch_size or image.grid_pinpoints != config.grid_pinpoints:
+      raise ValueError(
+          f"LLaVA-NeXT takes AnyRes tiles of {v.image_size} px in patches of {v.patch_size} on "
+          f"the pinpoints {[list(p) for p in config.grid_pinpoints]}: data.image_preset="
+          f"'llava_next' with image_overrides shortest_edge / crop_size {v.image_size}, patch_size "
+          f"{v.patch_size} and grid_pinpoints as the model's (got {image.family!r}, "
+          f"{image.tile_size}, {image.patch_size}, {[list(p) for p in image.grid_pinpoints]})")
+
+  def train_images(self, config, batch):
+    """The batch's tiles (`pixel_values [B*S, H, W, C]`, row b owning slots [b*S, (b+1)*S)) and
+    `image_token_source [B, T, 2]` (each token's tile slot in its row and feature in the tile,
+    slot -1 for a newline; the host's `feature_sources`) -> `{'tiles', 'token_index'}`: each
+    position's row of `concat(tile features, image_newline)`."""
+    tiles = batch["pixel_values"]
+    rows = batch["input_ids"].shape[0]
+    slots, per_tile = tiles.shape[0] // rows, config.tile_grid**2
+    source = batch["image_token_source"]
+    tile = source[..., 0] + slots * jnp.arange(rows)[:, None]  # [B, T] slot in the batch
+    newline = tiles.shape[0] * per_tile
+    index = jnp.where(source[..., 0] >= 0, tile * per_tile + source[..., 1], newline)
+    return {"tiles": tiles, "token_index": index}
+
+  def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """As LLaVA's per real tile (`tile_flops`): every tile is one tower pass whose
+    `tokens_per_image` features go through the projector."""
+    return tile_flops(self.components, config, params, batch, trainable, attention)
+
+  def abstract_train_batch(self, config, data, sds):
+    """Rows own `max_tiles` tiles `[H, W, C]`; every token its feature's source."""
+    b, t = int(data["batch_size"]), int(data["max_length"])
+    tiles, v = b * int(data.get("max_tiles", 1)), config.vision
+    return {**text_train_batch(data, sds), "image_mask": sds((tiles,), jnp.bool_),
+            "pixel_values": sds((tiles, v.image_size, v.image_size, v.num_channels), jnp.float32),
+            "image_token_source": sds((b, t, 2), jnp.int32)}
 
   def hf_processor_config(self, config, image_token):
     """`LlavaNextProcessor`'s settings: it counts an image's tokens from the patch size, less

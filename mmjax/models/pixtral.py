@@ -19,20 +19,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.connectors.projector import Projector
+from mmjax.connectors.projector import Projector, ProjectorConfig
 from mmjax.connectors.spatial_merger import SpatialMerger, SpatialMergerConfig, merge_index
-from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
+from mmjax.decoders.config import DecoderConfig
+from mmjax.decoders.llama import Decoder
 from mmjax.encoders.pixtral_vit import (PixtralVisionConfig, PixtralVisionTransformer,
                                         pack_images, patch_grids)
+from mmjax.models import flops as fl
 from mmjax.models.family import Family
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.host_images import HostImagesFamily
+from mmjax.models.host_images import HostImagesFamily, HostImagesModule
+from mmjax.models.inputs import text_train_batch
 from mmjax.models.llava import LlavaConfig
-from mmjax.nn.multihead import KVCache
+from mmjax.nn.rope import RopeConfig
 
 PROCESSOR_KEYS = ("pixel_values", "image_sizes")
 
-PackedImages = dict  # `pack_images`'s arrays (+ 'merge_index' [M, k*k] with a patch merger)
+# `pack_images`'s arrays (+ 'merge_index' [M, k*k] with a patch merger); in training, rows of
+# them (`[B, N, ...]`) and 'valid' [B * N] (see `PixtralFamily.train_images`).
+PackedImages = dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +151,7 @@ def check_image_placeholders(config: PixtralConfig, input_ids, images: PackedIma
   check_placeholders(input_ids, config.image_token_id, num_features(images))
 
 
-class Pixtral(nn.Module):
+class Pixtral(HostImagesModule):
   """Pixtral tower, projector (Mistral3: norm + patch merger + MLP), Llama-family decoder."""
 
   config: PixtralConfig
@@ -161,13 +166,18 @@ class Pixtral(nn.Module):
     self.decoder = Decoder(cfg.decoder)
 
   def image_features(self, images: PackedImages) -> jax.Array:
-    """Packed images -> `[F, D_text]`: one feature per patch (per merged block), in order."""
+    """Packed images -> `[F, D_text]`: one feature per patch (per merged block), in order.
+    Rows of packed patches (`patches [B, N, C, P, P]`, training batches) give `[B * N, D_text]`,
+    row after row."""
     cfg = self.config
     layers = [layer % (cfg.vision.num_layers + 1) for layer in cfg.feature_layers]
-    hidden = self.encoder(images["patches"][None], images["positions"][None],
-                          images["segment_ids"][None],
-                          num_layers=max(layers))["hidden_states"]  # [max+1, 1, N, D_v]
-    selected = jnp.concatenate([hidden[layer][0] for layer in layers], axis=-1)  # [N, D_v * L]
+    patches, positions, segments = images["patches"], images["positions"], images["segment_ids"]
+    if patches.ndim == 4:  # one packed sequence
+      patches, positions, segments = patches[None], positions[None], segments[None]
+    hidden = self.encoder(patches, positions, segments,
+                          num_layers=max(layers))["hidden_states"]  # [max+1, B, N, D_v]
+    selected = jnp.concatenate([hidden[layer] for layer in layers], axis=-1)  # [B, N, D_v * L]
+    selected = selected.reshape(-1, selected.shape[-1])  # [B * N, D_v * L]
     if cfg.merge_size > 1:
       return self.connector(selected, images["merge_index"])
     return self.connector(selected)
@@ -179,29 +189,46 @@ class Pixtral(nn.Module):
     if images is None:
       return embeddings
     features = self.image_features(images)
-    return merge_image_features(embeddings, input_ids == self.config.image_token_id, features)
+    return merge_image_features(embeddings, input_ids == self.config.image_token_id, features,
+                                images.get("valid"))
 
-  def __call__(
-      self,
-      input_ids: jax.Array,
-      images: PackedImages | None,
-      positions: jax.Array,
-      attention_mask: jax.Array | None = None,
-      segment_ids: jax.Array | None = None,
-      cache: KVCache | None = None,
-      cache_index: jax.Array | int = 0,
-      head_loss: HeadLoss | None = None,
-  ) -> DecoderOutput:
-    """`input_ids [B, T]`, `images` from `packed_images` (every image of the batch, in row
-    order) -> the decoder's output (float32 logits `[B, T, V]`, cache, hidden states)."""
-    embeddings = self.embed(input_ids, images)
-    return self.decoder(embeddings, positions, attention_mask, segment_ids, cache, cache_index,
-                        head_loss=head_loss)
+
+def config_from_training(model: Mapping[str, Any]) -> PixtralConfig:
+  """A training config's model section: `vision` (`PixtralVisionConfig`'s fields), `projector`,
+  `decoder`, `image_token_id` and `feature_layers` (execution keys apply after)."""
+  vision = PixtralVisionConfig(**dict(model["vision"]))
+  decoder = dict(model["decoder"])
+  decoder = DecoderConfig(rope=RopeConfig(**dict(decoder.pop("rope", {}))), **decoder)
+  layers = tuple(model.get("feature_layers", (-1,)))
+  projector = ProjectorConfig(in_features=vision.hidden_size * len(layers),
+                              out_features=decoder.hidden_size, **dict(model["projector"]))
+  return PixtralConfig(vision=vision, projector=projector, decoder=decoder,
+                       image_token_id=int(model["image_token_id"]), feature_layers=layers,
+                       feature_select="full")
+
+
+def train_images(config: PixtralConfig, batch: Mapping[str, jax.Array]) -> PackedImages:
+  """A training batch's rows of patch slots -> rows of packed images for the tower: `patches
+  [B, S, C, P, P]`, `positions [B, S, 2]` (the host's, `pack_images`'), `segment_ids [B, S]` (the
+  image of the row each slot holds, from `image_tiles`; -1 for padding slots) and `valid [B*S]`
+  (`image_mask`: real patches fill the `[IMG]` slots in order)."""
+  if config.merge_size > 1:
+    raise ValueError("training batches have no patch merger layout: Mistral3 does not train yet")
+  rows = batch["input_ids"].shape[0]
+  patches = batch["pixel_values"]
+  patches = patches.reshape(rows, -1, *patches.shape[1:])  # [B, S, C, P, P]
+  slots = patches.shape[1]
+  ends = jnp.cumsum(batch["image_tiles"].reshape(rows, -1), axis=-1)  # [B, M] patches so far
+  image = jnp.sum(jnp.arange(slots)[None, :, None] >= ends[:, None, :], axis=-1)  # [B, S]
+  valid = batch["image_mask"]
+  segments = jnp.where(valid.reshape(rows, slots), image, -1)
+  return {"patches": patches, "positions": batch["patch_positions"].reshape(rows, slots, 2),
+          "segment_ids": segments.astype(jnp.int32), "valid": valid}
 
 
 class PixtralFamily(HostImagesFamily):
   """transformers' `llava` checkpoints with a Pixtral tower (inference: logits, generation,
-  chat mode)."""
+  chat mode) and training from the pipeline's `pixtral` samples (`train_images`)."""
 
   name = "pixtral"
   hf_model_types = ()  # a `llava` model_type: claimed through its vision config (claims_hf)
@@ -209,6 +236,64 @@ class PixtralFamily(HostImagesFamily):
   module_cls = Pixtral
   table = "pixtral"
   processor_keys = PROCESSOR_KEYS
+
+  flops_batch_keys = ("image_mask", "image_tiles")
+
+  def config_from_training(self, model):
+    return config_from_training(model)
+
+  def check_training_data(self, config, data, tokenizer):
+    """The pipeline's `pixtral` patches are the tower's (patch size, no merge) and its `[IMG]`
+    is the model's image token."""
+    token = tokenizer.token_to_id(data.image_token)
+    if token != config.image_token_id:
+      raise ValueError(f"data.image_token {data.image_token!r} is id {token} in the tokenizer, but "
+                       f"model.image_token_id is {config.image_token_id}")
+    image = data.image
+    if image.family != "pixtral" or image.patch_size != config.vision.patch_size or \
+        image.merge_size != config.merge_size:
+      raise ValueError(f"Pixtral takes patches of {config.vision.patch_size} px: data.image_preset="
+                       f"'pixtral' with image_overrides.patch_size={config.vision.patch_size} (got "
+                       f"{image.family!r}, patch_size {image.patch_size}, merge {image.merge_size})")
+
+  def train_images(self, config, batch):
+    return train_images(config, batch)
+
+  def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """The decoder per token; the tower per real patch (`image_mask`), attending within its
+    image (`image_tiles`: patches per image); the projector per patch."""
+    rows, length = np.shape(batch["input_ids"])
+    per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
+    flops = fl.decoder_flops(config.decoder, params.get("decoder", {}), rows, length,
+                             per["decoder"], "decoder" in attention)
+    counts = np.asarray(batch.get("image_tiles", np.zeros(0)), np.int64)
+    patches = int(np.sum(batch["image_mask"])) if "image_mask" in batch else int(counts.sum())
+    if "encoder" in params and patches:
+      v = config.vision
+      products = 2 * v.num_layers * v.hidden_size * int(np.sum(counts**2))
+      flops += fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
+                                per["encoder"])
+    if "connector" in params and patches:
+      flops += per["connector"] * fl.count_params(params["connector"]) * patches
+    return float(flops)
+
+  def aot_train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
+    """Every patch slot counted, each row's slots one image (an upper bound of the attention)."""
+    rows = batch["input_ids"].shape[0]
+    slots = batch["pixel_values"].shape[0]
+    filled = {"image_mask": np.ones(slots, bool),
+              "image_tiles": np.full(rows, slots // rows, np.int64)}
+    return self.train_flops(config, params, {**batch, **filled}, trainable, attention)
+
+  def abstract_train_batch(self, config, data, sds):
+    """Rows own `max_tiles` patch slots `[C, P, P]` with their positions, `max_images` images."""
+    slots = int(data["batch_size"]) * int(data.get("max_tiles", 1))
+    images = int(data["batch_size"]) * int(data.get("max_images", 1))
+    v = config.vision
+    return {**text_train_batch(data, sds), "image_mask": sds((slots,), jnp.bool_),
+            "pixel_values": sds((slots, v.num_channels, v.patch_size, v.patch_size), jnp.float32),
+            "patch_positions": sds((slots, 2), jnp.int32),
+            "image_tiles": sds((images,), jnp.int32)}
 
   def claims_hf(self, hf_config):
     vision = hf_config.get("vision_config") or {}

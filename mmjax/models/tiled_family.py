@@ -78,26 +78,8 @@ class TiledImageFamily(Family):
     return out.logits if head_loss is None else out.loss
 
   def train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
-    """The decoder per token; the encoder per patch of every real image (`image_mask`, or every
-    image of processor arrays' `pixel_values`); the connector per image token."""
-    rows, length = np.shape(batch["input_ids"])
-    if "image_mask" in batch:
-      images = int(np.sum(batch["image_mask"]))
-    else:
-      images = np.shape(batch["pixel_values"])[0] if "pixel_values" in batch else 0
-    per = {name: fl.per_param(name, trainable, self.components) for name in self.components}
-    flops = fl.decoder_flops(config.decoder, params.get("decoder", {}), rows, length,
-                             per["decoder"], "decoder" in attention)
-    if "encoder" in params and images:
-      v = config.vision
-      patches = images * v.num_positions
-      products = 2 * v.num_layers * v.hidden_size * v.num_positions * patches
-      flops += fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
-                                per["encoder"])
-    if "connector" in params and images:
-      flops += per["connector"] * fl.count_params(params["connector"]) * images * \
-          config.tokens_per_image
-    return float(flops)
+    """See `tile_flops`."""
+    return tile_flops(self.components, config, params, batch, trainable, attention)
 
   def abstract_train_batch(self, config, data, sds):
     """Rows own `max_tiles` image tiles `[H, W, C]`."""
@@ -105,3 +87,27 @@ class TiledImageFamily(Family):
     v = config.vision
     return {**text_train_batch(data, sds), "image_mask": sds((tiles,), jnp.bool_),
             "pixel_values": sds((tiles, v.image_size, v.image_size, v.num_channels), jnp.float32)}
+
+
+def tile_flops(components, config, params, batch, trainable, attention=("decoder", "encoder")):
+  """The decoder per token; the encoder per patch of every real tile (`image_mask`, or every
+  image of processor arrays' `pixel_values`); the connector per tile's tokens
+  (`config.tokens_per_image`). `components`: the family's, in data-flow order."""
+  rows, length = np.shape(batch["input_ids"])
+  if "image_mask" in batch:
+    images = int(np.sum(batch["image_mask"]))
+  else:
+    images = np.shape(batch["pixel_values"])[0] if "pixel_values" in batch else 0
+  per = {name: fl.per_param(name, trainable, components) for name in components}
+  flops = fl.decoder_flops(config.decoder, params.get("decoder", {}), rows, length,
+                           per["decoder"], "decoder" in attention)
+  if "encoder" in params and images:
+    v = config.vision
+    patches = images * v.num_positions
+    products = 2 * v.num_layers * v.hidden_size * v.num_positions * patches
+    flops += fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
+                              per["encoder"])
+  if "connector" in params and images:
+    flops += per["connector"] * fl.count_params(params["connector"]) * images * \
+        config.tokens_per_image
+  return float(flops)

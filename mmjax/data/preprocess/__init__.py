@@ -19,6 +19,8 @@ Families:
                 one ``<|image|>`` token per image, ``aspect_ratio`` (rows, cols) per image
   ``pixtral``   fit within ``size`` then up to multiples of patch*merge (PixtralImageProcessor);
                 ``[IMG]`` rows ended by ``[IMG_BREAK]``, the last ``[IMG_END]``
+  ``fuyu``      shrink to fit ``size``, pad, raw patches of ``patch_size`` (FuyuImageProcessor);
+                ``|SPEAKER|`` x columns + ``|NEWLINE|`` per patch row
 """
 
 from __future__ import annotations
@@ -29,17 +31,23 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from mmjax.data.preprocess import anyres, common, mllama, pixtral, qwen2_vl, single, tiling
+from mmjax.data.preprocess import (anyres, common, fuyu_pipeline, mllama, pixtral, qwen2_vl,
+                                    single, tiling)
 from mmjax.data.preprocess.common import decode_image
 
 # Each family's module: ``process(image, cfg) -> (pixels, meta)`` and, where the default does not
 # fit, ``num_tokens(h, w, cfg)`` (default: one tile's tokens), ``sample_tiles(processed, cfg)``
 # (the sample's pixel rows; default: ``processed.pixels``), ``empty_tiles(cfg)``,
 # ``PER_IMAGE_FEATURES`` + ``image_features(processed_images, cfg)`` (arrays per image that
-# packing puts into ``max_images`` slots) and ``check_row_budget(cfg, max_tiles, max_images)``.
+# packing puts into ``max_images`` slots), ``TOKEN_FEATURES`` + ``token_features(processed_images,
+# cfg)`` (arrays per image token, packed along the text), ``TILE_FEATURES`` +
+# ``tile_features(processed_images, cfg)`` (arrays per tile, packed beside ``pixel_values``), ``LAYOUT_TOKENS`` +
+# ``placeholder_ids(height, width, cfg, image_id, layout_ids)`` (an image's placeholder run when it is
+# not all ``image_token``: Pixtral's row breaks, Fuyu's newlines) and
+# ``check_row_budget(cfg, max_tiles, max_images)``.
 _MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
             'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama,
-            'pixtral': pixtral}
+            'pixtral': pixtral, 'fuyu': fuyu_pipeline}
 FAMILIES = tuple(_MODULES)
 
 
@@ -83,7 +91,7 @@ class ImageConfig:
   @property
   def tile_size(self) -> tuple[int, int] | None:
     """(H, W) of every tile this family emits; None for qwen2_vl and pixtral (variable)."""
-    if self.family in ('qwen2_vl', 'pixtral'):
+    if self.family in ('qwen2_vl', 'pixtral', 'fuyu'):
       return None
     if self.family in ('siglip', 'internvl', 'mllama'):
       return self.size
@@ -115,6 +123,10 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
                       pad_to_square=False, patch_size=16),
       'mistral3': dict(family='pixtral', shortest_edge=None, size=1540, crop_size=None,
                        pad_to_square=False, patch_size=14, merge_size=2),
+      # FuyuImageProcessor (its own scaling to [-1, 1]): shrink to fit 1080x1920, 30-px patches.
+      'fuyu': dict(family='fuyu', shortest_edge=None, size=(1080, 1920), crop_size=None,
+                   pad_to_square=False, patch_size=30, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                   resample='bilinear'),
   }
   if name not in presets:
     raise ValueError(f'unknown image preset {name!r}; expected one of {sorted(presets)}')
@@ -168,6 +180,26 @@ class ImageProcessor:
     hook = getattr(_MODULES[self.cfg.family], 'image_features', None)
     return {} if hook is None else hook(processed, self.cfg)
 
+  def token_features(self, processed: Sequence[ProcessedImage]) -> dict[str, np.ndarray]:
+    """The family's arrays per image token (``token_features``): each `[tokens of the sample's
+    images, ...]`, in the order of the sample's ``image_token`` placeholders."""
+    hook = getattr(_MODULES[self.cfg.family], 'token_features', None)
+    return {} if hook is None else hook(processed, self.cfg)
+
+  def tile_features(self, processed: Sequence[ProcessedImage]) -> dict[str, np.ndarray]:
+    """The family's arrays per tile (``tile_features``) of a sample's images, concatenated
+    (rows beside ``pixel_values``')."""
+    hook = getattr(_MODULES[self.cfg.family], 'tile_features', None)
+    return {} if hook is None else hook(processed, self.cfg)
+
+  def placeholder_ids(self, height: int, width: int, image_id: int,
+                      layout_ids: Sequence[int]) -> np.ndarray | None:
+    """The placeholder run (int32 ``[num_tokens]``) of an original image of (height, width),
+    with the family's ``LAYOUT_TOKENS`` ids (``layout_ids``) in place; None where the run is
+    ``image_id`` throughout."""
+    hook = getattr(_MODULES[self.cfg.family], 'placeholder_ids', None)
+    return None if hook is None else hook(height, width, self.cfg, image_id, layout_ids)
+
   def __call__(self, image: Image.Image) -> ProcessedImage:
     image = common.to_rgb(image)
     w, h = image.size
@@ -181,9 +213,33 @@ def per_image_features(cfg: ImageConfig) -> tuple[str, ...]:
   return tuple(getattr(_MODULES[cfg.family], 'PER_IMAGE_FEATURES', ()))
 
 
+def token_features(cfg: ImageConfig) -> tuple[str, ...]:
+  """Names of the arrays ``ImageProcessor.token_features`` adds per image token."""
+  return tuple(getattr(_MODULES[cfg.family], 'TOKEN_FEATURES', ()))
+
+
+def layout_tokens(cfg: ImageConfig) -> tuple[str, ...]:
+  """The tokens besides ``image_token`` an image's placeholder run holds (their ids go to
+  ``ImageProcessor.placeholder_ids``)."""
+  return tuple(getattr(_MODULES[cfg.family], 'LAYOUT_TOKENS', ()))
+
+
 # Every family's per-image arrays (the batch keys flattened as image slots).
 ALL_PER_IMAGE_FEATURES = tuple(dict.fromkeys(
     name for module in _MODULES.values() for name in getattr(module, 'PER_IMAGE_FEATURES', ())))
+
+
+def tile_features(cfg: ImageConfig) -> tuple[str, ...]:
+  """Names of the arrays ``ImageProcessor.tile_features`` adds per tile."""
+  return tuple(getattr(_MODULES[cfg.family], 'TILE_FEATURES', ()))
+
+
+# Every family's per-tile arrays (packed beside ``pixel_values``).
+ALL_TILE_FEATURES = tuple(dict.fromkeys(
+    name for module in _MODULES.values() for name in getattr(module, 'TILE_FEATURES', ())))
+# Every family's per-token arrays (packed along the text like ``input_ids``).
+ALL_TOKEN_FEATURES = tuple(dict.fromkeys(
+    name for module in _MODULES.values() for name in getattr(module, 'TOKEN_FEATURES', ())))
 
 
 def check_row_budget(cfg: ImageConfig, max_tiles: int, max_images: int) -> None:

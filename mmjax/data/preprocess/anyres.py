@@ -77,6 +77,44 @@ def num_tokens(height: int, width: int, cfg) -> int:
   return grid_h * grid_w + rows * cols + rows
 
 
+def feature_sources(height: int, width: int, grid: int, tile: int,
+                    pinpoints: Sequence[Sequence[int]]) -> np.ndarray:
+  """Where each placeholder token of an image of (height, width) takes its feature from: int32
+  `[tokens, 2]` of (tile, feature within the tile), tile 0 the base view and 1.. the grid
+  row-major, tile -1 for the `image_newline` ending each grid row (feature 0). `grid` is one
+  tile's features per side, `tile` its side in pixels. The layout `LlavaNextProcessor` counts
+  and transformers' `pack_image_features` builds: the base view, then the unpadded grid."""
+  best_h, best_w = select_best_resolution(height, width, pinpoints)
+  rows, cols = best_h // tile, best_w // tile
+  base = np.stack([np.zeros(grid * grid, np.int64), np.arange(grid * grid)], axis=-1)
+  top, kept_rows, left, kept_cols = unpadded_grid(height, width, rows * grid, cols * grid)
+  y = np.arange(top, top + kept_rows)[:, None]  # [R, 1] feature rows of the whole grid
+  x = np.arange(left, left + kept_cols)[None, :]  # [1, C]
+  tiles = np.broadcast_to(1 + (y // grid) * cols + x // grid, (kept_rows, kept_cols))
+  within = np.broadcast_to((y % grid) * grid + x % grid, (kept_rows, kept_cols))
+  newline = np.broadcast_to([[-1, 0]], (kept_rows, 1, 2))
+  body = np.concatenate([np.stack([tiles, within], axis=-1), newline], axis=1)  # [R, C + 1, 2]
+  return np.concatenate([base, body.reshape(-1, 2)]).astype(np.int32)
+
+
+# Per-token arrays of a sample (`token_features`): packed along the text, and made relative to
+# the row's tile slots when samples are packed (`mmjax.data.packing.finalize_row`).
+TOKEN_FEATURES = ('image_token_source',)
+
+
+def token_features(processed, cfg) -> dict[str, np.ndarray]:
+  """`image_token_source [n, 2]`: for the sample's image tokens in order, (tile of the sample,
+  feature within it), tile -1 for a row's newline (see `feature_sources`)."""
+  tile_h, _ = view_size(cfg)
+  grid = tile_h // cfg.patch_size
+  sources, first = [np.zeros((0, 2), np.int32)], 0
+  for p in processed:
+    src = feature_sources(*p.image_size, grid, tile_h, cfg.grid_pinpoints)
+    sources.append(np.where(src[:, :1] >= 0, src + [first, 0], src).astype(np.int32))
+    first += len(p.pixels)
+  return {'image_token_source': np.concatenate(sources)}
+
+
 def base_size(cfg) -> tuple[int, int]:
   """(h, w) the whole image is first resized to for the base view: `size` as a square of its
   shortest edge, or its (height, width)."""

@@ -61,12 +61,43 @@ def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   return common.normalize(resized, cfg.mean, cfg.std, cfg.rescale_factor)[None], {}
 
 
+# Training (`mmjax.data.sample`): an image's "tiles" are its patches `[n, 3, P, P]` (the tower's
+# input, as `pack_images` cuts them for inference), and `data.max_tiles` is a row's patch budget;
+# each patch's (row, column) in its image's grid travels beside it for the tower's 2-D RoPE.
+LAYOUT_TOKENS = ('[IMG_BREAK]', '[IMG_END]')
+TILE_FEATURES = ('patch_positions',)
+
+
+def placeholder_ids(height: int, width: int, cfg, image_id: int, layout_ids) -> np.ndarray:
+  return image_token_ids(*token_grid(height, width, cfg), image_id, *layout_ids)
+
+
+def _packed(processed, cfg) -> dict:
+  from mmjax.encoders.pixtral_vit import pack_images  # pylint: disable=g-import-not-at-top
+
+  pixels = np.transpose(processed.pixels, (0, 3, 1, 2))  # [1, 3, H, W]
+  return pack_images(pixels, [pixels.shape[2:]], cfg.patch_size)
+
+
+def sample_tiles(processed, cfg) -> np.ndarray:
+  """The image's patches `[rows * cols, 3, P, P]`, its grid row-major."""
+  return _packed(processed, cfg)['patches']
+
+
+def tile_features(processed_images, cfg) -> dict[str, np.ndarray]:
+  """`patch_positions [patches, 2]`: (row, column) of each patch of the sample's images in its
+  image's grid."""
+  positions = [_packed(p, cfg)['positions'] for p in processed_images]
+  return {'patch_positions': np.concatenate([np.zeros((0, 2), np.int32), *positions])}
+
+
 def empty_tiles(cfg) -> np.ndarray:
-  return np.zeros((0, *cfg.size, 3), np.float32)
+  return np.zeros((0, 3, cfg.patch_size, cfg.patch_size), np.float32)
 
 
 def check_row_budget(cfg, max_tiles: int, max_images: int) -> None:
-  """The training pipeline batches fixed-size tiles or Qwen-VL's patch rows; Pixtral's images keep
-  their own sizes and are preprocessed for inference (chat mode) only so far."""
-  raise ValueError("the pixtral image preset is for inference (mmjax generate): the training "
-                   "pipeline does not batch images of their own sizes for Pixtral yet")
+  """The training pipeline feeds Pixtral's tower patches, one per token before any merge:
+  Mistral3's patch merger (`merge_size` > 1) is not batched for training yet."""
+  if cfg.merge_size != 1:
+    raise ValueError("the training pipeline lays out Pixtral's patches without a patch merger: "
+                     f"the mistral3 preset (merge_size {cfg.merge_size}) is for inference only")

@@ -1,0 +1,56 @@
+"""A tiny LLaVA-NeXT (AnyRes) for CPU runs: a SigLIP-style tower on 32-px tiles of 2x2 patches,
+LLaVA's MLP projector, `image_newline`, and a 2-layer Llama decoder.
+
+    mmjax train --config configs/tiny/llava_next.py --workdir /tmp/tiny_llava_next \
+        --config.data.tokenizer=TOKENIZER_DIR --config.data.sources='[{"path": "train.jsonl"}]' \
+        --config.model.image_token_id=IMAGE_ID
+
+`image_token_id` must be the tokenizer's `<image>` id (`mmjax train` checks it) and the tokenizer
+must fit `decoder.vocab_size`. An image becomes a base view and a grid of up to 2x2 tiles (the
+pinpoints); its placeholders are the base view's 4 features, the grid's unpadded features and a
+newline per grid row (`mmjax.data.preprocess.anyres`). The recipe trains the projector, the
+newline and the language model; the tower stays frozen (LLaVA-NeXT's second stage, tower aside).
+"""
+
+import ml_collections
+
+# (height, width) tile grids an image may take: 1x2, 2x1 or 2x2 tiles of 32 px.
+PINPOINTS = ((32, 64), (64, 32), (64, 64))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  width = 32
+  c.model = dict(
+      family="llava_next",
+      vision=dict(kind="siglip", image_size=32, patch_size=16, hidden_size=width,
+                  intermediate_size=2 * width, num_layers=1, num_heads=2,
+                  activation="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+      projector=dict(kind="mlp2x", activation="gelu", use_bias=True),
+      decoder=dict(vocab_size=320, hidden_size=width, intermediate_size=2 * width, num_layers=2,
+                   num_heads=4, num_kv_heads=2, head_dim=width // 4, rms_norm_eps=1e-6,
+                   rope=dict(theta=10000.0)),
+      image_token_id=3,
+      feature_layers=(-1,),
+      feature_select="full",
+      grid_pinpoints=PINPOINTS,
+      dtype="float32",
+      param_dtype="float32",
+      remat_policy="none",
+  )
+  # max_tiles: two images of the largest pinpoint a row (a base view + 2x2 tiles each = 10);
+  # max_length: two such images take 2 x (4 + 16 + 4) = 48 placeholders, the text the rest.
+  c.data = dict(image_preset="llava_next",
+                image_overrides=dict(shortest_edge=32, crop_size=32, patch_size=16,
+                                     grid_pinpoints=PINPOINTS),
+                template="vicuna_v1", tokenizer="", image_token="<image>", max_length=128,
+                max_tiles=10, max_images=2, batch_size=8, sources=())
+  c.optim = dict(lr=1e-3, warmup_steps=20, end_lr_ratio=0.1, b1=0.9, b2=0.98, weight_decay=0.01,
+                 clip_norm=1.0, z_loss=0.0, lr_multipliers={})
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, rules="fsdp")
+  c.train = dict(steps=200, trainable=("connector", "image_newline", "decoder"), grad_accum=1,
+                 init_from="", log_every=10)
+  c.checkpoint = dict(every_steps=100, keep=2, async_save=True)
+  return c
