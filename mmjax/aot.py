@@ -170,9 +170,9 @@ _COUNTING_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
                      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
 
 
-def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
-                             compiler_options: dict | None = None):
-  """(trainer, abstract batch, compiled step) of a prepared config on compile-only devices."""
+def lower_train(cfg, devices, offload_optimizer: bool = False):
+  """(trainer, abstract batch, lowered step) of a prepared config on compile-only devices: the
+  model built, sharded and traced (seconds), not yet compiled (minutes at full size)."""
   import jax
 
   from mmjax.train.loop import Trainer
@@ -185,8 +185,17 @@ def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
 
     step_fn = offload_optimizer_state(trainer)
   with jax.set_mesh(trainer.mesh):
-    compiled = _compile(step_fn.lower(trainer.abstract_state, batch), compiler_options)
-  return trainer, batch, compiled
+    return trainer, batch, step_fn.lower(trainer.abstract_state, batch)
+
+
+def _build_and_compile_train(cfg, devices, offload_optimizer: bool = False,
+                             compiler_options: dict | None = None):
+  """(trainer, abstract batch, compiled step) of a prepared config on compile-only devices."""
+  import jax
+
+  trainer, batch, lowered = lower_train(cfg, devices, offload_optimizer)
+  with jax.set_mesh(trainer.mesh):
+    return trainer, batch, _compile(lowered, compiler_options)
 
 
 def _family(cfg):

@@ -7,6 +7,7 @@ also adds features of a few ViT layers to the hidden states after the first deco
 """
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -279,9 +280,17 @@ def forward_from_hf_inputs(cfg: QwenVLConfig, params,
   """Logits for the arrays a Qwen-VL processor returns (see `processor_inputs`)."""
   ids, mask, images, videos, positions = processor_inputs(cfg, inputs)
   to_jax = lambda vision: None if vision is None else jax.tree.map(jnp.asarray, vision)
-  out = QwenVL(cfg).apply({"params": params}, jnp.asarray(ids, jnp.int32), to_jax(images),
-                         to_jax(videos), jnp.asarray(positions), jnp.asarray(mask, jnp.int32))
-  return np.asarray(out.logits, np.float32)
+  logits = _compiled_logits(cfg)(params, jnp.asarray(ids, jnp.int32), to_jax(images),
+                                 to_jax(videos), jnp.asarray(positions),
+                                 jnp.asarray(mask, jnp.int32))
+  return np.asarray(logits, np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_logits(cfg: QwenVLConfig):
+  """The forward's logits as one compiled program per config (frozen, hashable): about twice as
+  fast on CPU as running the model op by op, even when every call has new shapes."""
+  return jax.jit(lambda params, *args: QwenVL(cfg).apply({"params": params}, *args).logits)
 
 
 def train_forward(module: QwenVL, params, batch: Mapping[str, jax.Array],

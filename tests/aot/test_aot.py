@@ -6,8 +6,10 @@ on the tiny config (the compiler's work, not the model size, is what they exerci
 """
 
 import concurrent.futures
+import glob
 import multiprocessing
 import os
+import re
 
 import pytest
 
@@ -79,6 +81,36 @@ def test_preset_train_step_fits(path, topology, parameters, preset_reports):
   assert report.extra["attention"] == "splash"
 
 
+def _stated_topology(path: str) -> str | None:
+  """The topology a preset's docstring says it is checked on (`--topology NAME`)."""
+  match = re.search(r"--topology (\S+?)`?\s", open(os.path.join(CONFIGS, path)).read())
+  return match and match.group(1)
+
+
+# Every other preset that states a topology: built, sharded and traced for it (seconds), which
+# catches a broken config, sharding rule or abstract batch; the memory fit is each one's
+# docstring figure from `mmjax aot` (a full compile takes minutes of the suite's two cores).
+LOWERED = sorted(
+    (path, _stated_topology(path))
+    for path in (os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "*", "*.py")))
+    if not path.startswith("tiny" + os.sep) and _stated_topology(path)
+    and path not in {p for p, _, _ in PRESETS})
+
+
+def test_every_other_preset_lowers_for_its_topology():
+  from mmjax.train.metrics import count_params
+  from mmjax.train.state import merge
+
+  assert LOWERED  # the glob found presets
+  for path, topology in LOWERED:
+    topo = tpu.parse(topology)
+    cfg = aot.prepare_config(load_config(os.path.join(CONFIGS, path)), topo)
+    trainer, batch, lowered = aot.lower_train(cfg, tpu.compile_only_devices(topo))
+    state = trainer.abstract_state
+    assert count_params(merge(state.params, state.frozen)) > 1e9, path  # at full size
+    assert "input_ids" in batch and lowered.compiler_ir() is not None
+
+
 @pytest.mark.tpu_compile
 def test_generate_step_and_multislice(capsys):
   assert main(["aot", "--config", TINY, "--topology", "v5e-4", "--step", "generate", "--batch",
@@ -112,11 +144,22 @@ def test_out_of_memory_exits_1_with_the_compilers_message(capsys):
   assert "does not fit on v5e-1" in err and "RESOURCE_EXHAUSTED" in err
 
 
-@pytest.mark.tpu_compile
-def test_offloaded_optimizer_state_lives_in_host_memory():
+@pytest.fixture(scope="module")
+def tiny_train_report():
+  """The tiny config's train step on v5e-4 (the optional keys filled in, as `mmjax train` does):
+  the baseline of the offload and preference tests, compiled once (TPU compiles are not served
+  by the compilation cache)."""
+  from mmjax.train.cli import add_optional_keys
+
   cfg = load_config(TINY)
-  on_device = aot.compile_train(cfg, tpu.parse("v5e-4"))
-  offloaded = aot.compile_train(cfg, tpu.parse("v5e-4"), offload_optimizer=True)
+  add_optional_keys(cfg)
+  return aot.compile_train(cfg, tpu.parse("v5e-4"))
+
+
+@pytest.mark.tpu_compile
+def test_offloaded_optimizer_state_lives_in_host_memory(tiny_train_report):
+  on_device = tiny_train_report
+  offloaded = aot.compile_train(load_config(TINY), tpu.parse("v5e-4"), offload_optimizer=True)
   assert on_device.memory.host_arguments == 0 < offloaded.memory.host_arguments
   # AdamW's two moments (float32, like the parameters) leave HBM for the host.
   moved = on_device.memory.arguments - offloaded.memory.arguments
@@ -149,23 +192,22 @@ def test_compiled_flops_count_every_layer():
 
 
 @pytest.mark.tpu_compile
-def test_preference_step_compiles_with_pair_batches_and_its_reference():
+def test_preference_step_compiles_with_pair_batches_and_its_reference(tiny_train_report):
   """`train.objective=dpo`: the abstract batch holds pairs (an answer axis) and the arguments
   hold the reference model's frozen copy of what trains (here everything: float32)."""
   from mmjax.train.cli import add_optional_keys
   from mmjax.train.metrics import count_params
 
-  configs = [load_config(TINY) for _ in range(2)]
-  for cfg in configs:
-    add_optional_keys(cfg)
-  configs[1].train.objective = "dpo"
+  cfg = load_config(TINY)
+  add_optional_keys(cfg)
+  cfg.train.objective = "dpo"
   topology = tpu.parse("v5e-4")
-  lm, dpo = (aot.compile_train(cfg, topology) for cfg in configs)
+  lm, dpo = tiny_train_report, aot.compile_train(cfg, topology)
   assert dpo.fits and dpo.batch.startswith("global batch 128 x 16 tokens")  # 64 pairs
   assert dpo.extra["objective"].startswith("dpo, 64 pairs; reference: the frozen initial model")
   from mmjax.train.loop import Trainer
 
-  trainer = Trainer.build(aot.prepare_config(configs[1], topology),
+  trainer = Trainer.build(aot.prepare_config(cfg, topology),
                           tpu.compile_only_devices(topology))
   copied = 4 * count_params(trainer.abstract_state.reference)
   assert copied == 4 * count_params(trainer.abstract_state.params) > 0
