@@ -30,6 +30,7 @@ import numpy as np
 from mmjax.connectors.qformer import QFormer, QFormerConfig
 from mmjax.encoders.vit import VisionConfig, VisionTransformer
 from mmjax.models.blip2_config import _QFORMER, _VISION, NUM_QUERY_TOKENS
+from mmjax.models import flops as fl
 from mmjax.models.family import Family
 from mmjax.models.inputs import nchw_to_nhwc
 from mmjax.nn.activations import get_activation
@@ -194,7 +195,7 @@ class Blip2Retrieval(nn.Module):
     `ids` already start with the decoder's BOS."""
     out = self.qformer(states, text_ids=ids, text_mask=mask, mask="itg",
                        deterministic=deterministic)
-    words = self.qformer.variables["params"]["word_embed"]["embedding"]
+    words = nn.unbox(self.qformer.variables["params"]["word_embed"]["embedding"])  # tied
     return l2_normalize(self.head.vision_projection(out.queries)), self.head.itg(out.text, words)
 
   def temperature(self) -> jax.Array:
@@ -299,6 +300,29 @@ class Blip2RetrievalFamily(Family):
 
   def contrastive_forward(self, module, params, batch, rng=None):
     raise self._unsupported("train.objective clip / siglip (BLIP-2 trains 'blip2_stage1')")
+
+  def train_flops(self, config, params, batch, trainable, attention=("encoder", "qformer")):
+    """Stage 1 on `B` pairs of `T` tokens: the tower per patch (frozen: forward only, nothing
+    trains before it), the Q-Former's weights per row-token over its three passes (B x (Q+T)
+    under the ITG mask, B x T text alone, 3B x (Q+T) for ITM; cross-attention over the image
+    tokens counted with the weights, not as products), the heads per query / token."""
+    b = np.shape(batch["pixels"])[0]
+    t = np.shape(batch["text_ids"])[1]
+    v, q = config.vision, config.qformer
+    chain = self.components
+    flops = 0.0
+    if "encoder" in params:
+      patches = b * v.num_positions
+      products = 2 * v.num_layers * v.hidden_size * v.num_positions * patches
+      flops += fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
+                                fl.per_param("encoder", trainable, chain))
+    tokens = b * (q.num_queries + t) + b * t + 3 * b * (q.num_queries + t)
+    if "qformer" in params:
+      layers = {k: w for k, w in params["qformer"].items() if k not in ("word_embed", "pos_embed")}
+      flops += fl.per_param("qformer", trainable, chain) * fl.count_params(layers) * tokens
+    if "head" in params:
+      flops += fl.per_param("head", trainable, chain) * fl.count_params(params["head"]) * tokens
+    return float(flops)
 
   def abstract_train_batch(self, config, data, sds):
     b = int(data["batch_size"])
