@@ -1,6 +1,7 @@
 """BLIP-2 stage 1 through the trainer (`configs/tiny/blip2_stage1.py`, `train.objective=
 'blip2_stage1'`) on the shapes set's image-caption pairs, on the 8 fake devices: ITC, ITM and ITG
-fall, the frozen EVA tower stays bit-identical while every trained parameter moves."""
+fall (ITM, 1 positive to 2 hard negatives, from ln 2 towards the base rate's entropy 0.637 in
+this short run), the frozen EVA tower stays bit-identical while every trained parameter moves."""
 
 import json
 import os
@@ -20,7 +21,7 @@ STEPS = 150
 def run(tmp_path_factory):
   cfg = load_config("configs/tiny/blip2_stage1.py")
   add_optional_keys(cfg)
-  cfg.model.vision.update(hidden_size=32, intermediate_size=64, num_heads=2)
+  cfg.model.vision.update(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=1)
   cfg.model.qformer.update(hidden_size=32, intermediate_size=64, num_heads=2, dropout=0.0)
   cfg.data.batch_size = 16
   cfg.data.shapes.update(max_objects=1)
@@ -45,7 +46,7 @@ def test_the_three_losses_fall(run):
     first, last = _mean(rows[:3], key), _mean(rows[-3:], key)
     print(f"{key}: {rows[0][key]:.4f} -> {rows[-1][key]:.4f} (first 3 {first:.4f}, last 3 "
           f"{last:.4f})")
-    assert last < 0.9 * first, (key, first, last)
+    assert last < (first - 0.03 if key == "loss_itm" else 0.9 * first), (key, first, last)
 
 
 def test_the_vision_tower_stays_bit_identical(run):
