@@ -225,7 +225,7 @@ def _compiled(config: Blip2RetrievalConfig, use_itm_head: bool):
   return jax.jit(lambda p, *a: module.apply({"params": p}, *a, use_itm_head=use_itm_head))
 
 
-def hf_text_inputs(config: Blip2RetrievalConfig, inputs: Mapping[str, np.ndarray], itm: bool):
+def hf_text_inputs(config: Blip2RetrievalConfig, inputs: Mapping[str, np.ndarray]):
   """transformers' reading of `input_ids` / `attention_mask`: with an image token in the
   config, the first `num_query_tokens` ids (Blip2Processor's image tokens) are dropped, and so
   is the mask's part in ITC (in ITM the mask already covers queries + text)."""
@@ -294,7 +294,7 @@ class Blip2RetrievalFamily(Family):
     """`pixel_values [B, C, H, W]`, `input_ids`, `attention_mask` as transformers' retrieval
     model reads them -> `logits_per_image` (ITC `[B, N]`; with `use_itm_head` ITM `[B, 2]`)."""
     pixels = jnp.asarray(nchw_to_nhwc(inputs["pixel_values"]))
-    ids, mask = hf_text_inputs(config, inputs, use_itm_head)
+    ids, mask = hf_text_inputs(config, inputs)
     out = _compiled(config, use_itm_head)(params, pixels, jnp.asarray(ids), jnp.asarray(mask))
     return np.asarray(out, np.float32)
 

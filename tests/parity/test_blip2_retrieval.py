@@ -8,6 +8,7 @@ against four right-padded texts (ITC), three image-text pairs (ITM).
 """
 
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -39,14 +40,9 @@ def _reference(hf_dir):
       hf_dir, attn_implementation="eager").eval()
 
 
-_get = None
-
-
-def _converted(tmp_path_factory):
-  global _get
-  if _get is None:
-    _get = converted_once(tmp_path_factory, "blip2_retrieval", _hf_config, _tiny, _reference)
-  return _get("tiny")
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  return converted_once(tmp_path_factory, "blip2_retrieval", _hf_config, _tiny, _reference)("tiny")
 
 
 def _inputs(images, texts, seed=0):
@@ -69,8 +65,8 @@ def _hf(model, inputs, itm):
   return out.logits_per_image.numpy()
 
 
-def test_itc_and_itm_match_transformers(tmp_path_factory):
-  root, _, model, (family, config, params) = _converted(tmp_path_factory)
+def test_itc_and_itm_match_transformers(converted):
+  _, _, model, (family, config, params) = converted
   assert family.name == "blip-2-retrieval" and config.qformer.cross_layers == (0, 2)
   itc_inputs = _inputs(3, 4)
   ours = family.forward_from_hf_inputs(config, params, itc_inputs)
@@ -88,8 +84,8 @@ def test_itc_and_itm_match_transformers(tmp_path_factory):
   assert itc <= TOLERANCE and itm <= TOLERANCE, (itc, itm)
 
 
-def test_export_round_trips_bit_for_bit(tmp_path_factory, tmp_path):
-  root, _, _, (family, config, _) = _converted(tmp_path_factory)
+def test_export_round_trips_bit_for_bit(converted, tmp_path):
+  root, _, _, (family, config, _) = converted
   export_hf(str(root / "mm"), str(tmp_path / "back"), progress=False)
   assert_same_tensors(load_tensors(str(root / "hf")), load_tensors(str(tmp_path / "back")))
   _, info = transformers.Blip2ForImageTextRetrieval.from_pretrained(
