@@ -159,12 +159,13 @@ class QFormerLayer(nn.Module):
   def __call__(self, x, images, mask):
     """`x [B, Q+T, D]` (queries first), `images [B, S, E]`, `mask` (`self_attention_mask`)."""
     cfg, det = self.config, self.deterministic
-    q = cfg.num_queries
+    q = cfg.num_queries if images is not None else 0  # no images: text rows alone
     x = _Attention(cfg, det, name="attn")(x, x, mask)
     queries, text = x[:, :q], x[:, q:]
-    if self.cross:  # every query sees every image feature
+    if self.cross and q:  # every query sees every image feature
       queries = _Attention(cfg, det, name="cross")(queries, images, None)
-    queries = _FeedForward(cfg, det, name="ffn_query")(queries)
+    if q:
+      queries = _FeedForward(cfg, det, name="ffn_query")(queries)
     if text.shape[1]:
       if not cfg.text_input:
         raise ValueError("this Q-Former has no text feed-forward (text_input=False): it takes "
@@ -196,40 +197,43 @@ class QFormer(nn.Module):
   config: QFormerConfig
 
   @nn.compact
-  def __call__(self, images: jax.Array, text: jax.Array | None = None,
+  def __call__(self, images: jax.Array | None, text: jax.Array | None = None,
                text_mask: jax.Array | None = None, mask: str = "itm",
                deterministic: bool = True, text_ids: jax.Array | None = None) -> QFormerOutput:
     """`images [B, S, E]` image features; text rows as `text [B, T, D]` embeddings (word +
     position, before the input layer norm) or as `text_ids [B, T]` for the Q-Former's own
     embeddings (`text_vocab_size`), with `text_mask [B, T]` (1: real; default all real); `mask`
-    one of `QFORMER_MASKS`. Dropout runs when not `deterministic` (a 'dropout' rng)."""
+    one of `QFORMER_MASKS`. `images` None: the text rows alone, no queries (BLIP-2's text
+    encoder, transformers' `query_length=0`; `queries` comes back `[B, 0, D]`). Dropout runs
+    when not `deterministic` (a 'dropout' rng)."""
     cfg = self.config
-    b = images.shape[0]
     dtype = jnp.dtype(cfg.dtype)
     if text_ids is not None:
       if text is not None:
         raise ValueError("give the Q-Former's text rows as text or as text_ids, not both")
       text = self._embed_text(text_ids)
+    if images is None and text is None:
+      raise ValueError("the Q-Former needs images, text rows or both")
+    b = (images if images is not None else text).shape[0]
+    q = cfg.num_queries if images is not None else 0
     tokens = self.param("query_tokens", nn.with_logical_partitioning(
         DEFAULT_KERNEL_INIT, (None, VISION_AXES.embed)), (cfg.num_queries, cfg.hidden_size),
         jnp.dtype(cfg.param_dtype))
-    x = jnp.broadcast_to(tokens.astype(dtype)[None], (b, cfg.num_queries, cfg.hidden_size))
+    x = jnp.broadcast_to(tokens[:q].astype(dtype)[None], (b, q, cfg.hidden_size))
     if text is not None:
       if text_mask is None:
         text_mask = jnp.ones(text.shape[:2], jnp.int32)
       x = jnp.concatenate([x, text.astype(dtype)], axis=1)  # [B, Q+T, D]
-    attn_mask = self_attention_mask(cfg.num_queries, text_mask if text is not None else None,
-                                    mask, b)
+    attn_mask = self_attention_mask(q, text_mask if text is not None else None, mask, b)
     x = _norm(cfg, "embed_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    images = images.astype(dtype)
+    images = None if images is None else images.astype(dtype)
     for segment in cfg.plan:
       block = _Group if segment.grouped else QFormerLayer
       args = (cfg, segment.kinds) if segment.grouped else (cfg, segment.kinds[0] == CROSS)
       stack = scan_layers(block, length=segment.repeats, remat_policy=cfg.remat_policy,
                           in_axes=(nn.broadcast, nn.broadcast))
       x, _ = stack(*args, deterministic, name=segment.name)(x, images, attn_mask)
-    q = cfg.num_queries
     return QFormerOutput(queries=x[:, :q], text=x[:, q:] if text is not None else None)
 
   def _embed_text(self, ids: jax.Array) -> jax.Array:

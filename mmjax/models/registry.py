@@ -29,6 +29,7 @@ FAMILY_MODULES = (
     "idefics2",
     "dual_encoder",
     "blip2",
+    "blip2_retrieval",
 )
 
 

@@ -22,13 +22,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-OBJECTIVES = ("clip", "siglip")
+# blip2_stage1: BLIP-2's ITC + ITM + ITG (`mmjax.train.blip2_losses`) on the same pairs.
+OBJECTIVES = ("clip", "siglip", "blip2_stage1")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on the temperature's inverse
 
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveConfig:
-  """`train.objective` `clip` or `siglip`."""
+  """`train.objective` `clip`, `siglip` or `blip2_stage1`."""
 
   objective: str
 

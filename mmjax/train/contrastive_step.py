@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from mmjax.models.registry import family_of_module
+from mmjax.train import blip2_losses
 from mmjax.train import contrastive as con
 from mmjax.train.parts import merge
 from mmjax.train.state import TrainState
@@ -45,6 +46,8 @@ def make_contrastive_step(module: nn.Module, tx: optax.GradientTransformation,
     raise ValueError(f"train.objective={config.objective!r} takes its negatives from the whole "
                      f"batch, which microbatches would split: set train.grad_accum=1 (got "
                      f"{grad_accum}) and size data.batch_size to the memory")
+  if config.objective == "blip2_stage1":
+    return _stage1_step(module, tx, schedule)
   loss_of = con.LOSSES[config.objective]
   capped = config.objective == "clip"
 
@@ -62,5 +65,24 @@ def make_contrastive_step(module: nn.Module, tx: optax.GradientTransformation,
     if capped:  # CLIP has no bias
       del metrics["logit_bias"]
     return new_state, metrics
+
+  return step
+
+
+def _stage1_step(module: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule):
+  """BLIP-2 stage 1: the negatives are sampled and dropout drawn from the state's rng, folded
+  with the step (a fresh draw every step, the same on a resumed run)."""
+
+  def loss_fn(params, frozen, batch, rng):
+    return blip2_losses.stage1_loss(module, merge(params, frozen), batch, rng)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, rng)
+    new_state, grad_norm = guarded_update(tx, state, loss, grads)
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+                       "skipped": new_state.skipped, **metrics}
 
   return step
