@@ -54,9 +54,12 @@ LONGEST_FIRST = (
     "tests/train/test_lora.py",  # ~230
     "tests/train/test_mllama_train.py",  # ~210
     "tests/train/test_internvl_train.py",  # ~200
+    "tests/train/test_host_image_train.py",  # ~250
+    "tests/train/test_blip2_train.py",  # ~200
     "tests/faults/test_kills.py",  # ~190
+    "tests/parity/test_blip2.py",  # ~165
+    "tests/parity/test_instructblip.py",  # ~155
     "tests/train/test_train_pipeline.py",  # ~140
-    "tests/convert/test_internvl_convert.py",  # ~170
     "tests/train/test_head_loss.py",  # ~170
     "tests/train/test_qwen_vl_video_train.py",  # ~160
     "tests/parity/test_idefics2.py",  # ~155
