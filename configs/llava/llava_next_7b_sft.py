@@ -11,7 +11,9 @@ square and the two 1x2 shapes of LLaVA-1.6's list): at most 576 + 48 x 48 unpadd
 newlines = 2928 placeholders, so rows are 4096 tokens with one image each. Recipe as LLaVA-NeXT's
 second stage: batch 128, lr 2e-5, 3% warmup, cosine, no weight decay.
 
-Checked with `mmjax aot --topology v5p-64` (32 chips): FIGURES
+Checked with `mmjax aot --topology v5p-64` (32 chips, mesh fsdp=32, global batch 128 x 4096
+tokens, 640 tiles of 336 px, splash attention, `dots` remat): per chip arguments 2.44 GiB,
+temporaries 46.62 GiB, total 49.22 of 95 GiB HBM; 7.06 B parameters, 6.76 B trained.
 """
 
 import ml_collections
