@@ -223,20 +223,6 @@ class LlavaOnevisionFamily(LlavaNextFamily):
   def check_image_placeholders(self, config, input_ids, images):
     check_image_placeholders(config, input_ids, images)
 
-  def example_processor_inputs(self, config, batch, length):
-    """One image per row, of the first pinpoint's size (its whole grid, no padding)."""
-    h, w = config.grid_pinpoints[0]
-    n = config.tokens_for(h, w)
-    if length < n:
-      raise ValueError(f"a prompt of {length} tokens cannot hold a {h}x{w} image's {n} tokens")
-    ids = np.zeros((batch, length), np.int32)
-    ids[:, :n] = config.image_token_id
-    tiles = 1 + int(np.prod(config.grid_shape(h, w)))
-    v = config.vision
-    return {"input_ids": ids, "image_sizes": np.tile([[h, w]], (batch, 1)),
-            "pixel_values": np.zeros((batch, tiles, v.num_channels, v.image_size, v.image_size),
-                                     np.float32)}
-
   def prompt_builder(self, ckpt_dir, config, chat_template=True):
     from mmjax.generation.llava_onevision import OnevisionPromptBuilder
 
