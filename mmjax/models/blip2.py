@@ -190,11 +190,6 @@ def instructblip_images(config: InstructBlipConfig, inputs) -> InstructBlipImage
   return {"pixel_values": pixels, "qformer_input_ids": ids, "qformer_attention_mask": mask}
 
 
-@functools.lru_cache(maxsize=4)
-def _compiled_instructblip(config: InstructBlipConfig):
-  return jax.jit(InstructBlip(config).apply)
-
-
 class InstructBlipFamily(HostImagesFamily):
   """transformers' `instructblip` checkpoints with a decoder-only language model (inference:
   logits, generation)."""
@@ -231,14 +226,6 @@ class InstructBlipFamily(HostImagesFamily):
     count = 0 if images is None else images["pixel_values"].shape[0]
     check_placeholders(np.asarray(input_ids), config.image_token_id,
                        count * config.tokens_per_image)
-
-  def forward_from_hf_inputs(self, config, params, inputs):
-    """InstructBlipProcessor's arrays -> float32 logits `[B, T, V]` (one compiled program)."""
-    input_ids, mask, positions = text_inputs(inputs)
-    images = instructblip_images(config, inputs)
-    self.check_image_placeholders(config, input_ids, images)
-    out = _compiled_instructblip(config)({"params": params}, input_ids, images, positions, mask)
-    return np.asarray(out.logits, np.float32)
 
   def example_processor_inputs(self, config, batch, length):
     n = config.tokens_per_image

@@ -11,7 +11,6 @@ transformers takes it). As transformers does, the host drops the all-zero images
 module sees the real images alone, `[I, H, W, C]` with `patch_mask [I, Gh, Gw]`.
 """
 
-import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -25,7 +24,6 @@ from mmjax.encoders.vit import VisionTransformer
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.host_images import HostImagesFamily
 from mmjax.models.idefics2_config import Idefics2Config
-from mmjax.models.inputs import text_inputs
 from mmjax.nn.multihead import KVCache
 
 PROCESSOR_KEYS = ("pixel_values", "pixel_attention_mask")
@@ -131,13 +129,6 @@ def images_from_processor(config: Idefics2Config, inputs: Mapping[str, Any]) -> 
           "patch_mask": patch_mask_from_pixels(pixel_mask, v.patch_size)}
 
 
-@functools.lru_cache(maxsize=4)
-def _compiled_apply(config: Idefics2Config):
-  """The model's jitted `apply`, one per config (frozen, hashable), so that inputs of shapes
-  seen before run without compiling again."""
-  return jax.jit(Idefics2(config).apply)
-
-
 class Idefics2Family(HostImagesFamily):
   """transformers' `idefics2` checkpoints (inference: logits, generation)."""
 
@@ -167,16 +158,6 @@ class Idefics2Family(HostImagesFamily):
 
   def images_from_processor(self, config, inputs):
     return images_from_processor(config, inputs)
-
-  def forward_from_hf_inputs(self, config, params, inputs):
-    """`input_ids [B, T]`, `attention_mask`, `position_ids` (optional), `pixel_values`,
-    `pixel_attention_mask` (optional) -> float32 logits `[B, T, V]`, compiled as one program
-    (the tower, resampler and decoder run op by op several times slower on CPU)."""
-    input_ids, mask, positions = text_inputs(inputs)
-    images = images_from_processor(config, inputs)
-    check_image_placeholders(config, input_ids, images)  # on the host: jit cannot count
-    out = _compiled_apply(config)({"params": params}, input_ids, images, positions, mask)
-    return np.asarray(out.logits, np.float32)
 
   def check_image_placeholders(self, config, input_ids, images):
     check_image_placeholders(config, input_ids, images)

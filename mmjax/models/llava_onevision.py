@@ -22,7 +22,6 @@ import numpy as np
 from mmjax.data.preprocess import onevision
 from mmjax.models import onevision_layout as layout
 from mmjax.models.fusion import check_placeholders, merge_image_features
-from mmjax.models.inputs import text_inputs
 from mmjax.models.llava_next import LlavaNext, LlavaNextConfig, LlavaNextFamily
 
 PROCESSOR_KEYS = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos")
@@ -205,17 +204,6 @@ class LlavaOnevisionFamily(LlavaNextFamily):
     out = onevision_images(config, images)
     return (jnp.asarray(images["input_ids"]), jax.tree.map(jnp.asarray, out),
             jnp.zeros(images["input_ids"].shape, jnp.int32))
-
-  def forward_from_hf_inputs(self, config, params, inputs):
-    """`HostImagesFamily.forward_from_hf_inputs` compiled as one program: run op by op, the
-    per-placeholder gathers and the scanned stacks take several times longer."""
-    input_ids, mask, positions = text_inputs(inputs)
-    images = self.images_from_processor(config, inputs)
-    check_image_placeholders(config, input_ids, images)  # before tracing hides the ids
-    module = self.build(config)
-    logits = jax.jit(lambda p, *a: module.apply({"params": p}, *a).logits)(
-        params, input_ids, images, positions, mask)
-    return np.asarray(logits, np.float32)
 
   def images_from_processor(self, config, inputs):
     return onevision_images(config, inputs)
