@@ -160,8 +160,9 @@ def export_hf(ckpt_dir: str, out_dir: str, dtype: str | None = None, layout: str
       json.dump(hf_config, f, indent=2)
     extras = os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR)
     if os.path.isdir(extras):
-      for name in os.listdir(extras):
-        shutil.copy2(os.path.join(extras, name), os.path.join(tmp, name))
+      for name in os.listdir(extras):  # files, and processor folders (`Family.hf_extra_dirs`)
+        copy = shutil.copytree if os.path.isdir(os.path.join(extras, name)) else shutil.copy2
+        copy(os.path.join(extras, name), os.path.join(tmp, name))
     if os.path.exists(out_dir):
       os.rmdir(out_dir)
     os.rename(tmp, out_dir)

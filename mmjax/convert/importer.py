@@ -98,6 +98,19 @@ def _read_model_config(hf_dir: str, hf_config: dict, dtype: str):
   return family, table, hf_config, config, {p: tuple(s.shape) for p, s in leaves.items()}
 
 
+def _copy_extras(hf_dir: str, extras_dir: str, family) -> None:
+  """The tokenizer, processor and generation files of `hf_dir` (`HF_EXTRA_FILES`), and the
+  family's processor folders (`Family.hf_extra_dirs`) whole, into `extras_dir`."""
+  names = [n for n in HF_EXTRA_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+  folders = [d for d in family.hf_extra_dirs if os.path.isdir(os.path.join(hf_dir, d))]
+  if names or folders:
+    os.makedirs(extras_dir)
+  for name in names:
+    shutil.copy2(os.path.join(hf_dir, name), os.path.join(extras_dir, name))
+  for folder in folders:
+    shutil.copytree(os.path.join(hf_dir, folder), os.path.join(extras_dir, folder))
+
+
 def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool = True) -> dict:
   """Converts `hf_dir` into a new checkpoint at `out_dir`; returns a short report.
 
@@ -185,11 +198,7 @@ def convert_hf(hf_dir: str, out_dir: str, dtype: str = "float32", progress: bool
     checkpoint.write_metadata(tmp, stored_family, config, hf_meta)
     with open(os.path.join(tmp, checkpoint.HF_CONFIG_FILE), "w") as f:
       json.dump(stored_config, f, indent=2)
-    extras = [n for n in HF_EXTRA_FILES if os.path.exists(os.path.join(hf_dir, n))]
-    if extras:
-      os.makedirs(os.path.join(tmp, checkpoint.HF_EXTRAS_DIR))
-      for name in extras:
-        shutil.copy2(os.path.join(hf_dir, name), os.path.join(tmp, checkpoint.HF_EXTRAS_DIR, name))
+    _copy_extras(hf_dir, os.path.join(tmp, checkpoint.HF_EXTRAS_DIR), family)
     if os.path.exists(out_dir):
       os.rmdir(out_dir)  # empty, checked above
     staging.publish(tmp, out_dir)

@@ -126,10 +126,12 @@ class Blip2Family(TiledImageFamily):
   def config_from_hf(self, hf_config, **execution):
     return Blip2Config.from_hf(hf_config, **execution)
 
-  def prompt_builder(self, ckpt_dir, config, chat_template=True, **image_options):
-    """Not yet: Blip2Processor puts the image tokens before the BOS and any padding, a layout
-    the generic chat prompt does not make (`mmjax generate --inputs` takes its arrays)."""
-    raise self._unsupported("chat mode")
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    """Blip2Processor's layout (`mmjax.generation.blip2`): the image tokens before the BOS; it
+    has no chat template, so `chat_template` changes nothing."""
+    from mmjax.generation.blip2 import Blip2PromptBuilder
+
+    return Blip2PromptBuilder.from_checkpoint(ckpt_dir, config)
 
   def forward_from_hf_inputs(self, config, params, inputs):
     """`input_ids [B, T]`, `attention_mask` (optional), `position_ids` (optional) and
@@ -201,6 +203,7 @@ class InstructBlipFamily(HostImagesFamily):
   table = "blip2"
   stacks = {"encoder": "vision", "connector": "qformer", "decoder": "decoder"}
   processor_keys = ("pixel_values", "qformer_input_ids", "qformer_attention_mask")
+  hf_extra_dirs = ("qformer_tokenizer",)  # InstructBlipProcessor's Q-Former tokenizer
 
   def config_from_hf(self, hf_config, **execution):
     return InstructBlipConfig.from_hf(hf_config, **execution)
@@ -210,6 +213,13 @@ class InstructBlipFamily(HostImagesFamily):
 
   def tokens_per_image(self, config) -> int:
     return config.tokens_per_image
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    """InstructBlipProcessor's layout and Q-Former instruction (`mmjax.generation.blip2`); no
+    chat template, so `chat_template` changes nothing."""
+    from mmjax.generation.blip2 import InstructBlipPromptBuilder
+
+    return InstructBlipPromptBuilder.from_checkpoint(ckpt_dir, config)
 
   def example_inputs(self, config):
     v, n = config.vision, config.tokens_per_image

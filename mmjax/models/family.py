@@ -46,6 +46,9 @@ class Family:
   processor_keys: tuple[str, ...] = ()
   # Batch arrays the analytic FLOP count reads (gathered over hosts): see `train_flops`.
   flops_batch_keys: tuple[str, ...] = ()
+  # Folders of processor files beside the weights that conversion keeps with the tokenizer
+  # files (InstructBLIP's `qformer_tokenizer/`): chat mode reads them, export writes them back.
+  hf_extra_dirs: tuple[str, ...] = ()
 
   def __repr__(self) -> str:
     return f"Family({self.name!r})"
