@@ -1,125 +1,19 @@
-"""BLIP-2 and InstructBLIP chat mode: from a converted checkpoint with the processor's files
-(InstructBLIP's Q-Former tokenizer, a BERT WordPiece one, in `qformer_tokenizer/`), the builder's
-`input_ids` (the image tokens before the BOS), pixels (within 1e-5) and Q-Former instruction
-equal `Blip2Processor` / `InstructBlipProcessor(images=, text=)`'s for one image (shrunk and
-enlarged) and for a text-only prompt, and `mmjax generate --image --prompt` answers as
-transformers' greedy `generate` on the processor's arrays."""
+"""BLIP-2 chat mode: the builder's arrays equal Blip2Processor's and `mmjax generate
+--image --prompt` answers as transformers' greedy `generate` (the checks: `blip2_chat.py`)."""
 
-import numpy as np
 import pytest
-import transformers
-from PIL import Image
-from tokenizers.implementations import BertWordPieceTokenizer
-from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-import blip2_models
-from gen_helpers import assert_chat_answers, greedy_ids
-from hf_models import sentencepiece_tokenizer
-from mmjax import cli
-from mmjax.checkpoint import read_metadata
-
-N = 6
-PROMPT = "what shape is in the picture"
-CORPUS = [PROMPT, "a red square on a blue ground", "the cat sat"] * 20
-IMAGES = [(20, 33), (45, 41)]  # shrunk on one side and enlarged on the other; shrunk
-FAMILIES = ("blip-2", "instructblip")
-
-
-def _qformer_tokenizer() -> transformers.PreTrainedTokenizerFast:
-  """A tiny BERT tokenizer as InstructBLIP's Q-Former reads (lower case, `[CLS] ... [SEP]`)."""
-  bert = BertWordPieceTokenizer(lowercase=True)
-  bert.train_from_iterator(CORPUS, vocab_size=60, show_progress=False)
-  return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=bert._tokenizer, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-      unk_token="[UNK]", mask_token="[MASK]", padding_side="right")
-
-
-def _build(root, name):
-  """(hf dir, checkpoint dir, processor, language model tokenizer) of a tiny `name` model whose
-  vocabulary is the SentencePiece tokenizer's plus the processor's `<image>`."""
-  fast = sentencepiece_tokenizer(CORPUS)
-  side = 30
-  images = BlipImageProcessorPil(size={"height": side, "width": side})
-  if name == "blip-2":
-    processor = transformers.Blip2Processor(images, fast, num_query_tokens=3)
-    hf_cfg = blip2_models.blip2_config(text="opt")
-  else:
-    qformer = _qformer_tokenizer()
-    processor = transformers.InstructBlipProcessor(images, fast, qformer, num_query_tokens=3)
-    hf_cfg = blip2_models.instructblip_config()
-    hf_cfg.qformer_config.vocab_size = len(qformer)
-  image = fast.convert_tokens_to_ids("<image>")  # added by the processor
-  assert image == len(fast) - 1 and hf_cfg.vision_config.image_size == side
-  hf_cfg.image_token_index = image
-  text = hf_cfg.text_config
-  text.vocab_size, text.bos_token_id, text.eos_token_id, text.pad_token_id = len(fast), 1, 2, 0
-  hf_dir = str(root / "hf")
-  if name == "blip-2":
-    blip2_models.tiny(hf_dir, hf_cfg, seed=5)
-  else:
-    blip2_models.instructblip_tiny(hf_dir, hf_cfg, seed=5)
-  processor.save_pretrained(hf_dir)
-  ckpt = str(root / "mm")
-  assert cli.main(["convert", "--hf", hf_dir, "--out", ckpt, "--quiet"]) == 0
-  return hf_dir, ckpt, processor, fast
+import blip2_chat
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-  root = tmp_path_factory.mktemp("blip2_chat")
-  rng = np.random.default_rng(0)
-  paths = []
-  for i, size in enumerate(IMAGES):
-    paths.append(str(root / f"img{i}.png"))
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(paths[-1])
-  return {name: _build(root / name, name) for name in FAMILIES}, paths
+def model(tmp_path_factory):
+  return blip2_chat.chat_model(tmp_path_factory.mktemp("blip2_chat"), "blip-2")
 
 
-def _processor_arrays(processor, path=None):
-  kw = {} if path is None else {"images": Image.open(path).convert("RGB")}
-  out = processor(text=PROMPT, return_tensors="np", **kw)
-  return {k: np.asarray(v) for k, v in out.items()}
+def test_builder_arrays_equal_the_processor(model):
+  blip2_chat.check_builder_arrays(model, "blip-2")
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_builder_arrays_equal_the_processor(models, name):
-  (_, ckpt, processor, _), paths = models[0][name], models[1]
-  family, config, _ = read_metadata(ckpt)
-  assert family.name == name
-  builder = family.prompt_builder(ckpt, config)
-  for path in paths:
-    expected = _processor_arrays(processor, path)
-    np.testing.assert_array_equal(expected["attention_mask"], 1)
-    ids, arrays = builder(PROMPT, [path])
-    np.testing.assert_array_equal(ids, expected["input_ids"])
-    assert ids[0, 3] == 1 and np.all(ids[0, :3] == config.image_token_id)  # images, then BOS
-    if name == "blip-2":  # NHWC pixels, as the generic builder returns them
-      arrays = {"pixel_values": np.transpose(arrays, (0, 3, 1, 2))}
-    else:
-      for key in ("qformer_input_ids", "qformer_attention_mask"):
-        np.testing.assert_array_equal(arrays[key], expected[key])
-    np.testing.assert_allclose(arrays["pixel_values"], expected["pixel_values"], atol=1e-5,
-                               rtol=0)
-  ids, arrays = builder(PROMPT, [])
-  assert arrays is None
-  np.testing.assert_array_equal(ids, _processor_arrays(processor)["input_ids"])
-  with pytest.raises(ValueError, match="one image per prompt"):
-    builder(PROMPT, paths)
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_chat_mode_answers_like_transformers(models, name, capsys):
-  (hf_dir, ckpt, processor, fast), paths = models[0][name], models[1]
-  inputs = _processor_arrays(processor, paths[0])
-  reference = (blip2_models.load_reference if name == "blip-2"
-               else blip2_models.instructblip_reference)(hf_dir)
-  expected_ids = blip2_models.hf_greedy(reference, inputs, N)
-  family, config, _ = read_metadata(ckpt)
-  ids, arrays = family.prompt_builder(ckpt, config)(PROMPT, paths[:1])
-  if name == "blip-2":
-    arrays = {"pixel_values": np.transpose(arrays, (0, 3, 1, 2))}
-  ours = greedy_ids(ckpt, {"input_ids": ids, "attention_mask": np.ones_like(ids), **arrays}, N)
-  np.testing.assert_array_equal(ours, expected_ids)
-  expected = fast.decode(expected_ids[0], skip_special_tokens=True)
-  assert expected.strip()
-  assert_chat_answers(ckpt, paths[:1], PROMPT, N, expected, capsys)
+def test_chat_mode_answers_like_transformers(model, capsys):
+  blip2_chat.check_chat_answer(model, "blip-2", capsys)

@@ -23,7 +23,6 @@ from mmjax import cli
 from mmjax.convert.exporter import export_hf
 from mmjax.convert.importer import convert_hf
 from mmjax.convert.plan import ConversionError
-from mmjax.models.family import Unsupported
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import forward_from_hf_inputs
 
@@ -117,11 +116,11 @@ def test_inputs_that_disagree_are_named(converted):
 
 def test_config_and_processor_settings(converted):
   """The config written back reads back the same; the processor config says how many image
-  tokens `Blip2Processor` puts in front."""
+  tokens `Blip2Processor` puts in front; chat mode needs the processor's files."""
   _, hf_cfg, _, (family, config, _) = converted("opt_depth3_freq2")
   assert family.config_from_hf(family.hf_config(config)) == config
   assert config.qformer.cross_layers == (0, 2) and config.tokens_per_image == 4
-  with pytest.raises(Unsupported, match="chat mode"):
+  with pytest.raises(FileNotFoundError, match="no tokenizer"):  # chat mode reads hf_extras/
     family.prompt_builder("unused", config)
   settings = family.hf_processor_config(config, "<image>")
   assert settings == {"processor_class": "Blip2Processor", "num_query_tokens": 4}
