@@ -13,7 +13,8 @@ stdout. It stops at the checkpoint's end tokens (generation_config.json / tokeni
 --max-new-tokens. LLaVA-NeXT cuts each image into AnyRes tiles (base view + grid) as
 LlavaNextImageProcessor does; Pixtral / Mistral3 see each image at its own size within the
 longest edge. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within a
-pixel budget: --min-pixels / --max-pixels override the checkpoint's.
+pixel budget: --min-pixels / --max-pixels override the checkpoint's. Fuyu, IDEFICS, BLIP-2 and
+InstructBLIP have no chat template: the prompt is used as their processors take it.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,
