@@ -53,13 +53,16 @@ class Blip2PromptBuilder(FamilyPromptBuilder):
     return cls(text, image_config, config.tokens_per_image, **fields)
 
   def token_ids(self, prompt: str, images: list[str]) -> np.ndarray:
-    """`[1, T]`: the prompt with special tokens, after the image tokens when there is an image
-    (Blip2Processor checks nothing in the prompt: an `<image>` there fails the model's count)."""
+    """`[1, T]`: the prompt with special tokens, after the image tokens when there is an
+    image."""
     self.check_images(images, self.image_config)
     if len(images) > 1:
       raise ValueError(f"BLIP-2 takes one image per prompt (the processor fills one image's "
                        f"query tokens per row), got {len(images)}")
     ids, _ = self.tokenizer.encode(prompt, add_special_tokens=True)
+    if np.any(ids == self.text_builder.image_token_id):
+      raise ValueError(f"the prompt holds the image token {IMAGE_TOKEN!r}: the processor puts "
+                       "the image's tokens in front of the prompt, so the prompt takes none")
     image = [self.text_builder.image_token_id] * (self.queries if images else 0)
     return np.concatenate([np.asarray(image, np.int32), ids]).astype(np.int32)[None]
 

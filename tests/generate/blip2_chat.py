@@ -106,6 +106,8 @@ def check_builder_arrays(model, name):
   np.testing.assert_array_equal(ids, _processor_arrays(processor)["input_ids"])
   with pytest.raises(ValueError, match="one image per prompt"):
     builder(PROMPT, paths)
+  with pytest.raises(ValueError, match="holds the image token"):
+    builder("<image> " + PROMPT, paths[:1])
 
 
 def check_export_keeps_the_qformer_tokenizer(model, tmp_path):
