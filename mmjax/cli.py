@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
       "pixel_values [I, C, H, W] (NCHW; LLaVA-NeXT: the processor's [I, tiles, C, H, W] with "
       "image_sizes [I, 2]; Pixtral / Mistral3: padded to the largest image, with image_sizes "
       "[I, 2]; IDEFICS: [B, N, C, H, W] with image_attention_mask [B, T, N]; Fuyu: "
-      "FuyuProcessor's image_patches [P, F] or pixel_values). Writes float32 logits [B, T, V]; for "
+      "FuyuProcessor's image_patches [P, F] or pixel_values; T5 and BLIP-2 / InstructBLIP with "
+      "Flan-T5: decoder_input_ids [B, Td] (+ decoder_attention_mask), the logits being the "
+      "decoder's [B, Td, V]). Writes float32 logits [B, T, V]; for "
       "CLIP / SigLIP dual encoders (input_ids [N, L], pixel_values [B, C, H, W]) "
       "logits_per_image [B, N].")
   p.add_argument("--checkpoint", required=True, metavar="DIR", help="mmjax checkpoint directory")

@@ -18,8 +18,12 @@ def decoder_of(config: Any):
   return getattr(config, "decoder", config)
 
 
-def max_positions(config: Any) -> int:
-  rope = decoder_of(config).rope
+def max_positions(config: Any) -> int | None:
+  """The positions the model was built for; None for relative positions (T5), which have no
+  table to run past."""
+  rope = getattr(decoder_of(config), "rope", None)
+  if rope is None:
+    return None
   scale = rope.factor if rope.rope_type == "dynamic" else 1.0
   return int(rope.max_position_embeddings * scale)
 
@@ -43,6 +47,8 @@ def check_token_ids(ids: Any, config: Any, what: str = "input_ids") -> None:
 def check_length(prompt_tokens: int, config: Any, new_tokens: int = 0) -> None:
   """`prompt_tokens` (+ `new_tokens` to generate) within the model's positions."""
   limit = max_positions(config)
+  if limit is None:
+    return
   if prompt_tokens > limit:
     raise ValueError(f"the prompt has {prompt_tokens} tokens, more than the model's {limit} "
                      "positions (max_position_embeddings)")

@@ -71,7 +71,9 @@ class Generator:
       # Once here: a numpy argument is copied to the device at every call (`load_checkpoint`
       # returns numpy; on the CPU that was ~0.5 s per prefill and per decode for 124M weights).
       params = jax.device_put(params)
-    segments = layer_views.segment_names(family, config)
+    segments = getattr(self.model, "layer_segments", None)  # an adapter's own stacks, if any
+    if segments is None:
+      segments = layer_views.segment_names(family, config)
     self.per_layer = layer_views.applies(params, mesh, segments)
     self.params = layer_views.split_params(params, segments) if self.per_layer else params
     self.mesh = mesh
@@ -123,8 +125,10 @@ class Generator:
     if positions is None:
       positions = positions_from_attention_mask(mask)  # [B, T]
     full_mask = jnp.concatenate([mask, jnp.ones((b, n - 1), mask.dtype)], axis=1)  # [B, S]
+    # The adapter's cache length (an encoder-decoder's decoder holds the new tokens only).
+    cache_length = getattr(self.model, "cache_length", lambda t, n: t + n - 1)(t, n)
     logits, state = self.prefill_traced(params, input_ids, pixels, positions, full_mask,
-                                        self.init_state(b, t + n - 1))
+                                        self.init_state(b, cache_length))
     rng, sub = jax.random.split(rng)
     token = next_token(logits, sub, knobs, gen.sampling.greedy)  # [B]
     out = jnp.full((b, n), gen.pad_id, jnp.int32).at[:, 0].set(token)
@@ -166,7 +170,9 @@ class Generator:
     mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if mask.shape != input_ids.shape:
       raise ValueError(f"attention_mask {mask.shape} does not match input_ids {input_ids.shape}")
-    if not np.all(mask[:, -1] == 1):
+    # Decoder-only models continue every row from its last column; an encoder reads the prompt
+    # whole (`needs_left_padding` False), padded on either side.
+    if getattr(self.model, "needs_left_padding", True) and not np.all(mask[:, -1] == 1):
       raise ValueError("generation needs left-padded rows: the attention mask of every row must "
                        "end with 1 (pad on the left, as transformers' processors do with "
                        "padding_side='left')")

@@ -22,6 +22,7 @@ FAMILY_MODULES = (
     "pixtral",
     "fuyu",
     "standalone",
+    "t5",
     "qwen_vl",
     "internvl",
     "mllama",
