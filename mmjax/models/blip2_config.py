@@ -69,15 +69,24 @@ class Blip2Config:
         layer_norm_eps=q["layer_norm_eps"], dropout=q["hidden_dropout_prob"],
         **cls._qformer_text(q), **execution)
     text = {"model_type": "opt", **(cfg.get("text_config") or {})}
-    if text.get("is_encoder_decoder"):
-      raise ValueError(f"BLIP-2 with an encoder-decoder language model ({text['model_type']!r}, "
-                       "e.g. Flan-T5) is not supported")
-    decoder = DecoderConfig.from_hf(text, **execution)
+    decoder = cls._text_from_hf(text, execution)
     image_token = cfg.get("image_token_index", cfg.get("image_token_id"))
     if image_token is None:
       raise ValueError("BLIP-2 config.json has no image_token_index: transformers >= 4.47 "
                        "places the query outputs at that token's slots")
     return cls(vision=vision, qformer=qformer, decoder=decoder, image_token_id=int(image_token))
+
+  @classmethod
+  def _text_from_hf(cls, text: Mapping[str, Any], execution) -> DecoderConfig:
+    """The language model's config from `text_config` (a decoder-only one here; the Flan-T5
+    compositions override this, `mmjax.models.blip2_t5`)."""
+    if text.get("is_encoder_decoder") or text["model_type"] == "t5":
+      raise ValueError(f"a {cls.HF_TYPE!r} config with an encoder-decoder language model "
+                       f"({text['model_type']!r}) is read by the Flan-T5 family")
+    return DecoderConfig.from_hf(text, **execution)
+
+  def _text_to_hf(self) -> dict[str, Any]:
+    return decoder_to_hf(self.decoder)
 
   @classmethod
   def _qformer_text(cls, q: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +109,7 @@ class Blip2Config:
     return dict(architectures=[self.HF_ARCHITECTURE], model_type=self.HF_TYPE,
                 num_query_tokens=q.num_queries, image_token_index=self.image_token_id,
                 vision_config={**v.to_hf(), "model_type": self.HF_VISION_TYPE},
-                qformer_config=qformer, text_config=decoder_to_hf(self.decoder))
+                qformer_config=qformer, text_config=self._text_to_hf())
 
 
 @dataclasses.dataclass(frozen=True)

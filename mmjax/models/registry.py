@@ -30,6 +30,7 @@ FAMILY_MODULES = (
     "idefics2",
     "dual_encoder",
     "blip2",
+    "blip2_t5",
     "blip2_retrieval",
 )
 

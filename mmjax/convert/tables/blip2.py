@@ -26,12 +26,17 @@ def language_model_rules(decoder) -> list[Rule]:
 
 
 def rules(config) -> list[Rule]:
+  return bridge_rules(config) + language_model_rules(config.decoder)
+
+
+def bridge_rules(config) -> list[Rule]:
+  """The vision tower, the Q-Former and its projection: what every BLIP-2 has before its
+  language model."""
   return (prefixed(blip2_vision_rules(), "vision_model.", "encoder/")
           + [QUERY_TOKENS.prefixed("", "connector/qformer/")]
           + prefixed(qformer_rules(config.qformer), "qformer.", "connector/qformer/")
           + [Rule("language_projection.weight", "connector/projection/kernel", MATRIX),
-             Rule("language_projection.bias", "connector/projection/bias")]
-          + language_model_rules(config.decoder))
+             Rule("language_projection.bias", "connector/projection/bias")])
 
 
 LAYOUTS = (Layout("v5"),)
