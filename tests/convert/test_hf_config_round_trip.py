@@ -17,6 +17,7 @@ from llava_onevision_models import onevision_config
 from mllama_models import mllama_config
 from pixtral_models import mistral3_config, pixtral_config, pixtral_vision_config
 from qwen_vl_models import qwen_vl_config
+from t5_models import blip2_t5_config, t5_text_config
 
 from mmjax.models.family import EXECUTION_KEYS
 from mmjax.models.registry import family_for_hf
@@ -71,6 +72,15 @@ CASES = {
     "blip2_llama": lambda: _from_hf(blip2_config(text="llama", vision_act="quick_gelu")),
     "idefics2_tied_llama": lambda: _from_hf(idefics2_config(kv_heads=4, tied=True,
                                                             text_type="llama")),
+    # transformers 5 parses every T5 config as tied (an untied head is read from the weights,
+    # `mmjax.convert.tables.t5`): tied heads, scaled (original T5) or not (T5 v1.1) here.
+    "t5_relu": lambda: _from_hf(transformers.T5Config(**t5_text_config(
+        "relu", tie=True, num_decoder_layers=3, relative_attention_max_distance=20))),
+    "t5_gated_unscaled": lambda: _from_hf(transformers.T5Config(**t5_text_config(
+        tie=True, scale_decoder_outputs=False))),
+    "blip2_t5": lambda: _from_hf(blip2_t5_config(depth=3, freq=2, tie=True)),
+    "instructblip_t5": lambda: _from_hf(blip2_t5_config(instruct=True, tie=True,
+                                                        feed_forward_proj="relu")),
 }
 
 
