@@ -23,7 +23,9 @@ pixel_values [I, tiles, C, H, W] and image_sizes [I, 2]; for Pixtral / Mistral3
 PixtralProcessor's pixel_values [I, C, H, W] padded to the largest image and image_sizes [I, 2];
 for Fuyu FuyuProcessor's image_patches [P, patch_size^2 * channels] (or pixel_values);
 for Qwen2-VL / Qwen2.5-VL / Qwen3-VL the Qwen processor's pixel_values [N, C*T*P*P],
-image_grid_thw, pixel_values_videos, video_grid_thw, mm_token_type_ids, second_per_grid_ts), and writes the generated ids [B, N] int32: exactly N
+image_grid_thw, pixel_values_videos, video_grid_thw, mm_token_type_ids, second_per_grid_ts; for
+T5 and BLIP-2 / InstructBLIP with Flan-T5 the prompt is the encoder's input, padded on either
+side, and the ids are the decoder's after its start token), and writes the generated ids [B, N] int32: exactly N
 tokens per row unless --stop ids are given, after which a row is padded with the pad id.
 
 Greedy at --temperature 0 (the default), else sampled after temperature, --top-k and --top-p

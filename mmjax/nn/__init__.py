@@ -11,13 +11,15 @@ from mmjax.nn.masks import (attention_mask, positions_from_attention_mask,
 from mmjax.nn.mlp import GatedMlp, Mlp
 from mmjax.nn.multihead import MultiHeadAttention
 from mmjax.nn.norms import LayerNorm, RMSNorm
+from mmjax.nn.relative_position import RelativePositionBias, relative_position_bucket
 from mmjax.nn.rope import RopeConfig, apply_rope, rope_cos_sin
 from mmjax.nn.stack import scan_layers
 
 __all__ = [
     "ACTIVATIONS", "Axes", "CrossAttention", "CrossMaskSpec", "Einsum", "GatedMlp", "LayerNorm",
-    "MaskSpec", "Mlp", "MultiHeadAttention", "RMSNorm", "RopeConfig",
+    "MaskSpec", "Mlp", "MultiHeadAttention", "RMSNorm", "RelativePositionBias", "RopeConfig",
     "TEXT_AXES", "VISION_AXES", "apply_rope", "attention_mask", "dot_product_attention",
-    "get_activation", "positions_from_attention_mask", "rope_cos_sin", "scan_layers",
+    "get_activation", "positions_from_attention_mask", "relative_position_bucket", "rope_cos_sin",
+    "scan_layers",
     "tile_cross_attention_mask", "unmask_empty_rows",
 ]
