@@ -137,7 +137,7 @@ def process_document(proc, raw: dict) -> dict:
     raise SampleError('image_count_mismatch', sample_id, f'{len(image_pos)} image tokens after '
                       f'tokenizing but {len(raw["images"])} images')
   pil_images = [load_image(ref, sample_id) for ref in raw['images']]
-  counts = [proc.images.num_tokens(im.height, im.width) for im in pil_images]
+  counts = [proc.images.num_tokens(im.height, im.width, len(pil_images) > 1) for im in pil_images]
   repeats = np.ones(len(ids), np.int64)
   repeats[image_pos] = counts
   ids = np.repeat(ids, repeats)
@@ -149,7 +149,7 @@ def process_document(proc, raw: dict) -> dict:
   ids = ids[:cut]
   layout = in_run[:cut] | np.isin(ids, [i for i in proc.wrap_ids if i is not None])
   targets = next_token_targets(ids, ~layout, sample_id, cfg.max_length)  # text tokens only
-  images, processed = proc.image_arrays(sample_id, pil_images[:keep])
+  images, processed = proc.image_arrays(sample_id, pil_images[:keep], len(pil_images) > 1)
   return {**proc.text_arrays(ids, targets, processed), **images}
 
 

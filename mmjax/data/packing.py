@@ -88,7 +88,10 @@ def finalize_row(row: dict) -> dict:
   for key in ('pixel_values_videos', 'video_grid_thw'):  # videos: patches, then their grids
     if key in row:
       out[key] = row[key] if key == 'pixel_values_videos' else row[key].astype(np.int32)
-  if 'image_token_source' in row:  # (anyres) tiles of the sample -> tile slots of the row
+  for key in preprocess.ALL_TOKEN_FEATURES:  # the image family's arrays per token
+    if key in row:
+      out[key] = row[key]
+  if 'image_token_source' in row:  # tiles of the sample -> tile slots of the row
     out['image_token_source'] = rebase_tiles(row['image_token_source'], segment_ids, tile_segments)
   if 'mrope_positions' in row:
     out['mrope_positions'] = row['mrope_positions'].astype(np.int32)  # [T, 3]
@@ -101,13 +104,15 @@ def finalize_row(row: dict) -> dict:
 
 def rebase_tiles(source: np.ndarray, segment_ids: np.ndarray,
                  tile_segments: np.ndarray) -> np.ndarray:
-  """`source [T, 2]` (tile of its sample, feature; tile -1: none) -> the same with the tile as a
-  slot of the row: a sample's tiles were packed contiguously from its first slot."""
+  """`source [T, ..., 2]` (each token's sources, as (tile of its sample, feature); tile -1: none)
+  -> the same with the tiles as slots of the row: a sample's tiles were packed contiguously from
+  its first slot."""
   out = source.astype(np.int32).copy()
-  for s in np.unique(segment_ids[(segment_ids > 0) & (out[:, 0] >= 0)]):
+  tile = out[..., 0]  # [T, ...] (a view: written through)
+  segments = segment_ids.reshape(-1, *[1] * (tile.ndim - 1))  # [T, 1...]
+  for s in np.unique(np.broadcast_to(segments, tile.shape)[(segments > 0) & (tile >= 0)]):
     first = int(np.argmax(tile_segments == s))
-    mine = (segment_ids == s) & (out[:, 0] >= 0)
-    out[mine, 0] += first
+    tile[(segments == s) & (tile >= 0)] += first
   return out
 
 

@@ -131,7 +131,7 @@ class PairProcessor(SampleProcessor):
                         'from one answer of the pair but not from the other')
     targets = [next_token_targets(ids, assistant, sample_id, self.cfg.max_length)
                for ids, assistant, _ in expanded]
-    images, processed = self.image_arrays(sample_id, pil_images[:kept[0]])
+    images, processed = self.image_arrays(sample_id, pil_images[:kept[0]], len(pil_images) > 1)
     chosen, rejected = (self.text_arrays(ids, t, processed)
                         for (ids, _, _), t in zip(expanded, targets))
     example = {**chosen, **{REJECTED + k: v for k, v in rejected.items()}, **images}

@@ -181,7 +181,8 @@ class SampleProcessor:
     through an image): ids [L], assistant mask [L], and how many images are kept."""
     cfg = self.cfg
     # Token counts need only the image sizes: nothing is decoded past this point yet.
-    counts = [self.images.num_tokens(im.height, im.width) for im in pil_images]
+    shared = len(pil_images) > 1  # (onevision) images sharing a sample are laid out apart
+    counts = [self.images.num_tokens(im.height, im.width, shared) for im in pil_images]
     repeats = np.ones(len(ids), np.int64)
     repeats[image_pos] = counts
     ids = np.repeat(ids, repeats)
@@ -213,10 +214,13 @@ class SampleProcessor:
       if run is not None:
         ids[s:s + len(run)] = run
 
-  def image_arrays(self, sample_id: str, pil_images: list) -> tuple[dict, list]:
+  def image_arrays(self, sample_id: str, pil_images: list,
+                   shared: bool | None = None) -> tuple[dict, list]:
     """The images' example features (pixels, sizes, tiles, the family's per-image arrays) and
-    their processed forms."""
-    processed = [self.images(im) for im in pil_images]
+    their processed forms. `shared`: the sample held more than one image before any was cut
+    (default: these images are more than one), as its token counts were made."""
+    shared = len(pil_images) > 1 if shared is None else shared
+    processed = [self.images(im, shared) for im in pil_images]
     tiles = [self.images.sample_tiles(p) for p in processed]
     pixels = np.concatenate(tiles) if tiles else self.images.empty_tiles()
     if len(pixels) > self.cfg.max_tiles:
@@ -240,7 +244,8 @@ class SampleProcessor:
     for name, values in self.images.token_features(processed).items():  # (anyres) per token
       if len(values) != int(slots.sum()):
         raise ValueError(f'{name} has {len(values)} rows for {int(slots.sum())} image tokens')
-      full = np.full((len(ids), *values.shape[1:]), -1, np.int32)  # [L, ...], -1 off images
+      off = -1 if np.issubdtype(values.dtype, np.integer) else 0  # off images
+      full = np.full((len(ids), *values.shape[1:]), off, values.dtype)  # [L, ...]
       full[slots] = values
       arrays[name] = full
     if self.cfg.mrope:  # (qwen2_vl)
@@ -261,5 +266,5 @@ class SampleProcessor:
     ids, assistant, keep = self.expand(sample_id, ids, assistant, image_pos, pil_images)
     # Targets first: a sample without any left is skipped before its pixels are processed.
     targets = next_token_targets(ids, assistant, sample_id, self.cfg.max_length)
-    images, processed = self.image_arrays(sample_id, pil_images[:keep])
+    images, processed = self.image_arrays(sample_id, pil_images[:keep], len(pil_images) > 1)
     return {**self.text_arrays(ids, targets, processed), **images}

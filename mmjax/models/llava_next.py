@@ -215,14 +215,15 @@ class LlavaNextFamily(HostImagesFamily):
 
   def train_images(self, config, batch):
     """The batch's tiles (`pixel_values [B*S, H, W, C]`, row b owning slots [b*S, (b+1)*S)) and
-    `image_token_source [B, T, 2]` (each token's tile slot in its row and feature in the tile,
-    slot -1 for a newline; the host's `feature_sources`) -> `{'tiles', 'token_index'}`: each
-    position's row of `concat(tile features, image_newline)`."""
+    `image_token_source [B, T, ..., 2]` (each token's tile slot in its row and feature in the
+    tile, slot -1 for a newline; the host's `feature_sources`) -> `{'tiles', 'token_index'}`:
+    each position's row(s) of `concat(tile features, image_newline)` (`[B, T, ...]`)."""
     tiles = batch["pixel_values"]
     rows = batch["input_ids"].shape[0]
     slots, per_tile = tiles.shape[0] // rows, config.tile_grid**2
     source = batch["image_token_source"]
-    tile = source[..., 0] + slots * jnp.arange(rows)[:, None]  # [B, T] slot in the batch
+    first = slots * jnp.arange(rows).reshape(rows, *[1] * (source.ndim - 2))  # [B, 1, ...]
+    tile = source[..., 0] + first  # [B, T, ...] slot in the batch
     newline = tiles.shape[0] * per_tile
     index = jnp.where(source[..., 0] >= 0, tile * per_tile + source[..., 1], newline)
     return {"tiles": tiles, "token_index": index}

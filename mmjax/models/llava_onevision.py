@@ -9,7 +9,8 @@ decoder in the released checkpoints), with three ways of laying features out:
 
 The host computes where each placeholder's features come from (`mmjax.models.onevision_layout`)
 and the model gathers and mixes them, so any mix of images, videos and text-only rows runs in one
-batch.
+batch. Training batches carry that layout per token (`image_token_source [B, T, 4, 2]`,
+`image_token_weights [B, T, 4]`, from the pipeline's `onevision` samples), fixed in shape.
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax.data.preprocess import onevision
+from mmjax.models import llava_next
 from mmjax.models import onevision_layout as layout
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.llava_next import LlavaNext, LlavaNextConfig, LlavaNextFamily
@@ -32,7 +34,9 @@ HF_DEFAULTS = dict(image_token_index=151646, video_token_index=151647,
                    image_grid_pinpoints=[list(p) for p in onevision.DEFAULT_PINPOINTS])
 
 # {'tiles': [N, H, W, C] float32, 'image_index' / 'video_index': [F, 4] int32,
-#  'image_weights' / 'video_weights': [F, 4] float32} (see `onevision_layout`)
+#  'image_weights' / 'video_weights': [F, 4] float32} (see `onevision_layout`); in training
+# 'token_index' / 'token_weights' [B, T, 4] (every position's mix, `LlavaOnevisionFamily
+# .train_images`) replace them.
 OnevisionImages = dict
 
 
@@ -139,7 +143,9 @@ def _shares_row(batch_num_images, images: int) -> list[bool]:
 
 def check_image_placeholders(config: LlavaOnevisionConfig, input_ids, images):
   """`PlaceholderMismatchError` unless the image and the video placeholders take exactly their
-  features (concrete `input_ids` only)."""
+  features (concrete `input_ids` only; a training batch's layout is checked by the pipeline)."""
+  if images is not None and "token_index" in images:
+    return
   for kind, token in (("image", config.image_token_id), ("video", config.video_token_id)):
     features = 0 if images is None else int(np.shape(images[f"{kind}_index"])[0])
     check_placeholders(input_ids, token, features)
@@ -168,6 +174,11 @@ class LlavaOnevision(LlavaNext):
     features = self.image_features(images["tiles"])  # [N, g*g, D]
     flat = jnp.concatenate([features.reshape(-1, features.shape[-1]),
                             self.image_newline[None].astype(features.dtype)])  # [N*g*g + 1, D]
+    if "token_index" in images:  # training batches: every position's mix (`[B, T, 4]`)
+      index, weights = images["token_index"], images["token_weights"]
+      mixed = mix_features(flat, index.reshape(-1, 4), weights.reshape(-1, 4))  # [B*T, D]
+      mixed = mixed.reshape(*index.shape[:2], -1).astype(embeddings.dtype)  # [B, T, D]
+      return jnp.where((input_ids == cfg.image_token_id)[..., None], mixed, embeddings)
     for kind, token in (("image", cfg.image_token_id), ("video", cfg.video_token_id)):
       index = images[f"{kind}_index"]
       if index.shape[0] == 0:
@@ -177,8 +188,19 @@ class LlavaOnevision(LlavaNext):
     return embeddings
 
 
+def config_from_training(model: Mapping[str, Any]) -> LlavaOnevisionConfig:
+  """A training config's model section: LLaVA-NeXT's (`llava_next.config_from_training`),
+  `vision_aspect_ratio` ('anyres_max_N') and `video_token_id`."""
+  base = llava_next.config_from_training(model)
+  return LlavaOnevisionConfig(
+      **{f.name: getattr(base, f.name) for f in dataclasses.fields(LlavaNextConfig)},
+      video_token_id=int(model.get("video_token_id", HF_DEFAULTS["video_token_index"])),
+      vision_aspect_ratio=model.get("vision_aspect_ratio", HF_DEFAULTS["vision_aspect_ratio"]))
+
+
 class LlavaOnevisionFamily(LlavaNextFamily):
-  """transformers' `llava_onevision` checkpoints (inference: logits, generation, chat mode)."""
+  """transformers' `llava_onevision` checkpoints (inference: logits, generation, chat mode) and
+  training from the pipeline's `onevision` samples (images; `train_images`)."""
 
   name = "llava_onevision"
   hf_model_types = ("llava_onevision",)
@@ -189,6 +211,40 @@ class LlavaOnevisionFamily(LlavaNextFamily):
 
   def config_from_hf(self, hf_config, **execution):
     return LlavaOnevisionConfig.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    return config_from_training(model)
+
+  def check_training_data(self, config, data, tokenizer):
+    """The pipeline's `onevision` views are the tower's and its layout the model's: tile side,
+    patch size, pinpoints and `anyres_max_N` agree; its image token is the model's."""
+    token = tokenizer.token_to_id(data.image_token)
+    if token != config.image_token_id:
+      raise ValueError(f"data.image_token {data.image_token!r} is id {token} in the tokenizer, but "
+                       f"model.image_token_id is {config.image_token_id}")
+    image, v = data.image, config.vision
+    if image.family != "onevision" or image.tile_size != (v.image_size, v.image_size) or \
+        image.patch_size != v.patch_size or image.grid_pinpoints != config.grid_pinpoints or \
+        image.max_tiles != config.max_tiles:
+      raise ValueError(
+          f"LLaVA-OneVision takes views of {v.image_size} px in patches of {v.patch_size} on the "
+          f"pinpoints {[list(p) for p in config.grid_pinpoints]}, {config.vision_aspect_ratio}: "
+          f"data.image_preset='llava_onevision' with image_overrides size {v.image_size}, "
+          f"patch_size {v.patch_size}, grid_pinpoints as the model's and max_tiles "
+          f"{config.max_tiles} (got {image.family!r}, {image.tile_size}, {image.patch_size}, "
+          f"{[list(p) for p in image.grid_pinpoints]}, max_tiles {image.max_tiles})")
+
+  def train_images(self, config, batch):
+    """LLaVA-NeXT's (`image_token_source [B, T, 4, 2]`: the four rows of each position's mix)
+    and the mix's `image_token_weights [B, T, 4]`."""
+    return {**super().train_images(config, batch), "token_weights": batch["image_token_weights"]}
+
+  def abstract_train_batch(self, config, data, sds):
+    """LLaVA-NeXT's, every token with four sources and their weights."""
+    b, t = int(data["batch_size"]), int(data["max_length"])
+    return {**super().abstract_train_batch(config, data, sds),
+            "image_token_source": sds((b, t, 4, 2), jnp.int32),
+            "image_token_weights": sds((b, t, 4), jnp.float32)}
 
   def hf_processor_config(self, config, image_token):
     """`LlavaOnevisionProcessor`'s settings: one tile's features count an image's tokens."""

@@ -184,3 +184,38 @@ def test_chat_template_rejection_is_a_skip(tokenizer_dir, tmp_path):
   with pytest.raises(SampleError) as e:
     processor(_raw([], twice, 'rude'))
   assert e.value.reason == 'template_error' and 'roles must alternate' in str(e.value)
+
+
+def test_onevision_alone_anyres_shared_one_view(tokenizer, tmp_path, make_image):
+  """LLaVA-OneVision: an image alone takes its AnyRes views (shrunk past anyres_max_N) and an
+  image among several one padded square, as LlavaOnevisionProcessor lays them out
+  (`onevision.processor_arrays`, parity-tested); every token's four sources and weights are the
+  inference layout's (tiles of the sample, tile -1 for the newline)."""
+  from PIL import Image
+  from mmjax.data.preprocess import onevision
+  from mmjax.models.onevision_layout import feature_layout
+
+  pinpoints = ((28, 56), (56, 28), (56, 56))
+  image = preset('llava_onevision', size=28, grid_pinpoints=pinpoints, max_tiles=1)  # g = 2
+  proc = SampleProcessor(_cfg(image=image, max_tiles=16), tokenizer)
+  paths = [str(make_image(tmp_path / f'{i}.png', h, w)) for i, (h, w) in enumerate([(50, 56), (20, 40)])]
+  for images in ([paths[0]], paths):
+    ex = proc(_raw(images, _conv(len(images))))
+    pil = [Image.open(p).convert('RGB') for p in images]
+    ref = onevision.processor_arrays(pil, image)
+    tiles = ex['image_tiles']
+    views = np.concatenate([v[:n] for v, n in zip(ref['pixel_values'], tiles)])
+    np.testing.assert_array_equal(ex['pixel_values'], np.transpose(views, (0, 2, 3, 1)))
+    shared = [len(images) > 1] * len(images)
+    counts, (index, weights), _ = feature_layout(ex['image_sizes'], shared, [], 2, pinpoints, 28, 1)
+    assert list(tiles) == counts and (len(images) > 1) == (max(counts) == 1)
+    slots = ex['input_ids'] == tokenizer.token_to_id('<image>')
+    assert slots.sum() == sum(onevision.num_tokens(h, w, image, 1, len(images) > 1)
+                              for h, w in ex['image_sizes'])
+    source, newline = ex['image_token_source'][slots], sum(counts) * 4
+    np.testing.assert_array_equal(np.where(source[..., 0] >= 0, source[..., 0] * 4 + source[..., 1],
+                                           newline), index)
+    np.testing.assert_array_equal(ex['image_token_weights'][slots], weights)
+    assert (ex['image_token_source'][~slots] == -1).all()
+    if len(images) == 1:  # its 4x4 grid shrunk to 2x2 (anyres_max_1): real bilinear mixes
+      assert np.any((weights > 0) & (weights < 1))

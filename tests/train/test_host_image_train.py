@@ -1,4 +1,5 @@
-"""LLaVA-NeXT (AnyRes tiles), Pixtral (native resolution, packed tower) and Fuyu (raw patches)
+"""LLaVA-NeXT (AnyRes tiles), LLaVA-OneVision (AnyRes shrunk past anyres_max_N alone, one view
+an image among several), Pixtral (native resolution, packed tower) and Fuyu (raw patches)
 through `mmjax train`'s trainer and data iterator on a JSON dataset of one- and two-image and text-only samples, on 8 fake
 devices: the loss falls, the frozen parts stay bit for bit, and the train forward of a packed
 pipeline batch gives, sample by sample, the logits of the parity-tested inference forward
@@ -22,10 +23,11 @@ from mmjax.train.loop import Trainer
 from mmjax.train.step import forward
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny")
-FAMILIES = ("llava_next", "fuyu", "pixtral")
+FAMILIES = ("llava_next", "llava_onevision", "fuyu", "pixtral")
 # Parts frozen in the test where the tiny config trains every part (Fuyu: the patch Linear).
 TRAINABLE = {"fuyu": ("decoder",)}
-IMAGE_TOKENS = {"llava_next": "<image>", "pixtral": "[IMG]", "fuyu": "|SPEAKER|"}
+IMAGE_TOKENS = {"llava_next": "<image>", "llava_onevision": "<image>", "pixtral": "[IMG]",
+                "fuyu": "|SPEAKER|"}
 SPECIALS = ("<unk>", "<s>", "</s>", "<image>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "|SPEAKER|",
             "|NEWLINE|")
 CORPUS = ["A chat between a curious user and an artificial intelligence assistant. USER: "
@@ -139,6 +141,15 @@ def _llava_next_samples(batch, b):
     yield tokens, sample, len(mine)
 
 
+def _onevision_samples(batch, b):
+  """Row b's samples as LlavaOnevisionProcessor lays them out: LLaVA-NeXT's arrays and the
+  sample's image count (`batch_num_images`: several images take one view each)."""
+  for tokens, sample, images in _llava_next_samples(batch, b):
+    if images:
+      sample["batch_num_images"] = np.asarray([images])
+    yield tokens, sample, images
+
+
 def _fuyu_samples(batch, b):
   """Row b's samples as FuyuProcessor gives them: their patches `image_patches [P, F]`."""
   rows = batch["input_ids"].shape[0]
@@ -184,7 +195,8 @@ def _pixtral_samples(batch, b):
     yield tokens, sample, len(mine)
 
 
-SAMPLES = {"llava_next": _llava_next_samples, "fuyu": _fuyu_samples,
+SAMPLES = {"llava_next": _llava_next_samples, "llava_onevision": _onevision_samples,
+           "fuyu": _fuyu_samples,
            "pixtral": _pixtral_samples}
 
 
@@ -198,7 +210,7 @@ def _processor_batch(samples):
   for i, x in enumerate(samples):
     ids[i, :x["input_ids"].shape[1]], mask[i, :x["input_ids"].shape[1]] = x["input_ids"][0], 1
   out = {"input_ids": ids, "attention_mask": mask}
-  for key in ("image_sizes", "image_patches"):
+  for key in ("image_sizes", "image_patches", "batch_num_images"):
     if any(key in x for x in samples):
       out[key] = np.concatenate([x[key] for x in samples if key in x])
   pixels = [x["pixel_values"] for x in samples if "pixel_values" in x]
@@ -210,18 +222,19 @@ def _processor_batch(samples):
 
 
 def test_train_forward_equals_the_inference_forward_per_sample(run):
-  """The logits of packed samples (a text-only one, one with an image, one with two: their tiles
-  or patches start past others' in the row) equal the inference forward's on those samples as
-  the rows of one processor batch, their images as the family's processor gives them."""
+  """The logits of every packed sample of a batch (text-only ones, ones with an image, with two:
+  their tiles or patches start past others' in the row) equal the inference forward's on those
+  samples as the rows of one processor batch, their images as the family's processor gives
+  them."""
   family, trainer, params, batch = run["family"], run["trainer"], run["after"], run["batch"]
   logits = np.asarray(jax.jit(lambda p, b: forward(trainer.module, p, b))(
       params, jax.device_put(batch, jax.devices()[0])))
-  picked = {}  # image count -> (row, token mask, processor arrays): one sample of each
+  chosen, counts = [], set()  # (row, token mask, processor arrays) of every sample
   for b in range(batch["input_ids"].shape[0]):
     for tokens, sample, images in SAMPLES[family](batch, b):
-      picked.setdefault(images, (b, tokens, sample))
-  assert sorted(picked) == [0, 1, 2], sorted(picked)
-  chosen = [picked[n] for n in sorted(picked)]
+      chosen.append((b, tokens, sample))
+      counts.add(images)
+  assert sorted(counts) == [0, 1, 2], sorted(counts)
   ref = family_named(family).forward_from_hf_inputs(  # one op-by-op call: a few seconds
       trainer.model_config, params, _processor_batch([x for _, _, x in chosen]))
   worst = max(float(np.abs(logits[b][tokens] - ref[i, :tokens.sum()]).max())

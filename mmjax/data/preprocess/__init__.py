@@ -13,6 +13,8 @@ Families:
   ``llava``     pad to square with the mean color, then as clip (LLaVA-1.5)
   ``siglip``    resize to a fixed square (SiglipImageProcessor)
   ``anyres``    LLaVA-NeXT base view + grid tiles (LlavaNextImageProcessor)
+  ``onevision`` LLaVA-OneVision: AnyRes (``max_tiles``: N of ``anyres_max_N``) for an image alone
+                in its sample, one padded square among several (LlavaOnevisionImageProcessor)
   ``internvl``  dynamic aspect-ratio tiling + thumbnail (GotOcr2ImageProcessor, crop_to_patches)
   ``qwen2_vl``  smart resize within [min_pixels, max_pixels] + patch flattening (Qwen2VLImageProcessor)
   ``mllama``    the best grid of up to ``max_tiles`` square tiles, zero-padded (MllamaImageProcessor);
@@ -31,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from mmjax.data.preprocess import (anyres, common, fuyu_pipeline, mllama, pixtral, qwen2_vl,
-                                    single, tiling)
+from mmjax.data.preprocess import (anyres, common, fuyu_pipeline, mllama, onevision_pipeline,
+                                    pixtral, qwen2_vl, single, tiling)
 from mmjax.data.preprocess.common import decode_image
 
 # Each family's module: ``process(image, cfg) -> (pixels, meta)`` and, where the default does not
@@ -44,8 +46,10 @@ from mmjax.data.preprocess.common import decode_image
 # ``tile_features(processed_images, cfg)`` (arrays per tile, packed beside ``pixel_values``), ``LAYOUT_TOKENS`` +
 # ``placeholder_ids(height, width, cfg, image_id, layout_ids)`` (an image's placeholder run when it is
 # not all ``image_token``: Pixtral's row breaks, Fuyu's newlines) and
-# ``check_row_budget(cfg, max_tiles, max_images)``.
+# ``check_row_budget(cfg, max_tiles, max_images)``. With ``SHARED_LAYOUT``, ``process`` and
+# ``num_tokens`` take ``shared`` (the image shares its sample with other images: OneVision).
 _MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
+            'onevision': onevision_pipeline,
             'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama,
             'pixtral': pixtral, 'fuyu': fuyu_pipeline}
 FAMILIES = tuple(_MODULES)
@@ -68,7 +72,7 @@ class ImageConfig:
   merge_size: int = 1  # Tokens merged per side after the tower (pixel shuffle / patch merger).
   grid_pinpoints: tuple[tuple[int, int], ...] = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
   min_tiles: int = 1
-  max_tiles: int = 12
+  max_tiles: int = 12  # internvl / mllama: tiles an image; onevision: N of anyres_max_N
   use_thumbnail: bool = True
   min_pixels: int = 56 * 56
   max_pixels: int = 28 * 28 * 1280
@@ -98,6 +102,12 @@ class ImageConfig:
     return self.crop_size or self.size
 
 
+def _onevision_pinpoints() -> tuple[tuple[int, int], ...]:
+  from mmjax.data.preprocess import onevision  # pylint: disable=g-import-not-at-top
+
+  return onevision.DEFAULT_PINPOINTS
+
+
 def preset(name: str, **overrides: Any) -> ImageConfig:
   """Processor settings of well-known checkpoints, e.g. ``preset('llava15')``."""
   presets = {
@@ -108,6 +118,10 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
                         mean=common.IMAGENET_STANDARD_MEAN, std=common.IMAGENET_STANDARD_STD,
                         pad_to_square=False),
       'llava_next': dict(family='anyres', shortest_edge=336, crop_size=336, pad_to_square=False),
+      # LlavaOnevisionImageProcessor's defaults: 384-px squares, no crop, anyres_max_9.
+      'llava_onevision': dict(family='onevision', shortest_edge=None, size=384, crop_size=None,
+                              pad_to_square=True, patch_size=14, max_tiles=9,
+                              grid_pinpoints=_onevision_pinpoints()),
       'internvl': dict(family='internvl', shortest_edge=None, size=448, crop_size=None,
                        mean=common.IMAGENET_DEFAULT_MEAN, std=common.IMAGENET_DEFAULT_STD,
                        pad_to_square=False, merge_size=2, max_tiles=12),
@@ -140,6 +154,7 @@ class ProcessedImage:
   image_size: tuple[int, int]  # original (height, width)
   grid_thw: tuple[int, int, int] | None = None  # qwen2_vl only
   aspect_ratio: tuple[int, int] | None = None  # mllama only: (rows, cols) of tiles
+  shared: bool = False  # the image shares its sample with others (onevision: no AnyRes)
 
   def patches(self, cfg: ImageConfig) -> np.ndarray:
     """Qwen2-VL flattened patches [grid_h * grid_w, 3 * T * P * P] (HF's pixel_values layout)."""
@@ -151,14 +166,17 @@ class ImageProcessor:
 
   def __init__(self, cfg: ImageConfig):
     self.cfg = cfg
+    # whether an image's views and tokens depend on its sharing the sample (``shared``)
+    self.shared_layout = bool(getattr(_MODULES[cfg.family], 'SHARED_LAYOUT', False))
 
-  def num_tokens(self, height: int, width: int) -> int:
-    """Placeholder tokens for an original image of (height, width)."""
+  def num_tokens(self, height: int, width: int, shared: bool = False) -> int:
+    """Placeholder tokens for an original image of (height, width) (``shared``: its sample
+    holds other images too)."""
     cfg = self.cfg
     per_side = lambda n: n // cfg.patch_size // cfg.merge_size
     hook = getattr(_MODULES[cfg.family], 'num_tokens', None)
     if hook is not None:
-      return hook(height, width, cfg)
+      return hook(height, width, cfg, shared) if self.shared_layout else hook(height, width, cfg)
     th, tw = cfg.tile_size
     per_tile = per_side(th) * per_side(tw)
     if cfg.family == 'internvl':
@@ -200,12 +218,16 @@ class ImageProcessor:
     hook = getattr(_MODULES[self.cfg.family], 'placeholder_ids', None)
     return None if hook is None else hook(height, width, self.cfg, image_id, layout_ids)
 
-  def __call__(self, image: Image.Image) -> ProcessedImage:
+  def __call__(self, image: Image.Image, shared: bool = False) -> ProcessedImage:
     image = common.to_rgb(image)
     w, h = image.size
-    pixels, meta = _MODULES[self.cfg.family].process(image, self.cfg)
-    return ProcessedImage(pixels=pixels, num_tokens=self.num_tokens(h, w), image_size=(h, w),
-                          grid_thw=meta.get('grid_thw'), aspect_ratio=meta.get('aspect_ratio'))
+    module = _MODULES[self.cfg.family]
+    shared = shared and self.shared_layout
+    pixels, meta = (module.process(image, self.cfg, shared) if self.shared_layout
+                    else module.process(image, self.cfg))
+    return ProcessedImage(pixels=pixels, num_tokens=self.num_tokens(h, w, shared),
+                          image_size=(h, w), grid_thw=meta.get('grid_thw'),
+                          aspect_ratio=meta.get('aspect_ratio'), shared=shared)
 
 
 def per_image_features(cfg: ImageConfig) -> tuple[str, ...]:
