@@ -36,6 +36,8 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
   image_token_source [B, T, 2] int32  (anyres) per token: (tile slot of the row, feature within
                                       the tile); slot -1 for a grid row's newline / text
                    [B, T, 4, 2]       (onevision) the four sources of each token's bilinear mix
+                   [B, T, k*k, 2]     (pixtral) the patch slots of each [IMG] (k: merge_size;
+                                      feature 0)
   image_token_weights [B, T, 4] float32 (onevision) the mix's weights (w0, w1, h0, h1)
   image_sizes      [B*M, 2]  int32    original (h, w) per image, row b owns [b*M, (b+1)*M)
   image_tiles      [B*M]     int32    tiles (qwen2_vl: patches) of each image, 0 for unused slots

@@ -36,7 +36,8 @@ from mmjax.nn.rope import RopeConfig
 PROCESSOR_KEYS = ("pixel_values", "image_sizes")
 
 # `pack_images`'s arrays (+ 'merge_index' [M, k*k] with a patch merger); in training, rows of
-# them (`[B, N, ...]`) and 'valid' [B * N] (see `PixtralFamily.train_images`).
+# them (`[B, N, ...]`) and 'token_index' [B, T, k*k] (every position's patches, see
+# `train_images`).
 PackedImages = dict
 
 
@@ -147,7 +148,9 @@ def num_features(images: PackedImages | None) -> int:
 
 def check_image_placeholders(config: PixtralConfig, input_ids, images: PackedImages | None):
   """`PlaceholderMismatchError` unless the `[IMG]` placeholders take exactly the images'
-  features (concrete `input_ids` only)."""
+  features (concrete `input_ids` only; a training batch's layout is checked by the pipeline)."""
+  if images is not None and "token_index" in images:
+    return
   check_placeholders(input_ids, config.image_token_id, num_features(images))
 
 
@@ -188,9 +191,15 @@ class Pixtral(HostImagesModule):
     check_image_placeholders(self.config, input_ids, images)
     if images is None:
       return embeddings
-    features = self.image_features(images)
-    return merge_image_features(embeddings, input_ids == self.config.image_token_id, features,
-                                images.get("valid"))
+    slots = input_ids == self.config.image_token_id  # [B, T]
+    if "token_index" in images:  # training batches: every position's patches `[B, T, k*k]`
+      index = images["token_index"]
+      features = self.image_features({**images, "merge_index": index.reshape(-1, index.shape[-1])})
+      if self.config.merge_size == 1:  # one feature per patch slot: each position's own
+        features = features[index.reshape(-1)]
+      features = features.reshape(*index.shape[:2], -1).astype(embeddings.dtype)  # [B, T, D]
+      return jnp.where(slots[..., None], features, embeddings)
+    return merge_image_features(embeddings, slots, self.image_features(images))
 
 
 def config_from_training(model: Mapping[str, Any]) -> PixtralConfig:
@@ -210,10 +219,9 @@ def config_from_training(model: Mapping[str, Any]) -> PixtralConfig:
 def train_images(config: PixtralConfig, batch: Mapping[str, jax.Array]) -> PackedImages:
   """A training batch's rows of patch slots -> rows of packed images for the tower: `patches
   [B, S, C, P, P]`, `positions [B, S, 2]` (the host's, `pack_images`'), `segment_ids [B, S]` (the
-  image of the row each slot holds, from `image_tiles`; -1 for padding slots) and `valid [B*S]`
-  (`image_mask`: real patches fill the `[IMG]` slots in order)."""
-  if config.merge_size > 1:
-    raise ValueError("training batches have no patch merger layout: Mistral3 does not train yet")
+  image of the row each slot holds, from `image_tiles`; -1 for padding slots) and `token_index
+  [B, T, k*k]` (each position's block of patches as slots of the batch, from
+  `image_token_source`: the patch merger's blocks, or with k = 1 each `[IMG]`'s patch)."""
   rows = batch["input_ids"].shape[0]
   patches = batch["pixel_values"]
   patches = patches.reshape(rows, -1, *patches.shape[1:])  # [B, S, C, P, P]
@@ -222,8 +230,10 @@ def train_images(config: PixtralConfig, batch: Mapping[str, jax.Array]) -> Packe
   image = jnp.sum(jnp.arange(slots)[None, :, None] >= ends[:, None, :], axis=-1)  # [B, S]
   valid = batch["image_mask"]
   segments = jnp.where(valid.reshape(rows, slots), image, -1)
+  source = batch["image_token_source"][..., 0]  # [B, T, k*k] slot of the row, -1 off `[IMG]`
+  index = jnp.where(source >= 0, source + slots * jnp.arange(rows)[:, None, None], 0)
   return {"patches": patches, "positions": batch["patch_positions"].reshape(rows, slots, 2),
-          "segment_ids": segments.astype(jnp.int32), "valid": valid}
+          "segment_ids": segments.astype(jnp.int32), "token_index": index}
 
 
 class PixtralFamily(HostImagesFamily):
@@ -243,7 +253,7 @@ class PixtralFamily(HostImagesFamily):
     return config_from_training(model)
 
   def check_training_data(self, config, data, tokenizer):
-    """The pipeline's `pixtral` patches are the tower's (patch size, no merge) and its `[IMG]`
+    """The pipeline's `pixtral` patches are the tower's (patch size, merge size) and its `[IMG]`
     is the model's image token."""
     token = tokenizer.token_to_id(data.image_token)
     if token != config.image_token_id:
@@ -252,9 +262,11 @@ class PixtralFamily(HostImagesFamily):
     image = data.image
     if image.family != "pixtral" or image.patch_size != config.vision.patch_size or \
         image.merge_size != config.merge_size:
-      raise ValueError(f"Pixtral takes patches of {config.vision.patch_size} px: data.image_preset="
-                       f"'pixtral' with image_overrides.patch_size={config.vision.patch_size} (got "
-                       f"{image.family!r}, patch_size {image.patch_size}, merge {image.merge_size})")
+      raise ValueError(f"{self.name} takes patches of {config.vision.patch_size} px merged "
+                       f"{config.merge_size}x{config.merge_size}: data.image_preset='pixtral' with "
+                       f"image_overrides patch_size={config.vision.patch_size} and merge_size="
+                       f"{config.merge_size} (got {image.family!r}, patch_size "
+                       f"{image.patch_size}, merge {image.merge_size})")
 
   def train_images(self, config, batch):
     return train_images(config, batch)
@@ -273,8 +285,9 @@ class PixtralFamily(HostImagesFamily):
       products = 2 * v.num_layers * v.hidden_size * int(np.sum(counts**2))
       flops += fl.encoder_flops(params["encoder"], patches, products * ("encoder" in attention),
                                 per["encoder"])
-    if "connector" in params and patches:
-      flops += per["connector"] * fl.count_params(params["connector"]) * patches
+    if "connector" in params and patches:  # (Mistral3: per merged block of patches)
+      flops += per["connector"] * fl.count_params(params["connector"]) * (
+          patches // config.merge_size**2)
     return float(flops)
 
   def aot_train_flops(self, config, params, batch, trainable, attention=("decoder", "encoder")):
@@ -286,14 +299,17 @@ class PixtralFamily(HostImagesFamily):
     return self.train_flops(config, params, {**batch, **filled}, trainable, attention)
 
   def abstract_train_batch(self, config, data, sds):
-    """Rows own `max_tiles` patch slots `[C, P, P]` with their positions, `max_images` images."""
+    """Rows own `max_tiles` patch slots `[C, P, P]` with their positions, `max_images` images;
+    every token its block of patches."""
+    b, t, k = int(data["batch_size"]), int(data["max_length"]), config.merge_size
     slots = int(data["batch_size"]) * int(data.get("max_tiles", 1))
     images = int(data["batch_size"]) * int(data.get("max_images", 1))
     v = config.vision
     return {**text_train_batch(data, sds), "image_mask": sds((slots,), jnp.bool_),
             "pixel_values": sds((slots, v.num_channels, v.patch_size, v.patch_size), jnp.float32),
             "patch_positions": sds((slots, 2), jnp.int32),
-            "image_tiles": sds((images,), jnp.int32)}
+            "image_tiles": sds((images,), jnp.int32),
+            "image_token_source": sds((b, t, k * k, 2), jnp.int32)}
 
   def claims_hf(self, hf_config):
     vision = hf_config.get("vision_config") or {}
@@ -343,12 +359,19 @@ class PixtralFamily(HostImagesFamily):
 
 
 class Mistral3Family(PixtralFamily):
-  """transformers' `mistral3` checkpoints (Mistral Small 3.1): Pixtral with the patch merger."""
+  """transformers' `mistral3` checkpoints (Mistral Small 3.1): Pixtral with the patch merger;
+  training from the pipeline's `pixtral` samples with `merge_size` = `spatial_merge_size`."""
 
   name = "mistral3"
   hf_model_types = ("mistral3",)
   config_cls = Mistral3Config
   table = "mistral3"
+
+  def config_from_training(self, model):
+    """Pixtral's model section (`config_from_training`) and `spatial_merge_size` (default 2)."""
+    base = config_from_training(model)
+    return Mistral3Config(**{f.name: getattr(base, f.name) for f in dataclasses.fields(PixtralConfig)},
+                          spatial_merge_size=int(model.get("spatial_merge_size", 2)))
 
   def claims_hf(self, hf_config):
     return False  # found by its model_type

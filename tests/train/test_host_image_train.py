@@ -1,5 +1,6 @@
 """LLaVA-NeXT (AnyRes tiles), LLaVA-OneVision (AnyRes shrunk past anyres_max_N alone, one view
-an image among several), Pixtral (native resolution, packed tower) and Fuyu (raw patches)
+an image among several), Pixtral (native resolution, packed tower; Mistral3: and the 2x2 patch
+merger) and Fuyu (raw patches)
 through `mmjax train`'s trainer and data iterator on a JSON dataset of one- and two-image and text-only samples, on 8 fake
 devices: the loss falls, the frozen parts stay bit for bit, and the train forward of a packed
 pipeline batch gives, sample by sample, the logits of the parity-tested inference forward
@@ -23,11 +24,11 @@ from mmjax.train.loop import Trainer
 from mmjax.train.step import forward
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny")
-FAMILIES = ("llava_next", "llava_onevision", "fuyu", "pixtral")
+FAMILIES = ("llava_next", "llava_onevision", "fuyu", "pixtral", "mistral3")
 # Parts frozen in the test where the tiny config trains every part (Fuyu: the patch Linear).
 TRAINABLE = {"fuyu": ("decoder",)}
 IMAGE_TOKENS = {"llava_next": "<image>", "llava_onevision": "<image>", "pixtral": "[IMG]",
-                "fuyu": "|SPEAKER|"}
+                "mistral3": "[IMG]", "fuyu": "|SPEAKER|"}
 SPECIALS = ("<unk>", "<s>", "</s>", "<image>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "|SPEAKER|",
             "|NEWLINE|")
 CORPUS = ["A chat between a curious user and an artificial intelligence assistant. USER: "
@@ -197,7 +198,7 @@ def _pixtral_samples(batch, b):
 
 SAMPLES = {"llava_next": _llava_next_samples, "llava_onevision": _onevision_samples,
            "fuyu": _fuyu_samples,
-           "pixtral": _pixtral_samples}
+           "pixtral": _pixtral_samples, "mistral3": _pixtral_samples}
 
 
 def _processor_batch(samples):

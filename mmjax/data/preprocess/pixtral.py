@@ -63,9 +63,11 @@ def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
 
 # Training (`mmjax.data.sample`): an image's "tiles" are its patches `[n, 3, P, P]` (the tower's
 # input, as `pack_images` cuts them for inference), and `data.max_tiles` is a row's patch budget;
-# each patch's (row, column) in its image's grid travels beside it for the tower's 2-D RoPE.
+# each patch's (row, column) in its image's grid travels beside it for the tower's 2-D RoPE, and
+# each `[IMG]` names its k x k block of patches (k = merge_size; Mistral3's patch merger).
 LAYOUT_TOKENS = ('[IMG_BREAK]', '[IMG_END]')
 TILE_FEATURES = ('patch_positions',)
+TOKEN_FEATURES = ('image_token_source',)
 
 
 def placeholder_ids(height: int, width: int, cfg, image_id: int, layout_ids) -> np.ndarray:
@@ -91,13 +93,17 @@ def tile_features(processed_images, cfg) -> dict[str, np.ndarray]:
   return {'patch_positions': np.concatenate([np.zeros((0, 2), np.int32), *positions])}
 
 
+def token_features(processed_images, cfg) -> dict[str, np.ndarray]:
+  """`image_token_source [n, k*k, 2]`: for each `[IMG]` of the sample's images in order, its
+  block of patches (patch of the sample, 0) in the order the patch merger takes them
+  (`merge_index`; k = 1: the token's own patch)."""
+  from mmjax.connectors.spatial_merger import merge_index  # pylint: disable=g-import-not-at-top
+
+  grids = [np.shape(p.pixels)[1:3] for p in processed_images]  # (H, W) of each resized image
+  index = merge_index(np.asarray(grids, np.int64).reshape(-1, 2) // cfg.patch_size,
+                      cfg.merge_size)  # [n, k*k]
+  return {'image_token_source': np.stack([index, np.zeros_like(index)], -1).astype(np.int32)}
+
+
 def empty_tiles(cfg) -> np.ndarray:
   return np.zeros((0, 3, cfg.patch_size, cfg.patch_size), np.float32)
-
-
-def check_row_budget(cfg, max_tiles: int, max_images: int) -> None:
-  """The training pipeline feeds Pixtral's tower patches, one per token before any merge:
-  Mistral3's patch merger (`merge_size` > 1) is not batched for training yet."""
-  if cfg.merge_size != 1:
-    raise ValueError("the training pipeline lays out Pixtral's patches without a patch merger: "
-                     f"the mistral3 preset (merge_size {cfg.merge_size}) is for inference only")
