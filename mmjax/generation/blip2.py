@@ -77,6 +77,17 @@ class Blip2PromptBuilder(FamilyPromptBuilder):
 
 
 @dataclasses.dataclass
+class Blip2T5PromptBuilder(Blip2PromptBuilder):
+  """BLIP-2 with Flan-T5: the same `input_ids [1, T]`, and Blip2Processor's
+  `{'pixel_values': [1, C, H, W]}` (None without an image), as the encoder-decoder adapter reads
+  the processor's arrays."""
+
+  def __call__(self, prompt: str, images: list[str]):
+    ids, pixels = super().__call__(prompt, images)
+    return ids, None if pixels is None else {"pixel_values": np.transpose(pixels, (0, 3, 1, 2))}
+
+
+@dataclasses.dataclass
 class InstructBlipPromptBuilder(Blip2PromptBuilder):
   """Returns `input_ids [1, T]` and InstructBlipProcessor's arrays: `pixel_values [1, C, H, W]`,
   `qformer_input_ids [1, S]` and `qformer_attention_mask [1, S]` (ones) (None without an

@@ -119,7 +119,8 @@ def _claims_t5_text(hf_config, model_type: str) -> bool:
 
 class _T5LanguageModel:
   """What the two Flan-T5 families do alike: read a T5 `text_config`, take `decoder_input_ids`,
-  generate with an encoder-decoder adapter. No training yet."""
+  generate with an encoder-decoder adapter (chat mode: the BLIP-2 / InstructBLIP prompt
+builders). No training yet."""
 
   hf_model_types = ()  # claimed by their text_config (`claims_hf`)
   table = "blip2_t5"
@@ -155,9 +156,6 @@ class _T5LanguageModel:
     ids, images, _ = super().example_inputs(config)
     return ids, images, jnp.ones_like(ids), jnp.zeros((1, 2), jnp.int32)
 
-  def prompt_builder(self, ckpt_dir, config, chat_template=True, **image_options):
-    raise self._unsupported("chat mode")
-
   def train_forward(self, module, params, batch, rng=None, head_loss=None):
     raise self._unsupported("training")
 
@@ -178,6 +176,13 @@ class Blip2T5Family(_T5LanguageModel, Blip2Family):
 
   def config_from_hf(self, hf_config, **execution):
     return Blip2T5Config.from_hf(hf_config, **execution)
+
+  def prompt_builder(self, ckpt_dir, config, chat_template=True):
+    """Blip2Processor's layout, its pixels as the processor's arrays (`mmjax.generation.blip2`);
+    InstructBLIP-T5 takes InstructBLIP's builder as it is."""
+    from mmjax.generation.blip2 import Blip2T5PromptBuilder
+
+    return Blip2T5PromptBuilder.from_checkpoint(ckpt_dir, config)
 
   def module_images(self, config, inputs):
     pixels = inputs.get("pixel_values")
