@@ -14,7 +14,8 @@ stdout. It stops at the checkpoint's end tokens (generation_config.json / tokeni
 LlavaNextImageProcessor does; Pixtral / Mistral3 see each image at its own size within the
 longest edge. Qwen2-VL / Qwen2.5-VL / Qwen3-VL see each image at its own resolution within a
 pixel budget: --min-pixels / --max-pixels override the checkpoint's. Fuyu, IDEFICS, BLIP-2 and
-InstructBLIP have no chat template: the prompt is used as their processors take it.
+InstructBLIP (with Flan-T5 too) have no chat template: the prompt is used as their processors
+take it.
 
 Array mode (--inputs FILE.npz --out FILE.npy): takes the arrays a transformers processor makes,
 saved with numpy.savez (input_ids [B, T], attention_mask [B, T] with rows padded on the left,

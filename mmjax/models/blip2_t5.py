@@ -120,7 +120,7 @@ def _claims_t5_text(hf_config, model_type: str) -> bool:
 class _T5LanguageModel:
   """What the two Flan-T5 families do alike: read a T5 `text_config`, take `decoder_input_ids`,
   generate with an encoder-decoder adapter (chat mode: the BLIP-2 / InstructBLIP prompt
-builders). No training yet."""
+  builders). No training yet."""
 
   hf_model_types = ()  # claimed by their text_config (`claims_hf`)
   table = "blip2_t5"
