@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from mmjax import checkpoint
-from mmjax.data.preprocess import ImageConfig, ImageProcessor, common
+from mmjax.data.preprocess import ImageConfig, ImageProcessor, common, hf_image_processor_config
 from mmjax.generation import prompt_images
 from mmjax.data.templates import ChatTemplate, TemplateSpec
 from mmjax.data.tokenizer import Tokenizer
@@ -97,55 +97,9 @@ def _qwen_image_config(pre: dict, size: dict, common_kw: dict) -> ImageConfig:
 
 def image_config_to_hf(cfg: ImageConfig) -> dict:
   """ImageConfig -> the `preprocessor_config.json` of the transformers image processor that
-  preprocesses the same way (`image_config_from_hf` reads it back); single-tile families."""
-  resample = {v: k for k, v in _RESAMPLE.items()}[cfg.resample]
-  out = dict(do_resize=True, resample=resample, do_rescale=True, rescale_factor=cfg.rescale_factor,
-             do_normalize=True, image_mean=list(cfg.mean), image_std=list(cfg.std),
-             do_convert_rgb=True)
-  if cfg.family == "siglip":
-    height, width = cfg.size
-    return dict(image_processor_type="SiglipImageProcessor",
-                size={"height": height, "width": width}, **out)
-  if cfg.family == "qwen2_vl":
-    return dict(image_processor_type="Qwen2VLImageProcessor", patch_size=cfg.patch_size,
-                merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
-                size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}, **out)
-  if cfg.family == "internvl":
-    height, width = cfg.size
-    return dict(image_processor_type="GotOcr2ImageProcessor", size={"height": height,
-                "width": width}, crop_to_patches=True, min_patches=cfg.min_tiles,
-                max_patches=cfg.max_tiles, **out)
-  if cfg.family == "mllama":  # `MllamaImageConfig.from_hf` reads it back
-    height, width = cfg.size
-    return dict(image_processor_type="MllamaImageProcessor", size={"height": height,
-                "width": width}, max_image_tiles=cfg.max_tiles, do_pad=True, **out)
-  if cfg.family == "anyres":
-    size = ({"shortest_edge": cfg.shortest_edge} if cfg.shortest_edge
-            else {"height": cfg.size[0], "width": cfg.size[1]})
-    crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
-    return dict(image_processor_type="LlavaNextImageProcessor", size=size,
-                do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
-                image_grid_pinpoints=[list(p) for p in cfg.grid_pinpoints], do_pad=True, **out)
-  if cfg.family == "pixtral":  # the processor multiplies in the merge (processor_config.json)
-    height, width = cfg.size
-    size = {"longest_edge": height} if height == width else {"height": height, "width": width}
-    return dict(image_processor_type="PixtralImageProcessor", size=size,
-                patch_size={"height": cfg.patch_size, "width": cfg.patch_size}, do_pad=True, **out)
-  if cfg.family == "fuyu":  # `mmjax.generation.fuyu.FuyuImageSettings.from_hf` reads it back
-    height, width = cfg.size
-    return dict(image_processor_type="FuyuImageProcessor", size={"height": height, "width": width},
-                patch_size={"height": cfg.patch_size, "width": cfg.patch_size}, do_pad=True,
-                padding_value=1.0, padding_mode="constant", **out)
-  if cfg.family in ("clip", "llava"):
-    crop = {"height": cfg.crop_size[0], "width": cfg.crop_size[1]} if cfg.crop_size else None
-    kind = "LlavaImageProcessor" if cfg.family == "llava" else "CLIPImageProcessor"
-    extra = dict(do_pad=cfg.pad_to_square) if cfg.family == "llava" else {}
-    return dict(image_processor_type=kind, size={"shortest_edge": cfg.shortest_edge},
-                do_center_crop=crop is not None, **({"crop_size": crop} if crop else {}),
-                **extra, **out)
-  raise ValueError(f"writing transformers settings for {cfg.family!r} image preprocessing is "
-                   "not supported (siglip, clip, llava, anyres, internvl, qwen2_vl, mllama, "
-                   "pixtral and fuyu are)")
+  preprocesses the same way (`image_config_from_hf` reads it back; each preprocessing family's
+  `hf_settings`)."""
+  return hf_image_processor_config(cfg, {v: k for k, v in _RESAMPLE.items()})
 
 
 @dataclasses.dataclass

@@ -47,7 +47,9 @@ from mmjax.data.preprocess.common import decode_image
 # ``placeholder_ids(height, width, cfg, image_id, layout_ids)`` (an image's placeholder run when it is
 # not all ``image_token``: Pixtral's row breaks, Fuyu's newlines) and
 # ``check_row_budget(cfg, max_tiles, max_images)``. With ``SHARED_LAYOUT``, ``process`` and
-# ``num_tokens`` take ``shared`` (the image shares its sample with other images: OneVision).
+# ``num_tokens`` take ``shared``. ``tile_size(cfg)`` (default: ``crop_size or size``; None: images keep
+# their own size) and ``hf_settings(cfg)`` (the transformers processor's settings, see
+# ``hf_image_processor_config``) where a family has them. (the image shares its sample with other images: OneVision).
 _MODULES = {'clip': single, 'llava': single, 'siglip': single, 'anyres': anyres,
             'onevision': onevision_pipeline,
             'internvl': tiling, 'qwen2_vl': qwen2_vl, 'mllama': mllama,
@@ -94,12 +96,10 @@ class ImageConfig:
 
   @property
   def tile_size(self) -> tuple[int, int] | None:
-    """(H, W) of every tile this family emits; None for qwen2_vl and pixtral (variable)."""
-    if self.family in ('qwen2_vl', 'pixtral', 'fuyu'):
-      return None
-    if self.family in ('siglip', 'internvl', 'mllama'):
-      return self.size
-    return self.crop_size or self.size
+    """(H, W) of every tile this family emits; None where images keep their own size
+    (qwen2_vl, pixtral, fuyu)."""
+    hook = getattr(_MODULES[self.family], 'tile_size', None)
+    return (self.crop_size or self.size) if hook is None else hook(self)
 
 
 def _onevision_pinpoints() -> tuple[tuple[int, int], ...]:
@@ -178,10 +178,7 @@ class ImageProcessor:
     if hook is not None:
       return hook(height, width, cfg, shared) if self.shared_layout else hook(height, width, cfg)
     th, tw = cfg.tile_size
-    per_tile = per_side(th) * per_side(tw)
-    if cfg.family == 'internvl':
-      return tiling.num_tiles(height, width, cfg) * per_tile
-    return cfg.tokens_per_image or per_tile
+    return cfg.tokens_per_image or per_side(th) * per_side(tw)
 
   def sample_tiles(self, processed: ProcessedImage) -> np.ndarray:
     """The rows one image adds to a sample's ``pixel_values``."""
@@ -262,6 +259,22 @@ ALL_TILE_FEATURES = tuple(dict.fromkeys(
 # Every family's per-token arrays (packed along the text like ``input_ids``).
 ALL_TOKEN_FEATURES = tuple(dict.fromkeys(
     name for module in _MODULES.values() for name in getattr(module, 'TOKEN_FEATURES', ())))
+
+
+def hf_image_processor_config(cfg: ImageConfig, resample_codes: dict[str, int]) -> dict:
+  """The ``preprocessor_config.json`` of the transformers image processor that preprocesses as
+  ``cfg`` does (``resample_codes``: PIL's code of each ``resample`` name); ValueError for a
+  family without one."""
+  hook = getattr(_MODULES[cfg.family], 'hf_settings', None)
+  if hook is None:
+    with_one = sorted(f for f, m in _MODULES.items() if hasattr(m, 'hf_settings'))
+    raise ValueError(f'writing transformers settings for {cfg.family!r} image preprocessing is '
+                     f'not supported ({", ".join(with_one)} are)')
+  common_settings = dict(
+      do_resize=True, resample=resample_codes[cfg.resample], do_rescale=True,
+      rescale_factor=cfg.rescale_factor, do_normalize=True, image_mean=list(cfg.mean),
+      image_std=list(cfg.std), do_convert_rgb=True)
+  return {**hook(cfg), **common_settings}
 
 
 def check_row_budget(cfg: ImageConfig, max_tiles: int, max_images: int) -> None:

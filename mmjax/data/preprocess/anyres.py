@@ -135,6 +135,16 @@ def _finish(view: Image.Image, cfg) -> np.ndarray:
   return np.asarray(view)
 
 
+def hf_settings(cfg) -> dict:
+  """LlavaNextImageProcessor's settings."""
+  size = ({'shortest_edge': cfg.shortest_edge} if cfg.shortest_edge
+          else {'height': cfg.size[0], 'width': cfg.size[1]})
+  crop = {'height': cfg.crop_size[0], 'width': cfg.crop_size[1]} if cfg.crop_size else None
+  return dict(image_processor_type='LlavaNextImageProcessor', size=size,
+              do_center_crop=crop is not None, **({'crop_size': crop} if crop else {}),
+              image_grid_pinpoints=[list(p) for p in cfg.grid_pinpoints], do_pad=True)
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns pixels [1 + n_tiles, H, W, 3] float32 (base view first) and {'image_size': (h, w)}."""
   tile = tile_side(cfg)

@@ -20,6 +20,20 @@ def _grid(height: int, width: int, cfg) -> tuple[int, int]:
   return fuyu.patch_grid(height, width, tuple(cfg.size), cfg.patch_size)
 
 
+def tile_size(cfg) -> None:
+  """Images keep their own (padded) size."""
+  return None
+
+
+def hf_settings(cfg) -> dict:
+  """FuyuImageProcessor's settings (``mmjax.generation.fuyu.FuyuImageSettings.from_hf`` reads
+  them back)."""
+  height, width = cfg.size
+  return dict(image_processor_type='FuyuImageProcessor', size={'height': height, 'width': width},
+              patch_size={'height': cfg.patch_size, 'width': cfg.patch_size}, do_pad=True,
+              padding_value=1.0, padding_mode='constant')
+
+
 def process(image, cfg) -> tuple[np.ndarray, dict]:
   """Patches `[rows * cols, patch * patch * 3]` float32, row-major, and {}."""
   patches, _ = fuyu.process(image, tuple(cfg.size), cfg.patch_size)

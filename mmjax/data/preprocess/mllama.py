@@ -134,6 +134,17 @@ def num_tokens(height: int, width: int, cfg) -> int:
   return 1
 
 
+def tile_size(cfg) -> tuple[int, int]:
+  return cfg.size
+
+
+def hf_settings(cfg) -> dict:
+  """MllamaImageProcessor's settings (``MllamaImageConfig.from_hf`` reads them back)."""
+  height, width = cfg.size
+  return dict(image_processor_type='MllamaImageProcessor', size={'height': height, 'width': width},
+              max_image_tiles=cfg.max_tiles, do_pad=True)
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns tiles [rows*cols, tile, tile, 3] float32 (row-major) and
   {'aspect_ratio': (rows, cols), 'num_tiles': rows*cols}."""

@@ -21,6 +21,15 @@ SHARED_LAYOUT = True
 TOKEN_FEATURES = ('image_token_source', 'image_token_weights')
 
 
+def hf_settings(cfg) -> dict:
+  """LlavaOnevisionImageProcessor's settings (N of ``anyres_max_N`` is the model config's
+  ``vision_aspect_ratio``, not the processor's)."""
+  height, width = cfg.size
+  return dict(image_processor_type='LlavaOnevisionImageProcessor',
+              size={'height': height, 'width': width},
+              image_grid_pinpoints=[list(p) for p in cfg.grid_pinpoints], do_pad=True)
+
+
 def process(image, cfg, shared: bool = False) -> tuple[np.ndarray, dict]:
   """Views `[n, H, W, 3]` float32 (AnyRes, or with `shared` the one padded square) and {}."""
   from mmjax.data.preprocess import onevision  # pylint: disable=g-import-not-at-top

@@ -53,6 +53,20 @@ def image_token_ids(rows: int, cols: int, image_id: int, break_id: int, end_id: 
   return ids
 
 
+def tile_size(cfg) -> None:
+  """Images keep their own (fitted) size."""
+  return None
+
+
+def hf_settings(cfg) -> dict:
+  """PixtralImageProcessor's settings (the processor multiplies in the merge:
+  ``processor_config.json``)."""
+  height, width = cfg.size
+  size = {'longest_edge': height} if height == width else {'height': height, 'width': width}
+  return dict(image_processor_type='PixtralImageProcessor', size=size,
+              patch_size={'height': cfg.patch_size, 'width': cfg.patch_size}, do_pad=True)
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns pixels [1, H, W, 3] float32 at the resized size and {}."""
   w, h = image.size

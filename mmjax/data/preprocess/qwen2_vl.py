@@ -55,6 +55,18 @@ def patchify(pixels: np.ndarray, patch_size: int, merge_size: int, temporal_patc
   return x.reshape(gh * gw, c * temporal_patch_size * p * p)
 
 
+def tile_size(cfg) -> None:
+  """Images keep their own (smart-resized) size."""
+  return None
+
+
+def hf_settings(cfg) -> dict:
+  """Qwen2VLImageProcessor's settings (transformers v5 spells the pixel budget as ``size``)."""
+  return dict(image_processor_type='Qwen2VLImageProcessor', patch_size=cfg.patch_size,
+              merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
+              size={'shortest_edge': cfg.min_pixels, 'longest_edge': cfg.max_pixels})
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns pixels [1, H', W', 3] float32 at the smart-resized size and {'grid_thw': (1, gh, gw)}."""
   w, h = image.size

@@ -28,6 +28,23 @@ def resize_and_crop(image: Image.Image, cfg) -> Image.Image:
   return image
 
 
+def tile_size(cfg) -> tuple[int, int]:
+  """SigLIP resizes to ``size`` exactly; CLIP and LLaVA-1.5 crop to ``crop_size``."""
+  return cfg.size if cfg.family == 'siglip' else (cfg.crop_size or cfg.size)
+
+
+def hf_settings(cfg) -> dict:
+  """The processor-specific part of the transformers ``preprocessor_config.json``."""
+  if cfg.family == 'siglip':
+    height, width = cfg.size
+    return dict(image_processor_type='SiglipImageProcessor', size={'height': height, 'width': width})
+  crop = {'height': cfg.crop_size[0], 'width': cfg.crop_size[1]} if cfg.crop_size else None
+  llava = cfg.family == 'llava'
+  return dict(image_processor_type='LlavaImageProcessor' if llava else 'CLIPImageProcessor',
+              size={'shortest_edge': cfg.shortest_edge}, do_center_crop=crop is not None,
+              **({'crop_size': crop} if crop else {}), **(dict(do_pad=cfg.pad_to_square) if llava else {}))
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns pixels [1, H, W, 3] float32 and no extra metadata."""
   tile = resize_and_crop(image, cfg)

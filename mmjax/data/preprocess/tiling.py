@@ -46,6 +46,24 @@ def num_tiles(height: int, width: int, cfg) -> int:
   return n + 1 if (n > 1 and cfg.use_thumbnail) else n
 
 
+def tile_size(cfg) -> tuple[int, int]:
+  return cfg.size
+
+
+def num_tokens(height: int, width: int, cfg) -> int:
+  """Every tile (the thumbnail included) gives the same tokens."""
+  th, tw = cfg.size
+  return num_tiles(height, width, cfg) * (th // cfg.patch_size // cfg.merge_size) * (
+      tw // cfg.patch_size // cfg.merge_size)
+
+
+def hf_settings(cfg) -> dict:
+  """GotOcr2ImageProcessor's settings (``crop_to_patches``: dynamic tiles)."""
+  height, width = cfg.size
+  return dict(image_processor_type='GotOcr2ImageProcessor', size={'height': height, 'width': width},
+              crop_to_patches=True, min_patches=cfg.min_tiles, max_patches=cfg.max_tiles)
+
+
 def process(image: Image.Image, cfg) -> tuple[np.ndarray, dict]:
   """Returns pixels [n_tiles, H, W, 3] float32 (thumbnail last) and {'num_tiles': n}."""
   tile_h, tile_w = cfg.size
