@@ -20,7 +20,7 @@ import numpy as np
 from mmjax.connectors.qformer import QFormer
 from mmjax.decoders.llama import Decoder, DecoderOutput, HeadLoss
 from mmjax.encoders.vit import VisionTransformer
-from mmjax.models.blip2_config import Blip2Config, InstructBlipConfig
+from mmjax.models.blip2_config import Blip2Config, InstructBlipConfig, config_from_dict
 from mmjax.models.fusion import check_placeholders, merge_image_features
 from mmjax.models.inputs import nchw_to_nhwc, text_inputs
 from mmjax.models.host_images import HostImagesFamily
@@ -125,6 +125,11 @@ class Blip2Family(TiledImageFamily):
 
   def config_from_hf(self, hf_config, **execution):
     return Blip2Config.from_hf(hf_config, **execution)
+
+  def config_from_training(self, model):
+    """Stage 2 (and MiniGPT-4) from `model.{vision, qformer, decoder, image_token_id}`: see
+    `blip2_config.config_from_dict`."""
+    return config_from_dict(model)
 
   def prompt_builder(self, ckpt_dir, config, chat_template=True):
     """Blip2Processor's layout (`mmjax.generation.blip2`): the image tokens before the BOS; it

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from mmjax.connectors.qformer import QFormerConfig
 from mmjax.decoders.config import DecoderConfig, decoder_to_hf
 from mmjax.encoders.vit import VisionConfig
+from mmjax.nn.rope import RopeConfig
 
 _VISION = dict(model_type="blip_2_vision_model", hidden_size=1408, intermediate_size=6144,
                num_hidden_layers=39, num_attention_heads=16, image_size=224, patch_size=14,
@@ -135,3 +136,24 @@ class InstructBlipConfig(Blip2Config):
   def _qformer_text_to_hf(self):
     q = self.qformer
     return dict(vocab_size=q.text_vocab_size, max_position_embeddings=q.text_max_positions)
+
+
+def vision_from_training(model: Mapping[str, Any], **defaults) -> VisionConfig:
+  """A training config's `model.vision` (VisionConfig fields) as BLIP-2's EVA tower: kind
+  'blip2', exact GELU and eps 1e-6 (and `defaults`) unless given."""
+  return VisionConfig(**{"kind": "blip2", "activation": "gelu", "layer_norm_eps": 1e-6,
+                         **defaults, **dict(model["vision"])})
+
+
+def config_from_dict(model: Mapping[str, Any]) -> Blip2Config:
+  """A training config's model section: `vision` (VisionConfig fields, see
+  `vision_from_training`), `qformer` (QFormerConfig fields; its cross-attention width follows the
+  tower; no text rows: a stage-2 Q-Former reads the image alone), `decoder` (DecoderConfig
+  fields, `rope` a dict of RopeConfig's) and `image_token_id`. Stage 2 from a stage-1 model
+  (`blip-2-retrieval`) uses the same `vision` and `qformer` sections, less the text fields."""
+  vision = vision_from_training(model)
+  qformer = QFormerConfig(**{**dict(model["qformer"]), "encoder_hidden_size": vision.hidden_size})
+  decoder = dict(model["decoder"])
+  rope = RopeConfig(**dict(decoder.pop("rope", {}) or {}))
+  return Blip2Config(vision=vision, qformer=qformer, decoder=DecoderConfig(rope=rope, **decoder),
+                     image_token_id=int(model["image_token_id"]))

@@ -29,7 +29,7 @@ import numpy as np
 
 from mmjax.connectors.qformer import QFormer, QFormerConfig
 from mmjax.encoders.vit import VisionConfig, VisionTransformer
-from mmjax.models.blip2_config import _QFORMER, _VISION, NUM_QUERY_TOKENS
+from mmjax.models.blip2_config import _QFORMER, _VISION, NUM_QUERY_TOKENS, vision_from_training
 from mmjax.models import flops as fl
 from mmjax.models.family import Family
 from mmjax.models.inputs import nchw_to_nhwc
@@ -245,8 +245,7 @@ def config_from_dict(model: Mapping[str, Any]) -> Blip2RetrievalConfig:
   `decoder_bos_token_id`; dtypes etc. apply to both; a stage-1 model (`stage1` defaults on)."""
   execution = {k: model[k] for k in ("dtype", "param_dtype", "remat_policy",
                                      "attention_backend") if k in model}
-  vision = VisionConfig(**{"kind": "blip2", "activation": "gelu", "layer_norm_eps": 1e-6,
-                           **execution, **dict(model["vision"])})
+  vision = vision_from_training(model, **execution)
   qformer = QFormerConfig(**{**execution, **dict(model["qformer"]), "text_input": True,
                              "encoder_hidden_size": vision.hidden_size})
   return Blip2RetrievalConfig(vision=vision, qformer=qformer,

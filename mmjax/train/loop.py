@@ -22,7 +22,7 @@ from mmjax.nn.linear import flat_token_dots
 from mmjax.nn.stack import unrolled_layers
 from mmjax.train import data as train_data
 from mmjax.nn import lora as lora_lib
-from mmjax.train import adapters, loss, parts
+from mmjax.train import adapters, init_from as init_lib, loss, parts
 from mmjax.train.checkpoints import Checkpoints, abstract_like
 from mmjax.train.contrastive import ContrastiveConfig
 from mmjax.train.contrastive_step import make_contrastive_step
@@ -68,10 +68,10 @@ class Trainer:
       raise ValueError(f"data.batch_size {cfg.data.batch_size} does not split over the "
                        f"{shards} batch shards of the mesh ({dict(mesh.shape)}); use a multiple")
     rules = shd.rules_for(cfg.mesh.get("rules", "fsdp"))
-    init_from = _init_sources(cfg.train.get("init_from", ""))
+    init_from = init_lib.parse_sources(cfg.train.get("init_from", ""))
     ckpt_config = None
-    if len(init_from) == 1:
-      family, config, _ = converted.read_metadata(init_from[0])
+    if len(init_from) == 1 and init_from[0].whole:  # the checkpoint describes the model
+      family, config, _ = converted.read_metadata(init_from[0].path)
       ckpt_config = (family, config)
     family, model_config = build_model_config(dict(cfg.model), ckpt_config)
     module = family.build(model_config)
@@ -153,7 +153,7 @@ class Trainer:
       # the time (the shapes default: 9.7 -> 3.2 CPU-seconds), same values.
       on_cpu = all(d.platform == "cpu" for d in self.mesh.devices.flat)
       state = lowered.compile({"xla_backend_optimization_level": 1} if on_cpu else None)(key)
-    sources = _init_sources(self.cfg.train.get("init_from", ""))
+    sources = init_lib.parse_sources(self.cfg.train.get("init_from", ""))
     if sources:
       state = self._load_components(state, sources)
       if self.preference is not None:  # the reference is the loaded model
@@ -164,33 +164,31 @@ class Trainer:
           state = reference(state)
     return state
 
-  def _load_components(self, state: TrainState, sources: list[str]) -> TrainState:
-    """Replaces the components the `sources` checkpoints hold; the rest stay random (reported)."""
+  def _load_components(self, state: TrainState,
+                       sources: list[init_lib.InitSource]) -> TrainState:
+    """Replaces what the `sources` select (`mmjax.train.init_from`); the rest stays random
+    (reported, as are the leaves a selection drops)."""
     params = state.all_params()
-    owner: dict[str, str] = {}
-    for path in sources:
-      for name, subtree in converted.params_metadata(path).items():
-        if name not in params:
-          raise ValueError(f"{path}: component {name!r} is not part of this model "
-                           f"({sorted(params)})")
-        if name in owner:
-          raise ValueError(f"component {name!r} is in both {owner[name]} and {path}")
-        _check_shapes(path, name, subtree, lora_lib.without_factors(params[name]))
-        owner[name] = path
-    fresh = sorted(set(params) - set(owner))
-    print(f"init_from: loaded {sorted(owner)}; randomly initialised {fresh}")
-    log.info("init_from loaded %s, random %s", owner, fresh)
+    stored = {s.path: converted.params_metadata(s.path) for s in sources}
+    plan = init_lib.plan(sources, stored, lora_lib.without_factors(params))
+    print(plan.report())
+    log.info("%s", plan.report())
     shardings = parts.merge(self.state_shardings.params, self.state_shardings.frozen)
-    loaded = {}
-    for path in sources:
-      for name, subtree in converted.load_params(path).items():
+    for source in dict.fromkeys(t.source for t in plan.transfers):
+      loaded = converted.load_params(source.path, init_lib.read_paths(plan.transfers, source))
+      for t in (t for t in plan.transfers if t.source == source):
+        target = init_lib.get(params, t.dst)
         # Cast to the training param dtype (e.g. a bf16 checkpoint into float32 master weights).
         base = jax.tree.map(
-            lambda x, s, t: jax.device_put(np.asarray(x).astype(t.dtype), s),
-            subtree, lora_lib.without_factors(shardings[name]),
-            lora_lib.without_factors(params[name]))
-        loaded[name] = parts.merge(lora_lib.adapter(params[name]), base)  # fresh LoRA factors
-    train, frozen = parts.split({**params, **loaded}, self.trainable, self.parts)
+            lambda x, s, p: jax.device_put(np.asarray(x).astype(p.dtype), s),
+            init_lib.leaves_of(loaded, t),
+            lora_lib.without_factors(init_lib.get(shardings, t.dst)),
+            lora_lib.without_factors(target))
+        # Fresh LoRA factors on the loaded kernels.
+        params = init_lib.replaced(params, t.dst,
+                                   parts.merge(lora_lib.adapter(target), base)
+                                   if hasattr(target, "items") else base)
+    train, frozen = parts.split(params, self.trainable, self.parts)
     return state.replace(params=train, frozen=frozen)
 
   def model_params(self, state: TrainState) -> dict:
@@ -207,18 +205,6 @@ def _initial_state(module, example, tx, trainable, rng, part_map, lora, preferen
   """`init_state`, with the reference model's parts for a preference objective."""
   state = init_state(module, example, tx, trainable, rng, part_map, lora)
   return state if preference is None else with_reference(state, keep_reference)
-
-
-def _check_shapes(path: str, name: str, stored, expected) -> None:
-  stored_paths = {jax.tree_util.keystr(k): v.shape
-                  for k, v in jax.tree_util.tree_leaves_with_path(stored)}
-  expected_paths = {jax.tree_util.keystr(k): v.shape
-                    for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  for key in sorted(set(stored_paths) | set(expected_paths)):
-    got, want = stored_paths.get(key), expected_paths.get(key)
-    if tuple(got or ()) != tuple(want or ()) or got is None or want is None:
-      raise ValueError(f"{path}: component {name!r} does not match the model at {key}: "
-                       f"checkpoint {got}, model {want}")
 
 
 def _flops_per_step(trainer: Trainer, cfg, local: Mapping[str, np.ndarray]) -> float:
@@ -257,19 +243,20 @@ def _write_final_model(trainer: Trainer, state: TrainState, workdir: str) -> str
   LoRA, the adapter alone goes to `DIR/adapter` and `DIR/model` holds the merged weights
   (partial LoRA: none, it cannot be merged)."""
   path = os.path.join(paths.absolute(workdir), "model")
-  sources = _init_sources(trainer.cfg.train.get("init_from", ""))
+  sources = init_lib.parse_sources(trainer.cfg.train.get("init_from", ""))
   if trainer.lora is not None:
     adapter_path = os.path.join(paths.absolute(workdir), adapters.ADAPTER_DIR)
     if not os.path.exists(adapter_path):
       adapters.save_adapter(adapter_path, trainer.lora, trainer.family, state.params,
-                            ",".join(sources) or None)
+                            ",".join(s.path for s in sources) or None)
       print(f"LoRA adapter written to {adapter_path}")
     if trainer.lora.positions != "all":
       print("partial LoRA is not a weight change: no merged model is written")
       return None
   if os.path.exists(path):  # a finished run re-launched: the model is already there
     return path
-  hf_from = sources[0] if len(sources) == 1 else None
+  # The HF details of the one checkpoint the model is (not of one it took parts of).
+  hf_from = sources[0].path if len(sources) == 1 and sources[0].whole else None
   files = None
   if not (hf_from and os.path.exists(os.path.join(hf_from, converted.HF_CONFIG_FILE))):
     hf_from = None  # a checkpoint without HF details: the files training used instead
@@ -294,14 +281,6 @@ def _write_plot(workdir: str) -> str | None:
     return None
   print(f"loss plot: {path}")
   return path
-
-
-def _init_sources(init_from) -> list[str]:
-  if not init_from:
-    return []
-  if isinstance(init_from, str):
-    return [p for p in init_from.split(",") if p]
-  return list(init_from)
 
 
 class _Preemption:
