@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that live beside their subsystem; each module has `add_subcommand(subparsers)`.
 _OPTIONAL_COMMAND_MODULES = ("mmjax.generate_cli", "mmjax.train.cli", "mmjax.aot",
+                             "mmjax.convert.minigpt4",
                              "mmjax.eval.cli",
                              "mmjax.plot")
 

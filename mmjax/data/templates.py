@@ -17,6 +17,8 @@ Built-in templates:
   ``llama3``     Llama 3 headers and <|eot_id|>
   ``chatml``     Qwen: <|im_start|>role\\n...<|im_end|>\\n, default system prompt
   ``internvl``   InternVL 2.5: ChatML with InternVL's system prompt
+  ``minigpt4``   MiniGPT-4 (Vicuna v0): "###Human: <Img><image></Img> q ###Assistant: a###", the
+                 images first whatever their place in the text, no system prompt
 """
 
 from __future__ import annotations
@@ -68,6 +70,19 @@ _CHATML = (
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}")
 
 
+# MiniGPT-4's `prompt_template` '###Human: {} ###Assistant: ' around '<Img><ImageHere></Img> '
+# + the instruction, the answer closed by its `end_sym` '###'. `<ImageHere>` is where the image's
+# query embeddings go: the image placeholder, which the pipeline expands to the image tokens.
+_MINIGPT4 = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{{- '###Human: ' + ('<Img>' + image_placeholder + '</Img> ') * m['content'].count(image_placeholder)"
+    " + m['content'].replace(image_placeholder, '').strip() + ' ' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- '###Assistant: ' + m['content'] + '###' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '###Assistant: ' -}}{%- endif -%}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TemplateSpec:
   source: str
@@ -81,6 +96,7 @@ BUILTIN = {
     'llama3': TemplateSpec(_LLAMA3),
     'chatml': TemplateSpec(_CHATML, QWEN_SYSTEM),
     'internvl': TemplateSpec(_CHATML, INTERNVL_SYSTEM),
+    'minigpt4': TemplateSpec(_MINIGPT4, '', add_special_tokens=True),
 }
 
 

@@ -122,6 +122,8 @@ class Blip2Family(TiledImageFamily):
   module_cls = Blip2
   table = "blip2"
   stacks = {"encoder": "vision", "connector": "qformer", "decoder": "decoder"}
+  # The connector's two halves (`train.trainable`): MiniGPT-4 trains the projection alone.
+  parts = {"qformer": r"connector/qformer/.*", "projection": r"connector/projection/.*"}
 
   def config_from_hf(self, hf_config, **execution):
     return Blip2Config.from_hf(hf_config, **execution)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
@@ -28,6 +29,7 @@ def _images():
 IMAGES = _images()
 
 CASES = {
+    'blip2': lambda: BlipImageProcessorPil(size={'height': 224, 'width': 224}),
     'clip336': lambda: CLIPImageProcessorPil(size={'shortest_edge': 336}, crop_size={'height': 336, 'width': 336}),
     'llava15': lambda: LlavaImageProcessorPil(size={'shortest_edge': 336}, crop_size={'height': 336, 'width': 336},
                                               do_pad=True),

@@ -131,6 +131,10 @@ def preset(name: str, **overrides: Any) -> ImageConfig:
       # `<image>` token an image (its states enter through cross-attention, not the sequence).
       'idefics': dict(family='siglip', shortest_edge=None, size=224, crop_size=None,
                       pad_to_square=False, tokens_per_image=1),
+      # BlipImageProcessor (BLIP-2, InstructBLIP): the same bicubic resize to the tower's square
+      # with CLIP's mean / std; the image token repeats once per query.
+      'blip2': dict(family='siglip', shortest_edge=None, size=224, crop_size=None,
+                    pad_to_square=False),
       'mllama': dict(family='mllama', shortest_edge=None, size=560, crop_size=None,
                      pad_to_square=False, max_tiles=4, resample='bilinear'),
       'pixtral': dict(family='pixtral', shortest_edge=None, size=1024, crop_size=None,
