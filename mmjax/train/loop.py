@@ -177,17 +177,16 @@ class Trainer:
     for source in dict.fromkeys(t.source for t in plan.transfers):
       loaded = converted.load_params(source.path, init_lib.read_paths(plan.transfers, source))
       for t in (t for t in plan.transfers if t.source == source):
-        target = init_lib.get(params, t.dst)
+        target, subtree = init_lib.get(params, t.dst), hasattr(init_lib.get(params, t.dst), "items")
+        base_of = lora_lib.without_factors if subtree else (lambda x: x)
         # Cast to the training param dtype (e.g. a bf16 checkpoint into float32 master weights).
         base = jax.tree.map(
             lambda x, s, p: jax.device_put(np.asarray(x).astype(p.dtype), s),
-            init_lib.leaves_of(loaded, t),
-            lora_lib.without_factors(init_lib.get(shardings, t.dst)),
-            lora_lib.without_factors(target))
+            init_lib.leaves_of(loaded, t) if subtree else init_lib.get(loaded, t.src),
+            base_of(init_lib.get(shardings, t.dst)), base_of(target))
         # Fresh LoRA factors on the loaded kernels.
-        params = init_lib.replaced(params, t.dst,
-                                   parts.merge(lora_lib.adapter(target), base)
-                                   if hasattr(target, "items") else base)
+        params = init_lib.replaced(params, t.dst, parts.merge(lora_lib.adapter(target), base)
+                                   if subtree else base)
     train, frozen = parts.split(params, self.trainable, self.parts)
     return state.replace(params=train, frozen=frozen)
 
