@@ -42,7 +42,8 @@ class Blip2PromptBuilder(FamilyPromptBuilder):
     image_config = None
     if pre is not None:
       kind = pre.get("image_processor_type", "")
-      if not kind.startswith("Blip"):
+      # SiglipImageProcessor: what a model mmjax trained carries for the same fixed-square resize.
+      if not kind.startswith(("Blip", "Siglip")):
         raise ValueError(f"the checkpoint's image processor ({kind or 'unnamed'}) is not BLIP's "
                          "BlipImageProcessor")
       image_config = image_config_from_hf(pre)  # a fixed (height, width): the `siglip` resize

@@ -253,6 +253,17 @@ def _image_processor_config(extras: str) -> dict | None:
   return None
 
 
+def has_chat_template(ckpt_dir: str) -> bool:
+  """Whether the checkpoint's files carry a chat template (where `_chat_template` looks)."""
+  extras = os.path.join(ckpt_dir, checkpoint.HF_EXTRAS_DIR)
+  config_file = os.path.join(extras, "tokenizer_config.json")
+  if os.path.exists(config_file) and _read_json(config_file).get("chat_template"):
+    return True
+  json_file = os.path.join(extras, "chat_template.json")
+  return (os.path.exists(os.path.join(extras, "chat_template.jinja"))
+          or (os.path.exists(json_file) and bool(_read_json(json_file).get("chat_template"))))
+
+
 def _chat_template(extras: str, tokenizer: Tokenizer) -> ChatTemplate:
   source = tokenizer.chat_template
   jinja_file = os.path.join(extras, "chat_template.jinja")

@@ -134,10 +134,16 @@ class Blip2Family(TiledImageFamily):
     return config_from_dict(model)
 
   def prompt_builder(self, ckpt_dir, config, chat_template=True):
-    """Blip2Processor's layout (`mmjax.generation.blip2`): the image tokens before the BOS; it
-    has no chat template, so `chat_template` changes nothing."""
+    """Blip2Processor's layout (`mmjax.generation.blip2`): the image tokens before the BOS (the
+    processor has no chat template). A checkpoint that carries a chat template (a composition
+    mmjax trained, e.g. MiniGPT-4 with `###Human: <Img><image></Img> ...`) renders the prompt
+    with it instead, its `<image>` expanded to the queries' tokens, as in training; not with
+    `chat_template=False`."""
     from mmjax.generation.blip2 import Blip2PromptBuilder
+    from mmjax.generation.prompt import PromptBuilder, has_chat_template
 
+    if chat_template and has_chat_template(ckpt_dir):
+      return PromptBuilder.from_checkpoint(ckpt_dir, config)
     return Blip2PromptBuilder.from_checkpoint(ckpt_dir, config)
 
   def forward_from_hf_inputs(self, config, params, inputs):

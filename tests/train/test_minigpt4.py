@@ -150,3 +150,25 @@ def test_the_prompt_template():
   assert prompt == "###Human: <Img><image></Img> Describe this image in detail. ###Assistant: "
   text, spans = template.render_with_spans(question + [{"role": "assistant", "content": "A cat."}])
   assert text == prompt + "A cat.###" and [text[a:b] for a, b in spans] == ["A cat.###"]
+
+
+def test_chat_mode_renders_the_template_it_trained_with(run, tmp_path):
+  """A trained composition carries its chat template: chat mode renders the prompt with it and
+  expands its `<image>` to the queries' tokens (Blip2Processor's layout only without it)."""
+  from PIL import Image
+
+  family, config, _ = converted.read_metadata(run["model"])
+  image = str(tmp_path / "image.png")
+  Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+  builder = family.prompt_builder(run["model"], config)
+  ids, pixels = builder("what shape is it?", [image])
+  text = builder.text("what shape is it?", 1)
+  assert text.count("<image>") == 1 and not text.startswith("<image>")
+  expected = builder.token_ids(text)
+  expected = np.concatenate([[i] * (config.tokens_per_image if i == config.image_token_id else 1)
+                             for i in expected])
+  np.testing.assert_array_equal(ids[0], expected)
+  assert pixels.shape == (1, config.vision.image_size, config.vision.image_size, 3)
+  plain_ids, _ = family.prompt_builder(run["model"], config, chat_template=False)(
+      "what shape is it?", [image])
+  assert list(plain_ids[0, :config.tokens_per_image]) == [config.image_token_id] * 4
