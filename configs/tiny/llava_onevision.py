@@ -3,13 +3,16 @@ LLaVA's MLP projector, `image_newline`, and a 2-layer Qwen2-style decoder (q/k/v
 
     mmjax train --config configs/tiny/llava_onevision.py --workdir /tmp/tiny_onevision \
         --config.data.tokenizer=TOKENIZER_DIR --config.data.sources='[{"path": "train.jsonl"}]' \
-        --config.model.image_token_id=IMAGE_ID
+        --config.model.image_token_id=IMAGE_ID --config.model.video_token_id=VIDEO_ID
 
-`image_token_id` must be the tokenizer's `<image>` id (`mmjax train` checks it). An image alone in
+`image_token_id` / `video_token_id` must be the tokenizer's `<image>` / `<video>` ids (`mmjax
+train` checks them; a tokenizer without `<video>` takes no videos). An image alone in
 its sample takes AnyRes views (a base view and up to 2x2 tiles on the pinpoints) and its
 placeholders are the base view's 4 features, the unpadded grid (shrunk bilinearly past
 `anyres_max_2`: two tiles' worth of features) and a newline per grid row; an image among several
-takes one padded square, its 4 features and one newline (`mmjax.data.preprocess.onevision`). The
+takes one padded square, its 4 features and one newline (`mmjax.data.preprocess.onevision`). A
+record's `video` takes `data.video`'s sampled frames (here 3 a clip) as tiles, each pooled to one
+feature, and a newline: 4 `<video>` tokens (`mmjax.data.onevision_sample`). The
 recipe trains the projector, the newline and the language model; the tower stays frozen.
 """
 
@@ -35,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    num_heads=4, num_kv_heads=2, head_dim=width // 4, rms_norm_eps=1e-6,
                    qkv_bias=True, rope=dict(theta=1e6), model_type="qwen2"),
       image_token_id=3,
+      video_token_id=4,
       feature_layers=(-1,),
       feature_select="full",
       grid_pinpoints=PINPOINTS,
@@ -49,7 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 image_overrides=dict(size=32, patch_size=16, grid_pinpoints=PINPOINTS,
                                      max_tiles=MAX_TILES),
                 template="chatml", tokenizer="", image_token="<image>", max_length=128,
-                max_tiles=10, max_images=2, batch_size=8, sources=())
+                max_tiles=10, max_images=2, batch_size=8, sources=(),
+                video=dict(token="<video>", fps=2.0, min_frames=3, max_frames=3))
   c.optim = dict(lr=1e-3, warmup_steps=20, end_lr_ratio=0.1, b1=0.9, b2=0.98, weight_decay=0.01,
                  clip_norm=1.0, z_loss=0.0, lr_multipliers={})
   c.mesh = dict(data=-1, fsdp=1, tensor=1, rules="fsdp")

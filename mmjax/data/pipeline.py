@@ -38,14 +38,17 @@ Batch schema (host-local; B = per-host rows, T = max_length, S = max_tiles, M = 
                    [B, T, 4, 2]       (onevision) the four sources of each token's bilinear mix
                    [B, T, k*k, 2]     (pixtral) the patch slots of each [IMG] (k: merge_size;
                                       feature 0)
-  image_token_weights [B, T, 4] float32 (onevision) the mix's weights (w0, w1, h0, h1)
+  image_token_weights [B, T, 4] float32 (onevision) the mix's weights (w0, w1, h0, h1); video
+                                      tokens carry both too
   image_sizes      [B*M, 2]  int32    original (h, w) per image, row b owns [b*M, (b+1)*M)
   image_tiles      [B*M]     int32    tiles (qwen2_vl: patches) of each image, 0 for unused slots
   image_segment_ids [B*M]    int32    segment of the row each image belongs to (0 = unused)
   <per-image arrays> [B*M, ...]       the image family's (``preprocess.per_image_features``):
                                       image_grid_thw [B*M, 3] (qwen2_vl) patch grid per image;
                                       aspect_ratio_ids [B*M] (mllama, 0 = unused slot) and
-                                      aspect_ratio_mask [B*M, S/M] (each image owns S/M tiles)
+                                      aspect_ratio_mask [B*M, S/M] (each image owns S/M tiles);
+                                      image_is_video [B*M] (onevision) 1: the slot is a video
+                                      whose frames are its tiles (mmjax.data.onevision_sample)
   pixel_values_videos [B*V, 3*T*P*P] float32 (qwen2_vl with video.max_patches = V) video
                                       patches, row b owns [b*V, (b+1)*V), in the order of its
                                       video tokens (mmjax.data.media_sample)
@@ -67,6 +70,7 @@ import numpy as np
 from mmjax.data import captions, packing, pairs, preprocess
 from mmjax.data.preprocess import ImageConfig, preset
 from mmjax.data.media_sample import MediaSampleProcessor
+from mmjax.data.onevision_sample import OnevisionSampleProcessor
 from mmjax.data.sample import SampleProcessor
 from mmjax.data.sources import open_source
 from mmjax.data.tokenizer import Tokenizer
@@ -75,6 +79,8 @@ from mmjax.data.video import VideoConfig
 
 log = logging.getLogger('mmjax.data')
 
+# Image families whose samples may hold videos: their processors (others ignore `videos`).
+VIDEO_PROCESSORS = {'qwen2_vl': MediaSampleProcessor, 'onevision': OnevisionSampleProcessor}
 FLAT_TILE_KEYS = ('pixel_values', 'image_mask', *preprocess.ALL_TILE_FEATURES)
 FLAT_IMAGE_KEYS = ('image_sizes', 'image_tiles', 'image_segment_ids', 'pixel_values_videos',
                    'video_grid_thw',  # videos: mmjax.data.media_sample
@@ -305,7 +311,7 @@ def build_dataset(cfg: DataConfig, tokenizer: Tokenizer | None = None, sources: 
     layout = dict(lengths=pairs.length_struct(cfg, cfg.reference_columns),
                   finalize=pairs.finalize_pair_row)
   else:
-    kind = MediaSampleProcessor if cfg.image.family == 'qwen2_vl' else SampleProcessor
+    kind = VIDEO_PROCESSORS.get(cfg.image.family, SampleProcessor)
     processor, layout = kind(cfg, tokenizer), {}
   ds = ds.map(_Preprocess(processor))
   read = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.read_buffer)

@@ -13,7 +13,8 @@ end-of-turn token (``</s>``, ``<|eot_id|>``, ``<|im_end|>``) in the loss.
 
 Built-in templates:
   ``vicuna_v1``  LLaVA-1.5: "SYSTEM USER: q ASSISTANT: a</s>USER: ..."
-  ``plain``      LLaVA pre-training: "<image>caption\\n" (user text dropped, caption supervised)
+  ``plain``      LLaVA pre-training: "<image>caption\\n" (user text dropped, caption supervised;
+                 a turn's ``<video>`` placeholders kept after its images')
   ``llama3``     Llama 3 headers and <|eot_id|>
   ``chatml``     Qwen: <|im_start|>role\\n...<|im_end|>\\n, default system prompt
   ``internvl``   InternVL 2.5: ChatML with InternVL's system prompt
@@ -51,6 +52,7 @@ _VICUNA_V1 = (
 _PLAIN = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'user' -%}{{- image_placeholder * (m['content'].count(image_placeholder)) -}}"
+    "{{- '<video>' * (m['content'].count('<video>')) -}}"
     "{%- elif m['role'] == 'assistant' -%}{{- m['content'] + '\n' -}}{%- endif -%}"
     "{%- endfor -%}")
 

@@ -10,7 +10,8 @@ decoder in the released checkpoints), with three ways of laying features out:
 The host computes where each placeholder's features come from (`mmjax.models.onevision_layout`)
 and the model gathers and mixes them, so any mix of images, videos and text-only rows runs in one
 batch. Training batches carry that layout per token (`image_token_source [B, T, 4, 2]`,
-`image_token_weights [B, T, 4]`, from the pipeline's `onevision` samples), fixed in shape.
+`image_token_weights [B, T, 4]`, from the pipeline's `onevision` samples), fixed in shape, for
+the `<image>` and the `<video>` tokens alike (a video's frames are tiles of the row).
 """
 
 import dataclasses
@@ -174,11 +175,12 @@ class LlavaOnevision(LlavaNext):
     features = self.image_features(images["tiles"])  # [N, g*g, D]
     flat = jnp.concatenate([features.reshape(-1, features.shape[-1]),
                             self.image_newline[None].astype(features.dtype)])  # [N*g*g + 1, D]
-    if "token_index" in images:  # training batches: every position's mix (`[B, T, 4]`)
+    if "token_index" in images:  # training batches: every image / video position's mix
       index, weights = images["token_index"], images["token_weights"]
       mixed = mix_features(flat, index.reshape(-1, 4), weights.reshape(-1, 4))  # [B*T, D]
       mixed = mixed.reshape(*index.shape[:2], -1).astype(embeddings.dtype)  # [B, T, D]
-      return jnp.where((input_ids == cfg.image_token_id)[..., None], mixed, embeddings)
+      media = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)  # [B, T]
+      return jnp.where(media[..., None], mixed, embeddings)
     for kind, token in (("image", cfg.image_token_id), ("video", cfg.video_token_id)):
       index = images[f"{kind}_index"]
       if index.shape[0] == 0:
@@ -200,7 +202,7 @@ def config_from_training(model: Mapping[str, Any]) -> LlavaOnevisionConfig:
 
 class LlavaOnevisionFamily(LlavaNextFamily):
   """transformers' `llava_onevision` checkpoints (inference: logits, generation, chat mode) and
-  training from the pipeline's `onevision` samples (images; `train_images`)."""
+  training from the pipeline's `onevision` samples (images and videos; `train_images`)."""
 
   name = "llava_onevision"
   hf_model_types = ("llava_onevision",)
@@ -217,11 +219,19 @@ class LlavaOnevisionFamily(LlavaNextFamily):
 
   def check_training_data(self, config, data, tokenizer):
     """The pipeline's `onevision` views are the tower's and its layout the model's: tile side,
-    patch size, pinpoints and `anyres_max_N` agree; its image token is the model's."""
+    patch size, pinpoints and `anyres_max_N` agree; its image token is the model's, and its video
+    token too where the tokenizer has one (samples with videos need it)."""
     token = tokenizer.token_to_id(data.image_token)
     if token != config.image_token_id:
       raise ValueError(f"data.image_token {data.image_token!r} is id {token} in the tokenizer, but "
                        f"model.image_token_id is {config.image_token_id}")
+    try:
+      video = tokenizer.token_to_id(data.video.token)
+    except KeyError:  # no video token: no sample may hold a video (the pipeline says so)
+      video = None
+    if video is not None and video != config.video_token_id:
+      raise ValueError(f"data.video.token {data.video.token!r} is id {video} in the tokenizer, but "
+                       f"model.video_token_id is {config.video_token_id}")
     image, v = data.image, config.vision
     if image.family != "onevision" or image.tile_size != (v.image_size, v.image_size) or \
         image.patch_size != v.patch_size or image.grid_pinpoints != config.grid_pinpoints or \

@@ -1,7 +1,8 @@
 """LLaVA-NeXT (AnyRes tiles), LLaVA-OneVision (AnyRes shrunk past anyres_max_N alone, one view
 an image among several), Pixtral (native resolution, packed tower; Mistral3: and the 2x2 patch
 merger) and Fuyu (raw patches)
-through `mmjax train`'s trainer and data iterator on a JSON dataset of one- and two-image and text-only samples, on 8 fake
+through `mmjax train`'s trainer and data iterator on a JSON dataset of one- and two-image and text-only samples
+(OneVision: and two videos, their frames tiles of the row), on 8 fake
 devices: the loss falls, the frozen parts stay bit for bit, and the train forward of a packed
 pipeline batch gives, sample by sample, the logits of the parity-tested inference forward
 (`forward_from_hf_inputs`) on that sample's arrays laid out as the family's processor lays them.
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from hf_models import record
+from mmjax.data.synthetic_video import render_clip
 from mmjax.data.tokenizer import Tokenizer, train_tiny_tokenizer
 from mmjax.models.registry import family_named
 from mmjax.train.cli import load_config
@@ -30,7 +32,8 @@ TRAINABLE = {"fuyu": ("decoder",)}
 IMAGE_TOKENS = {"llava_next": "<image>", "llava_onevision": "<image>", "pixtral": "[IMG]",
                 "mistral3": "[IMG]", "fuyu": "|SPEAKER|"}
 SPECIALS = ("<unk>", "<s>", "</s>", "<image>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "|SPEAKER|",
-            "|NEWLINE|")
+            "|NEWLINE|", "<video>")
+VIDEO_FAMILIES = ("llava_onevision",)  # their data adds two video samples
 CORPUS = ["A chat between a curious user and an artificial intelligence assistant. USER: "
           "ASSISTANT: What is in the picture? A red square on a blue background. Two shapes, "
           "one green."] * 20
@@ -39,8 +42,9 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  """(json path, image root, tokenizer dir): one- and two-image samples of different sizes and
-  aspect ratios, and text-only ones."""
+  """(json path, image root, tokenizer dir, json path with videos): one- and two-image samples of
+  different sizes and aspect ratios, and text-only ones; the second set adds two moving-shape
+  videos of 8 frames (directories of PNGs, 32 and 24 px), a `<video>` each."""
   tmp = tmp_path_factory.mktemp("host_image_data")
   tok_dir = tmp / "tok"
   tok_dir.mkdir()
@@ -61,13 +65,26 @@ def dataset(tmp_path_factory):
         {"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
   path = tmp / "data.json"
   path.write_text(json.dumps(records))
-  return str(path), str(root), str(tok_dir)
+  videos = []
+  for i, size in enumerate((32, 24)):
+    clip, question, answer = render_clip(rng, size=size, frames=8)
+    (root / f"clip{i}").mkdir()
+    for f, frame in enumerate(clip):
+      Image.fromarray(frame).save(root / f"clip{i}" / f"{f:02d}.png")
+    videos.append({"id": f"v{i}", "video": f"clip{i}", "conversations": [
+        {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": answer}]})
+  video_path = tmp / "data_video.json"
+  video_path.write_text(json.dumps(records + videos))
+  return str(path), str(root), str(tok_dir), str(video_path)
 
 
 def config(family, dataset):
-  path, root, tok_dir = dataset
+  path, root, tok_dir, video_path = dataset
   cfg = load_config(os.path.join(TINY, f"{family}.py"))
   cfg.model.image_token_id = Tokenizer.load(tok_dir).token_to_id(IMAGE_TOKENS[family])
+  if family in VIDEO_FAMILIES:
+    cfg.model.video_token_id = Tokenizer.load(tok_dir).token_to_id("<video>")
+    path = video_path
   # The plain template (images, then the answer): a short text beside up to 48 image tokens.
   cfg.data.update(tokenizer=tok_dir, sources=[dict(path=path, image_root=root)], template="plain")
   cfg.optim.update(lr=3e-3, warmup_steps=1)
@@ -118,21 +135,30 @@ def test_loss_falls_and_frozen_parts_stay(run):
     assert moved == path.startswith(trainable), path  # frozen parts bit for bit
 
 
-def _llava_next_samples(batch, b):
-  """Row b's samples as LlavaNextProcessor lays them out: (token mask, processor arrays,
-  images)."""
+def _row_media(batch, b):
+  """Row b's tiles and, per media slot: tiles, sizes, segment, first tile, whether a video."""
   rows = batch["input_ids"].shape[0]
   slots = batch["pixel_values"].shape[0] // rows
   m = batch["image_sizes"].shape[0] // rows
-  tiles = batch["pixel_values"][b * slots:(b + 1) * slots]
   counts = batch["image_tiles"][b * m:(b + 1) * m]
-  sizes = batch["image_sizes"][b * m:(b + 1) * m]
-  image_segments = batch["image_segment_ids"][b * m:(b + 1) * m]
-  first = np.concatenate([[0], np.cumsum(counts)])
+  video = batch.get("image_is_video", np.zeros_like(batch["image_tiles"]))[b * m:(b + 1) * m]
+  return (batch["pixel_values"][b * slots:(b + 1) * slots], counts,
+          batch["image_sizes"][b * m:(b + 1) * m], batch["image_segment_ids"][b * m:(b + 1) * m],
+          np.concatenate([[0], np.cumsum(counts)]), video.astype(bool))
+
+
+def _llava_next_samples(batch, b):
+  """Row b's samples as LlavaNextProcessor lays them out: (token mask, processor arrays,
+  images); a video slot's frames as LlavaOnevisionProcessor's `pixel_values_videos [V, F, C, H,
+  W]`."""
+  tiles, counts, sizes, image_segments, first, video = _row_media(batch, b)
   for s in range(1, batch["segment_ids"][b].max() + 1):
     tokens = batch["segment_ids"][b] == s
     sample = {"input_ids": batch["input_ids"][b][tokens][None]}
-    mine = np.flatnonzero(image_segments == s)
+    clips = [tiles[first[i]:first[i + 1]] for i in np.flatnonzero((image_segments == s) & video)]
+    if clips:
+      sample["pixel_values_videos"] = np.transpose(np.stack(clips), (0, 1, 4, 2, 3))
+    mine = np.flatnonzero((image_segments == s) & ~video)
     if len(mine):
       most = int(counts[mine].max())
       pixels = np.zeros((len(mine), most, *tiles.shape[1:]), np.float32)  # [I, P, H, W, C]
@@ -211,7 +237,7 @@ def _processor_batch(samples):
   for i, x in enumerate(samples):
     ids[i, :x["input_ids"].shape[1]], mask[i, :x["input_ids"].shape[1]] = x["input_ids"][0], 1
   out = {"input_ids": ids, "attention_mask": mask}
-  for key in ("image_sizes", "image_patches", "batch_num_images"):
+  for key in ("image_sizes", "image_patches", "batch_num_images", "pixel_values_videos"):
     if any(key in x for x in samples):
       out[key] = np.concatenate([x[key] for x in samples if key in x])
   pixels = [x["pixel_values"] for x in samples if "pixel_values" in x]
@@ -243,6 +269,19 @@ def test_train_forward_equals_the_inference_forward_per_sample(run):
   record(f"host_images/train_forward_vs_forward_{family}", worst)
   print(family, "worst logits diff", worst)
   assert worst <= 1e-5, worst
+  videos = [i for i, (_, _, x) in enumerate(chosen) if "pixel_values_videos" in x]
+  assert bool(videos) == (family in VIDEO_FAMILIES), videos
+  if videos:  # the video samples alone, and proof that their frames move their logits
+    blank = np.asarray(jax.jit(lambda p, b: forward(trainer.module, p, b))(params, jax.device_put(
+        dict(batch, pixel_values=0 * batch["pixel_values"]), jax.devices()[0])))
+    worst_video = max(float(np.abs(logits[b][tokens] - ref[i, :tokens.sum()]).max())
+                      for i, (b, tokens, _) in enumerate(chosen) if i in videos)
+    effect = min(float(np.abs(blank[b][tokens] - ref[i, :tokens.sum()]).max())
+                 for i, (b, tokens, _) in enumerate(chosen) if i in videos)
+    record(f"host_images/video_train_forward_vs_forward_{family}", worst_video)
+    print(family, len(videos), "video samples, worst logits diff", worst_video, "frames' effect",
+          effect)
+    assert worst_video <= 1e-5 and effect > 100 * worst_video, (worst_video, effect)
 
 
 def test_abstract_batch_is_the_pipelines_and_flops_count_real_images(run):
