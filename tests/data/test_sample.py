@@ -219,3 +219,59 @@ def test_onevision_alone_anyres_shared_one_view(tokenizer, tmp_path, make_image)
     assert (ex['image_token_source'][~slots] == -1).all()
     if len(images) == 1:  # its 4x4 grid shrunk to 2x2 (anyres_max_1): real bilinear mixes
       assert np.any((weights > 0) & (weights < 1))
+
+
+def test_onevision_video_frames_are_tiles_and_pooled_tokens(tokenizer):
+  """LLaVA-OneVision with a video beside an image: the sampled frames, resized to the tile square,
+  follow the image's tiles (one media slot, `image_is_video` 1); the `<video>` placeholder takes
+  frames * ceil(g / 2)^2 + 1 video tokens whose four sources and weights are the inference
+  layout's (g = 3: 3x3 features pooled to 2x2, rounding up: real bilinear mixes), and a cut
+  through the video drops it whole."""
+  from PIL import Image
+  from mmjax.data.onevision_sample import OnevisionSampleProcessor
+  from mmjax.data.preprocess import common, onevision
+  from mmjax.data.video import VideoConfig
+  from mmjax.models.onevision_layout import feature_layout
+
+  pinpoints = ((42, 84), (84, 42), (84, 84))
+  image = preset('llava_onevision', size=42, grid_pinpoints=pinpoints, max_tiles=1)  # g = 3
+  video = VideoConfig(token='<|image_pad|>', min_frames=2, max_frames=3)  # any vocabulary token
+  rng = np.random.default_rng(0)
+  clip = rng.integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
+  picture = rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)
+  messages = [{'role': 'user', 'content': '<image>\n<video>\nWhat happens?'},
+              {'role': 'assistant', 'content': 'A red square.'}]
+  raw = {**_raw([picture], messages), 'videos': [clip]}
+  proc = OnevisionSampleProcessor(_cfg(image=image, max_tiles=16, video=video), tokenizer)
+  ex = proc(raw)
+  video_id = tokenizer.token_to_id('<|image_pad|>')
+  frames = [0, 1, 3]  # 3 of 5 frames, transformers' sample_frames indices
+  assert (ex['input_ids'] == video_id).sum() == onevision.video_tokens(3, 3) == 3 * 4 + 1
+  tiles = int(ex['image_tiles'][0])
+  np.testing.assert_array_equal(ex['image_tiles'], [tiles, 3])
+  np.testing.assert_array_equal(ex['image_is_video'], [0, 1])
+  np.testing.assert_array_equal(ex['image_sizes'], [[50, 40], [20, 30]])
+  want = [common.normalize(common.resize(Image.fromarray(clip[f]), 42, 42, image.resample),
+                           image.mean, image.std, image.rescale_factor) for f in frames]
+  np.testing.assert_array_equal(ex['pixel_values'][tiles:], np.stack(want))
+  _, (i_index, i_weights), (v_index, v_weights) = feature_layout(
+      [(50, 40)], [False], [3], 3, pinpoints, 42, 1)
+  newline = (tiles + 3) * 9
+  for token, index, weights in ((tokenizer.token_to_id('<image>'), i_index, i_weights),
+                                (video_id, v_index, v_weights)):
+    source = ex['image_token_source'][ex['input_ids'] == token]
+    np.testing.assert_array_equal(
+        np.where(source[..., 0] >= 0, source[..., 0] * 9 + source[..., 1], newline), index)
+    np.testing.assert_array_equal(ex['image_token_weights'][ex['input_ids'] == token], weights)
+  assert np.any((v_weights > 0) & (v_weights < 1))
+  later = {**raw, 'messages': [  # the video in a second turn: a cut through it keeps the first
+      {'role': 'user', 'content': '<image>\nWhat is it?'}, messages[1],
+      {'role': 'user', 'content': '<video>\nWhat happens?'}, messages[1]]}
+  full = proc(later)
+  end = int(np.flatnonzero(full['input_ids'] == video_id)[0]) + 5
+  cut = OnevisionSampleProcessor(_cfg(image=image, max_tiles=16, video=video, max_length=end),
+                                 tokenizer)(later)
+  assert len(cut['input_ids']) == end - 5 and not (cut['input_ids'] == video_id).any()
+  np.testing.assert_array_equal(cut['image_is_video'], [0])
+  np.testing.assert_array_equal(cut['pixel_values'], full['pixel_values'][:tiles])
+  assert (cut['image_token_source'][cut['input_ids'] != tokenizer.token_to_id('<image>')] == -1).all()
