@@ -98,9 +98,10 @@ class OnevisionSampleProcessor(SampleProcessor):
     arrays, processed = self.image_arrays(sample_id, pil_images[:keep_images], shared)
     clips, sizes = clips[:keep_videos], sizes[:keep_videos]
     pixels = np.concatenate([arrays['pixel_values'], *clips])
-    if len(pixels) > cfg.max_tiles:
+    if len(pixels) > cfg.max_tiles or len(processed) + len(clips) > cfg.max_images:
       raise SampleError('too_many_images', sample_id, f'{len(pixels)} image tiles and video '
-                        f'frames > max_tiles {cfg.max_tiles} per row')
+                        f'frames (max_tiles {cfg.max_tiles}), {len(processed)} images and '
+                        f'{len(clips)} videos (max_images {cfg.max_images}) per row')
     frame_counts = [len(c) for c in clips]
     media = {  # the images' slots, then the videos'
         'pixel_values': pixels.astype(np.float32, copy=False),

@@ -45,7 +45,8 @@ class VideoConfig:
   min_pixels: int = 128 * 28 * 28  # per frame, as Qwen2VLVideoProcessor's size
   max_pixels: int = 768 * 28 * 28
   token: str = '<|video_pad|>'  # vocabulary token of one video position
-  max_patches: int = 0  # video patch slots per packed row (0: the pipeline takes no videos)
+  max_patches: int = 0  # qwen2_vl: video patch slots per packed row (0: no videos); onevision's
+  # frames take tile slots (`max_tiles`) and media slots (`max_images`) instead
   max_videos: int = 1  # video slots per packed row
   model_type: str = 'qwen2_vl'  # positions / prompt: qwen2_5_vl spaces frames by seconds,
   tokens_per_second: float = 2.0  # (Qwen2.5-VL's vision_config.tokens_per_second)
