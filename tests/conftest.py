@@ -56,6 +56,8 @@ LONGEST_FIRST = (
     "tests/train/test_internvl_train.py",  # ~200
     "tests/train/test_host_image_train.py",  # ~250
     "tests/train/test_blip2_train.py",  # ~200
+    "tests/train/test_blip2_stage2.py",  # ~150 (stage 1, then stage 2 twice for the resume)
+    "tests/train/test_minigpt4.py",  # ~100
     "tests/faults/test_kills.py",  # ~190
     "tests/parity/test_blip2.py",  # ~165
     "tests/parity/test_instructblip.py",  # ~155
