@@ -7,7 +7,7 @@ other training state). In mmjax the composition is a `blip-2` model with a Llama
 (`configs/minigpt4/`), whose `connector/projection` kernel is `[out, in]` like torch's Linear:
 the weights go in as they are.
 
-    mmjax minigpt4-projection --pth prerained_minigpt4_7b.pth --out $PROJ
+    mmjax minigpt4-projection --pth pretrained_minigpt4_7b.pth --out $PROJ
         a parameters-only source for `train.init_from` ("...;$PROJ:connector/projection")
     mmjax minigpt4-projection --pth FILE --checkpoint $CKPT --out $OUT
         a copy of the converted MiniGPT-4 checkpoint $CKPT with that projection
@@ -41,7 +41,10 @@ def _state_dict(obj: Any, path: str) -> Mapping[str, Any]:
 
 def read_projection(path: str) -> tuple[np.ndarray, np.ndarray]:
   """`(weight [out, in], bias [out])` float32 from a MiniGPT-4 `.pth` (strict)."""
-  import torch
+  try:
+    import torch  # only this importer reads torch files: not a dependency of mmjax
+  except ModuleNotFoundError:
+    raise UserError("reading a .pth needs torch: pip install torch (the CPU build does)") from None
 
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file")
