@@ -38,6 +38,24 @@ def rewrite(path: str, fn) -> None:
   save_file(fn(load_file(file)), file, metadata={"format": "pt"})
 
 
+def assert_conversion_refuses(hf_root, tmp_path, change, message: str) -> None:
+  """A copy of the HF directory `hf_root` with its tensors rewritten by `change` fails to
+  convert with a `ConversionError` matching `message`, and leaves no output directory."""
+  import pytest  # pylint: disable=g-import-not-at-top
+
+  from mmjax.convert.importer import convert_hf  # pylint: disable=g-import-not-at-top
+  from mmjax.convert.plan import ConversionError  # pylint: disable=g-import-not-at-top
+
+  hf_dir = tmp_path / "hf"
+  os.makedirs(hf_dir)
+  for name in ("config.json", "model.safetensors"):
+    (hf_dir / name).write_bytes((hf_root / name).read_bytes())
+  rewrite(str(hf_dir), change)
+  with pytest.raises(ConversionError, match=message):
+    convert_hf(str(hf_dir), str(tmp_path / "mm"), progress=False)
+  assert not (tmp_path / "mm").exists()
+
+
 V4_TO_V5 = (("language_model.model.", "model.language_model."),
             ("language_model.lm_head.", "lm_head."),
             ("vision_tower.", "model.vision_tower."),

@@ -8,7 +8,6 @@ of different prompt lengths, left-padded by the processor behind the image token
 middle of the row, as transformers 5's processor lays it out).
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -17,12 +16,10 @@ import transformers
 
 from blip2_models import (IMAGE, blip2_config, hf_greedy, load_reference, make_inputs, processor,
                           tiny)
-from hf_files import assert_same_tensors, load_tensors, rewrite
+from hf_files import assert_conversion_refuses, assert_same_tensors, load_tensors
 from hf_models import assert_logits_match, cli_logits, converted_once, reference_logits
 from mmjax import cli
 from mmjax.convert.exporter import export_hf
-from mmjax.convert.importer import convert_hf
-from mmjax.convert.plan import ConversionError
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import forward_from_hf_inputs
 
@@ -96,14 +93,7 @@ def test_export_round_trips_bit_for_bit(converted, tmp_path):
 ])
 def test_strict_errors_name_the_key(converted, tmp_path, change, message):
   root, _, _, _ = converted(FIRST)
-  hf_dir = tmp_path / "hf"
-  os.makedirs(hf_dir)
-  for name in ("config.json", "model.safetensors"):
-    (hf_dir / name).write_bytes((root / "hf" / name).read_bytes())
-  rewrite(str(hf_dir), change)
-  with pytest.raises(ConversionError, match=message):
-    convert_hf(str(hf_dir), str(tmp_path / "mm"), progress=False)
-  assert not (tmp_path / "mm").exists()
+  assert_conversion_refuses(root / "hf", tmp_path, change, message)
 
 
 def test_inputs_that_disagree_are_named(converted):

@@ -9,21 +9,18 @@ with fewer images (all-zero padding images), a text-only row, left padding; with
 `pixel_attention_mask`.
 """
 
-import os
 
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from hf_files import assert_same_tensors, load_tensors, rewrite
+from hf_files import assert_conversion_refuses, assert_same_tensors, load_tensors
 from hf_models import assert_logits_match, cli_logits, converted_once, reference_logits
 from idefics2_models import (IMAGE, hf_greedy, idefics2_config, load_reference, make_inputs,
                              tiny)
 from mmjax import cli
 from mmjax.convert.exporter import export_hf
-from mmjax.convert.importer import convert_hf
-from mmjax.convert.plan import ConversionError
 from mmjax.encoders.fractional_positions import bucket_boundaries, bucket_table
 from mmjax.models.fusion import PlaceholderMismatchError
 from mmjax.models.registry import forward_from_hf_inputs
@@ -146,14 +143,7 @@ def test_saved_layout_round_trips_bit_for_bit(converted, tmp_path):
 ])
 def test_strict_errors_name_the_key(converted, tmp_path, change, message):
   root, _, _, _ = converted(FIRST)
-  hf_dir = tmp_path / "hf"
-  os.makedirs(hf_dir)
-  for name in ("config.json", "model.safetensors"):
-    (hf_dir / name).write_bytes((root / "hf" / name).read_bytes())
-  rewrite(str(hf_dir), change)
-  with pytest.raises(ConversionError, match=message):
-    convert_hf(str(hf_dir), str(tmp_path / "mm"), progress=False)
-  assert not (tmp_path / "mm").exists()
+  assert_conversion_refuses(root / "hf", tmp_path, change, message)
 
 
 def test_fractional_buckets_equal_torch():

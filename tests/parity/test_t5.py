@@ -8,20 +8,18 @@ so that heads * head_dim != d_model, 3 decoder layers over 2 encoder ones). Enco
 padded on the right (T5's tokenizer) and on the left, longer than `max_distance`.
 """
 
-import os
 
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from hf_files import assert_same_tensors, load_tensors, rewrite
+from hf_files import assert_conversion_refuses, assert_same_tensors, load_tensors
 from hf_models import assert_logits_match
 from mmjax import cli
 from mmjax.checkpoint import load_checkpoint
 from mmjax.convert.exporter import export_hf
 from mmjax.convert.importer import convert_hf
-from mmjax.convert.plan import ConversionError
 from mmjax.models.registry import forward_from_hf_inputs
 from t5_models import (decoder_rows, hf_seq2seq_greedy, load_t5, padded_rows, t5_text_config,
                        tiny_t5)
@@ -130,14 +128,7 @@ def test_export_round_trips_bit_for_bit(converted, tmp_path, name):
 ])
 def test_strict_errors_name_the_key(converted, tmp_path, change, message):
   root, _, _ = converted(FIRST)
-  hf_dir = tmp_path / "hf"
-  os.makedirs(hf_dir)
-  for name in ("config.json", "model.safetensors"):
-    (hf_dir / name).write_bytes((root / "hf" / name).read_bytes())
-  rewrite(str(hf_dir), change)
-  with pytest.raises(ConversionError, match=message):
-    convert_hf(str(hf_dir), str(tmp_path / "mm"), progress=False)
-  assert not (tmp_path / "mm").exists()
+  assert_conversion_refuses(root / "hf", tmp_path, change, message)
 
 
 def test_logits_need_decoder_ids(converted):
